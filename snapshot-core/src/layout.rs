@@ -1,0 +1,271 @@
+//! The on-disk layout shared by directory-based backends, and the crash-safe steps on it.
+//!
+//! ```text
+//! <root>/metadata/          the LMDB metastore
+//! <root>/snapshots/<id>/    one directory per snapshot, named by internal id
+//! <root>/snapshots/new-*    a snapshot being built (staging)
+//! <root>/snapshots/rm-<id>  a removed snapshot waiting for deletion
+//! ```
+//!
+//! The order of operations (DESIGN.md section 5):
+//! - create: [`Layout::stage`] a directory, fill it, then in the write transaction record
+//!   the snapshot and [`Layout::publish`] the staging directory as `<id>` (no replace); the
+//!   transaction commits after. An error anywhere drops the [`Staging`], which deletes it.
+//! - remove: in the write transaction delete the record and [`Layout::retire`] `<id>` to
+//!   `rm-<id>`; after the commit, [`Layout::purge`] (synchronous) or leave it to cleanup.
+//!   If the transaction fails, [`Layout::restore`] renames it back.
+//! - open and cleanup: [`Layout::retire_orphans`] inside a write transaction (so no create
+//!   is between its rename and its commit), then [`Layout::purge`] outside it.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{renameat_with, RenameFlags, CWD};
+
+use crate::error::{Error, Result};
+use crate::metastore::{Reader, WriteTxn};
+
+const STAGING_PREFIX: &str = "new-";
+const RETIRED_PREFIX: &str = "rm-";
+
+/// The directories of one snapshotter root.
+#[derive(Debug)]
+pub struct Layout {
+    root: PathBuf,
+    snapshots: PathBuf,
+    staging: Arc<Mutex<HashSet<String>>>,
+    counter: AtomicU64,
+}
+
+/// A staging directory owned by a running create. Dropping it deletes the directory
+/// unless it was published.
+#[derive(Debug)]
+pub struct Staging {
+    path: PathBuf,
+    name: String,
+    published: bool,
+    owners: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Staging {
+    /// The staging directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            if let Err(e) = remove_tree(&self.path) {
+                log::warn!("removing staging directory {}: {e}", self.path.display());
+            }
+        }
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+    }
+}
+
+impl Layout {
+    /// The layout under `root`, creating `root` and `root/snapshots` (mode 0700) as needed.
+    ///
+    /// # Errors
+    /// Unknown when the directories cannot be created.
+    pub fn new(root: &Path) -> Result<Layout> {
+        let snapshots = root.join("snapshots");
+        for d in [root, snapshots.as_path()] {
+            create_private_dir(d)?;
+        }
+        Ok(Layout {
+            root: root.to_path_buf(),
+            snapshots,
+            staging: Arc::default(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The snapshotter root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the metastore lives: `<root>/metadata`.
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.root.join("metadata")
+    }
+
+    /// `<root>/snapshots`, the parent of every snapshot directory.
+    pub fn snapshots_dir(&self) -> &Path {
+        &self.snapshots
+    }
+
+    /// `<root>/snapshots/<id>`.
+    pub fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.snapshots.join(id.to_string())
+    }
+
+    /// Creates a fresh staging directory `snapshots/new-*` (mode 0700) owned by the caller.
+    ///
+    /// # Errors
+    /// Unknown when it cannot be created.
+    pub fn stage(&self) -> Result<Staging> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{STAGING_PREFIX}{}-{n}", std::process::id());
+        let path = self.snapshots.join(&name);
+        self.staging.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
+        let staging =
+            Staging { path: path.clone(), name, published: false, owners: self.staging.clone() };
+        create_private_dir(&path)?;
+        Ok(staging)
+    }
+
+    /// Renames the staging directory to `snapshots/<id>`, refusing to replace anything.
+    ///
+    /// # Errors
+    /// AlreadyExists-free by design: a leftover `<id>` (an orphan of a crash) is retired
+    /// first; Unknown when the rename fails.
+    pub fn publish(&self, staging: &mut Staging, id: u64) -> Result<PathBuf> {
+        let dst = self.snapshot_dir(id);
+        match rename_noreplace(&staging.path, &dst) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // An id handed out before a crash that never committed: its directory is
+                // an orphan that a sweep has not reached yet.
+                log::warn!("retiring orphan {} left by an earlier crash", dst.display());
+                rename_noreplace(&dst, &self.retired_dir(id))
+                    .and_then(|()| rename_noreplace(&staging.path, &dst))
+            }
+            other => other,
+        }
+        .map_err(|e| Error::io("rename staging directory to", &dst, e))?;
+        staging.published = true;
+        Ok(dst)
+    }
+
+    /// Undoes [`publish`](Self::publish) when the transaction did not commit: the
+    /// directory is deleted (the staging guard no longer owns it).
+    pub fn unpublish(&self, id: u64) {
+        let dir = self.snapshot_dir(id);
+        if let Err(e) = remove_tree(&dir) {
+            log::warn!("removing {} after a failed commit: {e}", dir.display());
+        }
+    }
+
+    /// `snapshots/rm-<id>`.
+    pub fn retired_dir(&self, id: u64) -> PathBuf {
+        self.snapshots.join(format!("{RETIRED_PREFIX}{id}"))
+    }
+
+    /// Renames `snapshots/<id>` to `snapshots/rm-<id>`; a missing directory is fine.
+    ///
+    /// # Errors
+    /// Unknown when the rename fails.
+    pub fn retire(&self, id: u64) -> Result<()> {
+        let src = self.snapshot_dir(id);
+        match rename_noreplace(&src, &self.retired_dir(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| Error::io("retire snapshot directory", &src, e)),
+        }
+    }
+
+    /// Renames `rm-<id>` back to `<id>` after a failed remove transaction.
+    pub fn restore(&self, id: u64) {
+        let src = self.retired_dir(id);
+        if let Err(e) = rename_noreplace(&src, &self.snapshot_dir(id)) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::error!("restoring {} after a failed remove: {e}", src.display());
+            }
+        }
+    }
+
+    /// Retires every directory under `snapshots/` that is not a live id, and every staging
+    /// directory no running create owns. Run it inside a write transaction, so that no
+    /// create sits between its publish and its commit. Returns how many it retired.
+    ///
+    /// # Errors
+    /// Unknown when the directory cannot be read or a rename fails.
+    pub fn retire_orphans(&self, txn: &WriteTxn<'_>) -> Result<usize> {
+        let owned = self.staging.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut n = 0;
+        let entries = std::fs::read_dir(&self.snapshots)
+            .map_err(|e| Error::io("read directory", &self.snapshots, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &self.snapshots, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let orphan = if let Ok(id) = name.parse::<u64>() {
+                !txn.has_id(id)?
+            } else if name.starts_with(STAGING_PREFIX) {
+                !owned.contains(name)
+            } else {
+                false
+            };
+            if orphan {
+                let src = entry.path();
+                let dst = self.snapshots.join(format!("{RETIRED_PREFIX}orphan-{name}"));
+                log::info!("retiring orphan snapshot directory {}", src.display());
+                std::fs::rename(&src, &dst).map_err(|e| Error::io("retire orphan", &src, e))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes every retired directory (`rm-*`). Returns how many were deleted; a failure
+    /// on one is logged and the others still go, the first error is returned.
+    ///
+    /// # Errors
+    /// Unknown for the first directory that could not be deleted.
+    pub fn purge(&self) -> Result<usize> {
+        let entries = std::fs::read_dir(&self.snapshots)
+            .map_err(|e| Error::io("read directory", &self.snapshots, e))?;
+        let dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(RETIRED_PREFIX)))
+            .map(|e| e.path())
+            .collect();
+        let mut first = None;
+        let mut n = 0;
+        for d in &dirs {
+            match remove_tree(d) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    log::warn!("deleting {}: {e}", d.display());
+                    first.get_or_insert(Error::io("delete", d, e));
+                }
+            }
+        }
+        first.map_or(Ok(n), Err)
+    }
+
+    /// Deletes one retired directory, `rm-<id>` (synchronous remove).
+    ///
+    /// # Errors
+    /// Unknown when it cannot be deleted.
+    pub fn purge_one(&self, id: u64) -> Result<()> {
+        let d = self.retired_dir(id);
+        remove_tree(&d).map_err(|e| Error::io("delete", &d, e))
+    }
+}
+
+/// Deletes a tree; one that is already gone is fine.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// `renameat2(RENAME_NOREPLACE)`.
+pub fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
+    renameat_with(CWD, src, CWD, dst, RenameFlags::NOREPLACE).map_err(Into::into)
+}
+
+fn create_private_dir(d: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(d) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io("create directory", d, e)),
+    }
+}

@@ -1,0 +1,28 @@
+//! The contract every snapshot backend implements, and the pieces they share.
+//!
+//! - [`Snapshotter`] and [`Cleaner`]: the trait of containerd's snapshotters, with the
+//!   model, the lifecycle and examples in its documentation;
+//! - [`Kind`], [`Info`], [`Usage`], [`Mount`], [`CreateOptions`], [`CommitOptions`];
+//! - [`Error`] with containerd's error kinds ([`ErrorKind`]);
+//! - [`keyspace`]: what keys and labels may be;
+//! - [`filter`]: containerd's filter language for walks;
+//! - [`metastore`]: the LMDB store of snapshot metadata;
+//! - [`layout`]: the on-disk layout and crash-safe steps of directory backends;
+//! - [`usage`]: disk usage of a tree;
+//! - [`mount`]: mounting what a snapshotter returns (long overlay stacks included).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod filter;
+pub mod keyspace;
+pub mod layout;
+pub mod metastore;
+pub mod mount;
+mod record;
+mod snapshotter;
+mod types;
+pub mod usage;
+
+pub use error::{Error, ErrorKind, Result};
+pub use snapshotter::{Cleaner, Snapshotter};
+pub use types::{labels, CommitOptions, CreateOptions, Info, Kind, Labels, Mount, Usage};

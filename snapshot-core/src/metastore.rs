@@ -1,0 +1,722 @@
+//! The LMDB metastore every backend keeps its snapshot metadata in.
+//!
+//! One environment per snapshotter root, four databases:
+//! - `snapshots`: internal id (`u64` big-endian) to the record (kind, times, stored usage,
+//!   key, parent name, parent ids nearest first, labels);
+//! - `keys`: `blake3(key)` to id, so keys of any length fit LMDB's key limit (the record
+//!   holds the full key and every lookup checks it);
+//! - `children`: `(parent id, child id)` to nothing, so "has children" is one range seek;
+//! - `meta`: the id counter (persisted in the same write transaction) and the schema
+//!   version.
+//!
+//! Transactions are explicit values: [`MetaStore::read`] hands a [`ReadTxn`] and
+//! [`MetaStore::write`] a [`WriteTxn`] to a closure. The write transaction commits when
+//! the closure returns `Ok` and aborts when it returns `Err`, so a backend does its
+//! filesystem step (the rename into place) inside the closure and an error anywhere undoes
+//! the metadata. When the map is full, the store grows it and runs the closure again.
+//!
+//! ```
+//! use snapshot_core::metastore::{MetaStore, StoreOptions};
+//! use snapshot_core::{Kind, Labels, Usage, CommitOptions};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = MetaStore::open(dir.path(), &StoreOptions::default()).unwrap();
+//! let s = store.write(|tx| tx.create(Kind::Active, "a", "", &Labels::new())).unwrap();
+//! assert_eq!(s.id, 1);
+//! store.write(|tx| tx.commit_active("a", "base", Usage::default(), &CommitOptions::default())).unwrap();
+//! let child = store.write(|tx| tx.create(Kind::Active, "b", "base", &Labels::new())).unwrap();
+//! assert_eq!(child.parent_ids, vec![1]);
+//! let info = store.read(|tx| tx.info("base")).unwrap();
+//! assert_eq!(info.kind, Kind::Committed);
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::filter::FilterSet;
+use crate::keyspace::{truncate_for_message, validate_key, validate_labels};
+use crate::record::{to_nanos, Record, RecordRef};
+use crate::types::{CommitOptions, Info, Kind, Labels, Usage};
+
+/// How many snapshots [`MetaStore::walk`] reads per read transaction.
+pub const WALK_BATCH: usize = 100;
+
+const SCHEMA_VERSION: u32 = 1;
+const NEXT_ID: &[u8] = b"next_id";
+const VERSION_KEY: &[u8] = b"version";
+
+/// Options of [`MetaStore::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Skip the fsync at each commit (containerd's `no_sync`): faster, but a power loss
+    /// can lose the most recent operations. A process crash loses nothing either way.
+    pub no_sync: bool,
+    /// The initial size of the memory map in bytes; the map doubles whenever it is full.
+    pub map_size: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { no_sync: false, map_size: 64 << 20 }
+    }
+}
+
+/// What the store knows of one snapshot that a backend needs to act on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The internal id; backends name directories after it.
+    pub id: u64,
+    /// The snapshot's kind.
+    pub kind: Kind,
+    /// The ids of the parent chain, the immediate parent first and the root last.
+    pub parent_ids: Vec<u64>,
+}
+
+/// The store's database handles (opaque).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub struct Dbs {
+    snapshots: Database<Bytes, Bytes>,
+    keys: Database<Bytes, Bytes>,
+    children: Database<Bytes, Bytes>,
+    meta: Database<Bytes, Bytes>,
+}
+
+struct Open {
+    env: Env<WithoutTls>,
+    dbs: Dbs,
+}
+
+/// An LMDB metastore for one snapshotter root. Cheap to share between threads.
+pub struct MetaStore {
+    path: PathBuf,
+    // Readers and writers hold the read side; growing the map and closing take the write
+    // side, because LMDB allows neither while a transaction is live.
+    inner: RwLock<Option<Open>>,
+}
+
+/// A read transaction with the store's databases.
+pub struct ReadTxn<'a> {
+    txn: RoTxn<'a, WithoutTls>,
+    dbs: Dbs,
+}
+
+/// A write transaction with the store's databases; it commits when the closure given to
+/// [`MetaStore::write`] returns `Ok`.
+pub struct WriteTxn<'a> {
+    txn: RwTxn<'a>,
+    dbs: Dbs,
+}
+
+impl MetaStore {
+    /// Opens (or creates) the store in directory `dir` (LMDB's `data.mdb` and `lock.mdb`).
+    ///
+    /// # Errors
+    /// Unavailable when the same directory is already open in this process; Unknown when
+    /// the directory cannot be created or LMDB refuses it.
+    pub fn open(dir: &Path, opts: &StoreOptions) -> Result<MetaStore> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create metastore dir", dir, e))?;
+        let env = open_env(dir, opts)?;
+        // A process killed with a read transaction open leaves a stale reader slot.
+        if let Err(e) = env.clear_stale_readers() {
+            log::warn!("metastore {}: clearing stale readers: {e}", dir.display());
+        }
+        let mut wtxn = env.write_txn()?;
+        let dbs = Dbs {
+            snapshots: env.create_database(&mut wtxn, Some("snapshots"))?,
+            keys: env.create_database(&mut wtxn, Some("keys"))?,
+            children: env.create_database(&mut wtxn, Some("children"))?,
+            meta: env.create_database(&mut wtxn, Some("meta"))?,
+        };
+        match dbs.meta.get(&wtxn, VERSION_KEY)? {
+            None => dbs.meta.put(&mut wtxn, VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?,
+            Some(v) if v == SCHEMA_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                return Err(Error::failed_precondition(format!(
+                    "metastore {}: schema version {v:?} is not {SCHEMA_VERSION}: open it with \
+                     the release that wrote it",
+                    dir.display()
+                )))
+            }
+        }
+        wtxn.commit()?;
+        Ok(MetaStore { path: dir.to_path_buf(), inner: RwLock::new(Some(Open { env, dbs })) })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in a read transaction.
+    ///
+    /// # Errors
+    /// Unavailable after [`close`](Self::close); whatever `f` returns.
+    pub fn read<T>(&self, f: impl FnOnce(&ReadTxn<'_>) -> Result<T>) -> Result<T> {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let open = guard.as_ref().ok_or_else(|| self.closed())?;
+        let txn = ReadTxn { txn: open.env.read_txn()?, dbs: open.dbs };
+        f(&txn)
+    }
+
+    /// Runs `f` in a write transaction and commits it if `f` returns `Ok`.
+    ///
+    /// `f` may run more than once: when LMDB's map is full, the transaction is aborted, the
+    /// map doubled and `f` run again, so side effects in `f` must be repeatable or happen
+    /// after the last metadata write.
+    ///
+    /// # Errors
+    /// Unavailable after [`close`](Self::close); whatever `f` returns (the transaction is
+    /// then aborted); Unknown when the commit fails.
+    pub fn write<T>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
+        loop {
+            let map_size = {
+                let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+                let open = guard.as_ref().ok_or_else(|| self.closed())?;
+                let mut txn = WriteTxn { txn: open.env.write_txn()?, dbs: open.dbs };
+                let res = f(&mut txn).and_then(|v| {
+                    txn.txn.commit()?;
+                    Ok(v)
+                });
+                match res {
+                    Err(e) if is_map_full(&e) => open.env.info().map_size,
+                    other => return other,
+                }
+            };
+            self.grow(map_size)?;
+        }
+    }
+
+    /// Closes the store; every later call returns Unavailable. Closing twice is fine.
+    pub fn close(&self) -> Result<()> {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = guard.take() {
+            // Waits for nothing: the write lock means no transaction is live.
+            open.env.prepare_for_closing();
+        }
+        Ok(())
+    }
+
+    /// Reads every snapshot whose info matches `filters` (containerd filter strings, OR'd)
+    /// and calls `f` on each, outside any transaction, so `f` may call the store (e.g.
+    /// `stat`). Reads [`WALK_BATCH`] records per transaction; never holds all of them.
+    ///
+    /// # Errors
+    /// InvalidArgument for a filter that does not parse; the first error `f` returns.
+    pub fn walk<S: AsRef<str>>(
+        &self,
+        filters: &[S],
+        mut f: impl FnMut(&Info) -> Result<()>,
+    ) -> Result<()> {
+        let filters = FilterSet::parse(filters)?;
+        let mut after: Option<u64> = None;
+        let mut batch = Vec::with_capacity(WALK_BATCH);
+        loop {
+            batch.clear();
+            let done = self.read(|tx| {
+                let lower = match after {
+                    Some(id) => Bound::Excluded(id.to_be_bytes()),
+                    None => Bound::Unbounded,
+                };
+                let range = (lower.as_ref().map(|b| &b[..]), Bound::Unbounded);
+                let mut scanned = 0usize;
+                for item in tx.dbs.snapshots.range(&tx.txn, &range)? {
+                    let (k, v) = item?;
+                    after = Some(decode_id(k)?);
+                    scanned += 1;
+                    let info = RecordRef::decode(v)?.info()?;
+                    if filters.matches(&info) {
+                        batch.push(info);
+                    }
+                    if scanned == WALK_BATCH {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })?;
+            for info in &batch {
+                f(info)?;
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    fn grow(&self, seen: usize) -> Result<()> {
+        let guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let open = guard.as_ref().ok_or_else(|| self.closed())?;
+        let current = open.env.info().map_size;
+        if current > seen {
+            return Ok(()); // another writer grew it already
+        }
+        let new_size = current.checked_mul(2).ok_or_else(|| {
+            Error::unknown(format!("metastore {}: map cannot grow further", self.path.display()))
+        })?;
+        log::info!("metastore {}: map full, growing to {new_size} bytes", self.path.display());
+        resize_env(&open.env, new_size)
+    }
+
+    fn closed(&self) -> Error {
+        Error::unavailable(format!(
+            "metastore {} is closed: open the snapshotter again",
+            self.path.display()
+        ))
+    }
+}
+
+/// Opens an LMDB environment.
+///
+/// This is one of the crate's two `unsafe` helpers. LMDB maps the file into memory; heed
+/// marks opening unsafe because another writer that modifies the file outside LMDB's
+/// locking would be undefined behaviour. The store owns its directory and only LMDB
+/// writes to it.
+fn open_env(dir: &Path, opts: &StoreOptions) -> Result<Env<WithoutTls>> {
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    let page = rustix::param::page_size();
+    options.map_size(opts.map_size.max(page).div_ceil(page) * page).max_dbs(8);
+    if opts.no_sync {
+        // SAFETY: NO_SYNC only drops the fsync at commit; it is unsafe in heed because it
+        // voids durability across power loss, which the option documents.
+        unsafe { options.flags(EnvFlags::NO_SYNC) };
+    }
+    // SAFETY: see the function comment.
+    match unsafe { options.open(dir) } {
+        Ok(env) => Ok(env),
+        Err(heed::Error::EnvAlreadyOpened) => Err(Error::unavailable(format!(
+            "metastore {} is already open in this process: close the other snapshotter on \
+             this root first",
+            dir.display()
+        ))),
+        Err(e) => Err(Error::unknown(format!("open metastore {}", dir.display())).with_source(e)),
+    }
+}
+
+/// Grows the memory map.
+///
+/// The crate's other `unsafe` helper: LMDB allows a resize only while no transaction of
+/// this process is live, which the caller guarantees by holding the store's write lock.
+fn resize_env(env: &Env<WithoutTls>, new_size: usize) -> Result<()> {
+    // SAFETY: see the function comment.
+    unsafe { env.resize(new_size) }.map_err(Error::from)
+}
+
+fn is_map_full(e: &Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(heed::Error::Mdb(MdbError::MapFull)) = s.downcast_ref::<heed::Error>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn decode_id(bytes: &[u8]) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::unknown("metastore: corrupt snapshot id: restore the root from a backup"))
+}
+
+fn key_hash(key: &str) -> [u8; 32] {
+    *blake3::hash(key.as_bytes()).as_bytes()
+}
+
+fn child_key(parent: u64, child: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&parent.to_be_bytes());
+    k[8..].copy_from_slice(&child.to_be_bytes());
+    k
+}
+
+fn not_found(key: &str) -> Error {
+    Error::not_found(format!("snapshot {:?}", truncate_for_message(key)))
+}
+
+mod sealed {
+    pub trait Parts {
+        fn parts(&self) -> (&heed::RoTxn<'_, heed::WithoutTls>, super::Dbs);
+    }
+}
+
+/// Read operations, offered by both [`ReadTxn`] and [`WriteTxn`].
+pub trait Reader: sealed::Parts {
+    /// The snapshot's id, kind and parent ids.
+    ///
+    /// # Errors
+    /// NotFound when the key does not exist.
+    fn snapshot(&self, key: &str) -> Result<Snapshot> {
+        let (id, rec) = lookup(self, key)?;
+        Ok(Snapshot { id, kind: rec.kind, parent_ids: rec.parent_ids().collect() })
+    }
+
+    /// The snapshot's info (kind, name, parent name, labels, times).
+    ///
+    /// # Errors
+    /// NotFound when the key does not exist.
+    fn info(&self, key: &str) -> Result<Info> {
+        lookup(self, key)?.1.info()
+    }
+
+    /// The id and info of the snapshot.
+    ///
+    /// # Errors
+    /// NotFound when the key does not exist.
+    fn id_and_info(&self, key: &str) -> Result<(u64, Info)> {
+        let (id, rec) = lookup(self, key)?;
+        Ok((id, rec.info()?))
+    }
+
+    /// The usage stored at commit (zero for active and view snapshots).
+    ///
+    /// # Errors
+    /// NotFound when the key does not exist.
+    fn stored_usage(&self, key: &str) -> Result<(Kind, Usage)> {
+        let (_, rec) = lookup(self, key)?;
+        Ok((rec.kind, rec.usage))
+    }
+
+    /// True if a snapshot with internal id `id` exists (for orphan sweeps).
+    fn has_id(&self, id: u64) -> Result<bool> {
+        let (txn, dbs) = self.parts();
+        Ok(dbs.snapshots.get(txn, &id.to_be_bytes())?.is_some())
+    }
+
+    /// Every id with its key (containerd's `IDMap`).
+    fn id_map(&self) -> Result<HashMap<u64, String>> {
+        let (txn, dbs) = self.parts();
+        let mut out = HashMap::new();
+        for item in dbs.snapshots.iter(txn)? {
+            let (k, v) = item?;
+            out.insert(decode_id(k)?, RecordRef::decode(v)?.key.to_string());
+        }
+        Ok(out)
+    }
+
+    /// True if any snapshot has `id` as its immediate parent: one range seek.
+    fn has_children(&self, id: u64) -> Result<bool> {
+        let (txn, dbs) = self.parts();
+        let lo = child_key(id, 0);
+        let hi = child_key(id, u64::MAX);
+        let range = (Bound::Included(&lo[..]), Bound::Included(&hi[..]));
+        Ok(dbs.children.range(txn, &range)?.next().transpose()?.is_some())
+    }
+
+    /// Checks the store's invariants: every key index entry points at a record holding
+    /// that key, every record is indexed, child links match parent ids, and the id
+    /// counter is past every id. Returns the number of snapshots.
+    ///
+    /// # Errors
+    /// Unknown naming the first inconsistency.
+    fn check(&self) -> Result<usize> {
+        let (txn, dbs) = self.parts();
+        let bad = |m: String| Error::unknown(format!("metastore consistency check: {m}"));
+        let next = match dbs.meta.get(txn, NEXT_ID)? {
+            Some(v) => decode_id(v)?,
+            None => 1,
+        };
+        let mut links = HashSet::new();
+        let mut count = 0;
+        for item in dbs.snapshots.iter(txn)? {
+            let (k, v) = item?;
+            let id = decode_id(k)?;
+            let rec = RecordRef::decode(v)?;
+            if id >= next {
+                return Err(bad(format!("id {id} is not below the counter {next}")));
+            }
+            match dbs.keys.get(txn, &key_hash(rec.key))? {
+                Some(v) if decode_id(v)? == id => {}
+                _ => return Err(bad(format!("snapshot {id} ({:?}) is not indexed", rec.key))),
+            }
+            let ids: Vec<u64> = rec.parent_ids().collect();
+            if let Some(&p) = ids.first() {
+                let prec = dbs.snapshots.get(txn, &p.to_be_bytes())?;
+                let prec = prec.ok_or_else(|| bad(format!("snapshot {id}: parent {p} missing")))?;
+                let prec = RecordRef::decode(prec)?;
+                if prec.kind != Kind::Committed || prec.key != rec.parent {
+                    return Err(bad(format!("snapshot {id}: parent {p} is not {:?}", rec.parent)));
+                }
+                if prec.parent_ids().ne(ids[1..].iter().copied()) {
+                    return Err(bad(format!("snapshot {id}: parent chain differs from {p}'s")));
+                }
+                links.insert(child_key(p, id));
+            } else if !rec.parent.is_empty() {
+                return Err(bad(format!("snapshot {id}: parent name without parent id")));
+            }
+            count += 1;
+        }
+        let mut link_count = 0;
+        for item in dbs.children.iter(txn)? {
+            let (k, _) = item?;
+            if !links.contains(k) {
+                return Err(bad(format!("stale child link {k:?}")));
+            }
+            link_count += 1;
+        }
+        if link_count != links.len() {
+            return Err(bad("missing child links".into()));
+        }
+        if dbs.keys.len(txn)? as usize != count {
+            return Err(bad("stale key index entries".into()));
+        }
+        Ok(count)
+    }
+}
+
+fn lookup<'t, R: Reader + ?Sized>(r: &'t R, key: &str) -> Result<(u64, RecordRef<'t>)> {
+    let (txn, dbs) = r.parts();
+    let Some(id) = dbs.keys.get(txn, &key_hash(key))? else {
+        return Err(not_found(key));
+    };
+    let id = decode_id(id)?;
+    let Some(raw) = dbs.snapshots.get(txn, &id.to_be_bytes())? else {
+        return Err(Error::unknown(format!(
+            "metastore: key {:?} points at missing snapshot {id}",
+            truncate_for_message(key)
+        )));
+    };
+    let rec = RecordRef::decode(raw)?;
+    if rec.key != key {
+        // A blake3 collision: treat the key as absent rather than alias another snapshot.
+        return Err(not_found(key));
+    }
+    Ok((id, rec))
+}
+
+impl Reader for ReadTxn<'_> {}
+impl Reader for WriteTxn<'_> {}
+
+impl sealed::Parts for ReadTxn<'_> {
+    fn parts(&self) -> (&RoTxn<'_, WithoutTls>, Dbs) {
+        (&self.txn, self.dbs)
+    }
+}
+
+impl sealed::Parts for WriteTxn<'_> {
+    fn parts(&self) -> (&RoTxn<'_, WithoutTls>, Dbs) {
+        (&self.txn, self.dbs)
+    }
+}
+
+impl WriteTxn<'_> {
+    /// Creates an active or view snapshot `key` on the committed snapshot `parent` (empty
+    /// for none) with `labels`; `created == updated`.
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad key, bad labels, a `kind` of Committed, or a parent that
+    /// is not committed; NotFound for a missing parent; AlreadyExists when `key` exists.
+    /// The parent is checked before the key, as containerd does.
+    pub fn create(&mut self, kind: Kind, key: &str, parent: &str, labels: &Labels) -> Result<Snapshot> {
+        validate_key("key", key)?;
+        if kind == Kind::Committed {
+            return Err(Error::invalid_argument(format!(
+                "snapshot {:?}: kind must be active or view, not committed",
+                truncate_for_message(key)
+            )));
+        }
+        validate_labels(labels)?;
+        let mut parent_ids = Vec::new();
+        if !parent.is_empty() {
+            validate_key("parent", parent)?;
+            let (pid, prec) = lookup(self, parent).map_err(|e| parent_error(e, parent))?;
+            if prec.kind != Kind::Committed {
+                return Err(Error::invalid_argument(format!(
+                    "parent {:?} is not a committed snapshot: commit it first",
+                    truncate_for_message(parent)
+                )));
+            }
+            parent_ids.reserve(prec.parent_ids().len() + 1);
+            parent_ids.push(pid);
+            parent_ids.extend(prec.parent_ids());
+        }
+        let hash = key_hash(key);
+        if self.dbs.keys.get(&self.txn, &hash)?.is_some() {
+            return Err(Error::already_exists(format!("snapshot {:?}", truncate_for_message(key))));
+        }
+        let id = self.next_id()?;
+        let now = to_nanos(SystemTime::now());
+        let rec = Record {
+            kind,
+            created: now,
+            updated: now,
+            usage: Usage::default(),
+            key,
+            parent,
+            parent_ids: &parent_ids,
+            labels,
+        };
+        self.dbs.snapshots.put(&mut self.txn, &id.to_be_bytes(), &rec.encode())?;
+        self.dbs.keys.put(&mut self.txn, &hash, &id.to_be_bytes())?;
+        if let Some(&pid) = parent_ids.first() {
+            self.dbs.children.put(&mut self.txn, &child_key(pid, id), &[])?;
+        }
+        Ok(Snapshot { id, kind, parent_ids })
+    }
+
+    /// Updates the labels of `info.name` along `fieldpaths` and returns the new info.
+    ///
+    /// No paths or `labels` replace all labels with `info.labels`; `labels.<k>` sets one
+    /// label from `info.labels` (absent or empty deletes it). Name, kind, parent and
+    /// created never change; `updated` becomes now.
+    ///
+    /// # Errors
+    /// NotFound for a missing snapshot; InvalidArgument for any other field path or labels
+    /// over the size limit.
+    pub fn update_info<S: AsRef<str>>(&mut self, info: &Info, fieldpaths: &[S]) -> Result<Info> {
+        let (id, rec) = lookup(self, &info.name)?;
+        let mut labels = rec.labels()?;
+        if fieldpaths.is_empty() {
+            labels = info.labels.clone();
+        }
+        for path in fieldpaths {
+            let path = path.as_ref();
+            if path == "labels" {
+                labels = info.labels.clone();
+            } else if let Some(k) = path.strip_prefix("labels.") {
+                match info.labels.get(k).filter(|v| !v.is_empty()) {
+                    Some(v) => labels.insert(k.to_string(), v.clone()),
+                    None => labels.remove(k),
+                };
+            } else {
+                return Err(Error::invalid_argument(format!(
+                    "cannot update {path:?} field on snapshot {:?}: only labels and \
+                     labels.<key> can be updated",
+                    truncate_for_message(&info.name)
+                )));
+            }
+        }
+        validate_labels(&labels)?;
+        let parent_ids: Vec<u64> = rec.parent_ids().collect();
+        let (kind, created, usage) = (rec.kind, rec.created, rec.usage);
+        let parent = rec.parent.to_string();
+        let updated = to_nanos(SystemTime::now()).max(created);
+        let new = Record {
+            kind,
+            created,
+            updated,
+            usage,
+            key: &info.name,
+            parent: &parent,
+            parent_ids: &parent_ids,
+            labels: &labels,
+        };
+        let buf = new.encode();
+        self.dbs.snapshots.put(&mut self.txn, &id.to_be_bytes(), &buf)?;
+        RecordRef::decode(&buf)?.info()
+    }
+
+    /// Commits the active snapshot `key` as `name`: the committed snapshot keeps the id and
+    /// parent, gets `opts.labels` (not the active's), fresh times and `usage`. The key is
+    /// free at once. With `opts.parent` set, a parentless snapshot is rebased onto it.
+    /// Returns the id.
+    ///
+    /// # Errors
+    /// AlreadyExists when `name` exists (checked first); NotFound for a missing key;
+    /// FailedPrecondition when `key` is not active or the rebase parent is not committed;
+    /// InvalidArgument for a bad name, bad labels, or a rebase onto a different parent.
+    pub fn commit_active(&mut self, key: &str, name: &str, usage: Usage, opts: &CommitOptions) -> Result<u64> {
+        validate_key("name", name)?;
+        let name_hash = key_hash(name);
+        if self.dbs.keys.get(&self.txn, &name_hash)?.is_some() {
+            return Err(Error::already_exists(format!("snapshot {:?}", truncate_for_message(name))));
+        }
+        validate_key("key", key)?;
+        validate_labels(&opts.labels)?;
+        let (id, rec) = lookup(self, key)?;
+        if rec.kind != Kind::Active {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {:?} is not active: only snapshots made by prepare can be committed",
+                truncate_for_message(key)
+            )));
+        }
+        let mut parent = rec.parent.to_string();
+        let mut parent_ids: Vec<u64> = rec.parent_ids().collect();
+        let rebase = !opts.parent.is_empty() && opts.parent != parent;
+        if rebase {
+            if !parent.is_empty() {
+                return Err(Error::invalid_argument(format!(
+                    "cannot change parent of active snapshot {:?} from {parent:?} to {:?}",
+                    truncate_for_message(key),
+                    opts.parent
+                )));
+            }
+            let (pid, prec) = lookup(self, &opts.parent).map_err(|e| parent_error(e, &opts.parent))?;
+            if prec.kind != Kind::Committed {
+                return Err(Error::failed_precondition(format!(
+                    "parent {:?} is not a committed snapshot",
+                    truncate_for_message(&opts.parent)
+                )));
+            }
+            parent_ids = std::iter::once(pid).chain(prec.parent_ids()).collect();
+            parent = opts.parent.clone();
+        }
+        let now = to_nanos(SystemTime::now());
+        let new = Record {
+            kind: Kind::Committed,
+            created: now,
+            updated: now,
+            usage,
+            key: name,
+            parent: &parent,
+            parent_ids: &parent_ids,
+            labels: &opts.labels,
+        };
+        self.dbs.snapshots.put(&mut self.txn, &id.to_be_bytes(), &new.encode())?;
+        self.dbs.keys.delete(&mut self.txn, &key_hash(key))?;
+        self.dbs.keys.put(&mut self.txn, &name_hash, &id.to_be_bytes())?;
+        if rebase {
+            self.dbs.children.put(&mut self.txn, &child_key(parent_ids[0], id), &[])?;
+        }
+        Ok(id)
+    }
+
+    /// Removes `key`'s metadata and returns its id and kind; the caller deletes files.
+    ///
+    /// # Errors
+    /// NotFound for a missing key; FailedPrecondition when the snapshot has children.
+    pub fn remove(&mut self, key: &str) -> Result<(u64, Kind)> {
+        let (id, rec) = lookup(self, key)?;
+        let kind = rec.kind;
+        let parent = rec.parent_ids().next();
+        if self.has_children(id)? {
+            return Err(Error::failed_precondition(format!(
+                "cannot remove snapshot {:?} with child: remove its children first",
+                truncate_for_message(key)
+            )));
+        }
+        self.dbs.snapshots.delete(&mut self.txn, &id.to_be_bytes())?;
+        self.dbs.keys.delete(&mut self.txn, &key_hash(key))?;
+        if let Some(pid) = parent {
+            self.dbs.children.delete(&mut self.txn, &child_key(pid, id))?;
+        }
+        Ok((id, kind))
+    }
+
+    fn next_id(&mut self) -> Result<u64> {
+        let id = match self.dbs.meta.get(&self.txn, NEXT_ID)? {
+            Some(v) => decode_id(v)?,
+            None => 1,
+        };
+        self.dbs.meta.put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;
+        Ok(id)
+    }
+}
+
+fn parent_error(e: Error, parent: &str) -> Error {
+    if e.kind() == ErrorKind::NotFound {
+        Error::not_found(format!(
+            "parent {:?}: commit a snapshot with that name first",
+            truncate_for_message(parent)
+        ))
+    } else {
+        e
+    }
+}

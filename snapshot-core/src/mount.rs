@@ -1,0 +1,412 @@
+//! Mounting what a snapshotter returns, for callers and tests.
+//!
+//! [`mount_all`] mounts a `[Mount]` list at a target; [`unmount_all`] takes every mount off
+//! a target. Overlay mounts use the new mount API (`fsopen` + one `fsconfig` per
+//! `lowerdir+` layer, kernel 6.8+) when the kernel has it, so lowerdir lists far longer
+//! than mount(2)'s one-page option limit mount. On older kernels the legacy mount(2) is
+//! used; when its option string would exceed the page, the lowerdirs are rewritten
+//! relative to their common directory and mounted from a thread whose working directory is
+//! that directory. An option string that is still too long is refused: the kernel would
+//! silently cut it and mount a truncated stack.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
+
+use crate::error::{Error, Result};
+use crate::types::Mount;
+
+/// The longest option string mount(2) takes whole (one page minus the terminating NUL).
+pub const LEGACY_OPTIONS_MAX: usize = 4095;
+
+/// The longest string value one `fsconfig` call takes.
+const FSCONFIG_VALUE_MAX: usize = 255;
+
+/// Mount options split into mount(2) flags and the filesystem's data string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedOptions {
+    /// Flags such as `MS_RDONLY`, `MS_BIND`, `MS_REC`.
+    pub flags: MountFlags,
+    /// Options the filesystem interprets, in order (`lowerdir=...`, `subvolid=5`).
+    pub data: Vec<String>,
+}
+
+/// Splits options as containerd's `parseMountOptions` does: flag words become flags,
+/// everything else is filesystem data.
+pub fn parse_options(options: &[String]) -> ParsedOptions {
+    let mut out = ParsedOptions { flags: MountFlags::empty(), data: Vec::new() };
+    for o in options {
+        let (set, flag) = match o.as_str() {
+            "async" => (false, MountFlags::SYNCHRONOUS),
+            "atime" => (false, MountFlags::NOATIME),
+            "bind" => (true, MountFlags::BIND),
+            "defaults" => continue,
+            "dev" => (false, MountFlags::NODEV),
+            "diratime" => (false, MountFlags::NODIRATIME),
+            "dirsync" => (true, MountFlags::DIRSYNC),
+            "exec" => (false, MountFlags::NOEXEC),
+            "noatime" => (true, MountFlags::NOATIME),
+            "nodev" => (true, MountFlags::NODEV),
+            "nodiratime" => (true, MountFlags::NODIRATIME),
+            "noexec" => (true, MountFlags::NOEXEC),
+            "norelatime" => (false, MountFlags::RELATIME),
+            "nostrictatime" => (false, MountFlags::STRICTATIME),
+            "nosuid" => (true, MountFlags::NOSUID),
+            "rbind" => (true, MountFlags::BIND | MountFlags::REC),
+            "relatime" => (true, MountFlags::RELATIME),
+            "ro" => (true, MountFlags::RDONLY),
+            "rw" => (false, MountFlags::RDONLY),
+            "strictatime" => (true, MountFlags::STRICTATIME),
+            "suid" => (false, MountFlags::NOSUID),
+            "sync" => (true, MountFlags::SYNCHRONOUS),
+            _ => {
+                out.data.push(o.clone());
+                continue;
+            }
+        };
+        if set {
+            out.flags |= flag;
+        } else {
+            out.flags &= !flag;
+        }
+    }
+    out
+}
+
+/// Mounts every mount of `mounts` at `target`, in order (later ones stack on earlier
+/// ones). If one fails, the ones already mounted are taken off again.
+///
+/// # Errors
+/// Unknown naming the target, the mount type and the source, with the OS error;
+/// InvalidArgument for an overlay option string that cannot be passed whole.
+pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
+    for (i, m) in mounts.iter().enumerate() {
+        if let Err(e) = mount_one(m, target) {
+            for _ in 0..i {
+                if let Err(u) = unmount(target) {
+                    log::warn!("undoing a failed mount at {}: {u}", target.display());
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts `target` once.
+///
+/// # Errors
+/// Unknown with the OS error (EINVAL when nothing is mounted there).
+pub fn unmount(target: &Path) -> Result<()> {
+    rustix::mount::unmount(target, UnmountFlags::empty())
+        .map_err(|e| Error::io("unmount", target, e.into()))
+}
+
+/// Unmounts everything mounted at `target`, until nothing is; fine when nothing is.
+///
+/// # Errors
+/// Unknown when an unmount fails for another reason than "not mounted" (EBUSY: a
+/// process still uses it).
+pub fn unmount_all(target: &Path) -> Result<()> {
+    loop {
+        match rustix::mount::unmount(target, UnmountFlags::empty()) {
+            Ok(()) => continue,
+            Err(Errno::INVAL) | Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(Error::io("unmount", target, e.into())),
+        }
+    }
+}
+
+fn mount_err(m: &Mount, target: &Path, e: Errno) -> Error {
+    Error::unknown(format!(
+        "mount {} {:?} at {} (options {:?})",
+        m.kind,
+        m.source,
+        target.display(),
+        m.options.join(",")
+    ))
+    .with_source(std::io::Error::from(e))
+}
+
+fn mount_one(m: &Mount, target: &Path) -> Result<()> {
+    let parsed = parse_options(&m.options);
+    if m.kind == "bind" || parsed.flags.contains(MountFlags::BIND) {
+        return mount_bind(m, target, &parsed);
+    }
+    if m.kind == "overlay" {
+        return mount_overlay(m, target, &parsed);
+    }
+    let data = CString::new(parsed.data.join(","))
+        .map_err(|_| Error::invalid_argument(format!("mount options {:?} hold NUL", m.options)))?;
+    rustix::mount::mount(m.source.as_str(), target, m.kind.as_str(), parsed.flags, &*data)
+        .map_err(|e| mount_err(m, target, e))
+}
+
+fn mount_bind(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
+    let src = Path::new(&m.source);
+    if parsed.flags.contains(MountFlags::REC) {
+        rustix::mount::mount_bind_recursive(src, target)
+    } else {
+        rustix::mount::mount_bind(src, target)
+    }
+    .map_err(|e| mount_err(m, target, e))?;
+    // A bind ignores every flag but MS_REC; read-only and the others need a remount.
+    let extra = parsed.flags & !(MountFlags::BIND | MountFlags::REC);
+    if !extra.is_empty() {
+        if let Err(e) = rustix::mount::mount_remount(target, MountFlags::BIND | extra, "") {
+            let _ = unmount(target);
+            return Err(mount_err(m, target, e));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this kernel's overlay takes `lowerdir+` through `fsconfig` (Linux 6.8+).
+///
+/// Probes without side effects: a `lowerdir+` of a missing path is ENOENT on kernels that
+/// know the key, EINVAL on 6.5 to 6.7, and accepted (checked only at create) before 6.5.
+pub fn overlay_supports_lowerdir_plus() -> bool {
+    let Ok(fs) = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
+        return false;
+    };
+    matches!(
+        rustix::mount::fsconfig_set_string(&fs, "lowerdir+", "/nonexistent-snapshot-probe"),
+        Err(Errno::NOENT)
+    )
+}
+
+/// Overlay data options split into the layers and the rest.
+struct OverlayParts<'a> {
+    lower: Vec<&'a str>,
+    upper: Option<&'a str>,
+    work: Option<&'a str>,
+    other: Vec<&'a str>,
+}
+
+fn overlay_parts(data: &[String]) -> OverlayParts<'_> {
+    let mut p = OverlayParts { lower: vec![], upper: None, work: None, other: vec![] };
+    for o in data {
+        if let Some(v) = o.strip_prefix("lowerdir=") {
+            p.lower = v.split(':').filter(|s| !s.is_empty()).collect();
+        } else if let Some(v) = o.strip_prefix("upperdir=") {
+            p.upper = Some(v);
+        } else if let Some(v) = o.strip_prefix("workdir=") {
+            p.work = Some(v);
+        } else {
+            p.other.push(o);
+        }
+    }
+    p
+}
+
+fn mount_overlay(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
+    let parts = overlay_parts(&parsed.data);
+    if overlay_supports_lowerdir_plus() {
+        return mount_overlay_fsconfig(m, target, parsed.flags, &parts);
+    }
+    mount_overlay_legacy(m, target, parsed)
+}
+
+fn open_path(p: &str) -> std::io::Result<OwnedFd> {
+    rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(Into::into)
+}
+
+fn mount_overlay_fsconfig(
+    m: &Mount,
+    target: &Path,
+    flags: MountFlags,
+    parts: &OverlayParts<'_>,
+) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| {
+        Error::unknown(format!("mount overlay at {} ({what})", target.display())).with_source(e)
+    };
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(|e| fail("fsopen", e.into()))?;
+    let set_path = |key: &str, value: &str| -> std::io::Result<()> {
+        if value.len() <= FSCONFIG_VALUE_MAX {
+            rustix::mount::fsconfig_set_string(&fs, key, value)?;
+        } else {
+            // Values over 255 bytes only fit as a descriptor (Linux 6.13+ for overlay).
+            rustix::mount::fsconfig_set_fd(&fs, key, open_path(value)?)?;
+        }
+        Ok(())
+    };
+    for l in &parts.lower {
+        set_path("lowerdir+", l).map_err(|e| fail(&format!("lowerdir+ {l}"), e))?;
+    }
+    if let Some(u) = parts.upper {
+        set_path("upperdir", u).map_err(|e| fail(&format!("upperdir {u}"), e))?;
+    }
+    if let Some(w) = parts.work {
+        set_path("workdir", w).map_err(|e| fail(&format!("workdir {w}"), e))?;
+    }
+    for o in &parts.other {
+        let r = match o.split_once('=') {
+            Some((k, v)) => rustix::mount::fsconfig_set_string(&fs, k, v),
+            None => rustix::mount::fsconfig_set_flag(&fs, *o),
+        };
+        r.map_err(|e| fail(&format!("option {o}"), e.into()))?;
+    }
+    if flags.contains(MountFlags::RDONLY) {
+        rustix::mount::fsconfig_set_flag(&fs, "ro").map_err(|e| fail("ro", e.into()))?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(|e| fail("create", e.into()))?;
+    let mut attrs = MountAttrFlags::empty();
+    for (flag, attr) in [
+        (MountFlags::RDONLY, MountAttrFlags::MOUNT_ATTR_RDONLY),
+        (MountFlags::NOSUID, MountAttrFlags::MOUNT_ATTR_NOSUID),
+        (MountFlags::NODEV, MountAttrFlags::MOUNT_ATTR_NODEV),
+        (MountFlags::NOEXEC, MountAttrFlags::MOUNT_ATTR_NOEXEC),
+        (MountFlags::NOATIME, MountAttrFlags::MOUNT_ATTR_NOATIME),
+    ] {
+        if flags.contains(flag) {
+            attrs |= attr;
+        }
+    }
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(|e| fail("fsmount", e.into()))?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| mount_err(m, target, e))
+}
+
+/// The legacy mount(2) route, with containerd's relative-path fallback for long options.
+fn mount_overlay_legacy(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
+    let data = parsed.data.join(",");
+    let page = rustix::param::page_size();
+    if data.len() < page.saturating_sub(512) {
+        let c = CString::new(data).map_err(|_| nul(m))?;
+        return rustix::mount::mount("overlay", target, "overlay", parsed.flags, &*c)
+            .map_err(|e| mount_err(m, target, e));
+    }
+    let (dir, relative) = relative_overlay_data(&parsed.data).ok_or_else(|| too_long(m, target))?;
+    if relative.len() > LEGACY_OPTIONS_MAX.min(page - 1) {
+        return Err(too_long(m, target));
+    }
+    let c = CString::new(relative).map_err(|_| nul(m))?;
+    let target = std::path::absolute(target).map_err(|e| Error::io("resolve", target, e))?;
+    let flags = parsed.flags;
+    let res = std::thread::scope(|s| {
+        s.spawn(|| -> std::result::Result<(), Errno> {
+            unshare_fs()?;
+            rustix::process::chdir(&dir)?;
+            rustix::mount::mount("overlay", &target, "overlay", flags, &*c)
+        })
+        .join()
+        .unwrap_or(Err(Errno::IO))
+    });
+    res.map_err(|e| mount_err(m, &target, e))
+}
+
+/// Gives the calling thread its own working directory (`unshare(CLONE_FS)`).
+///
+/// The crate's `unsafe` mount helper: `CLONE_FS` only unshares the cwd, root and umask,
+/// never the descriptor table, which is what makes `unshare` unsafe in rustix.
+fn unshare_fs() -> std::result::Result<(), Errno> {
+    // SAFETY: see the function comment; the thread exits right after its one mount.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }
+}
+
+/// Rewrites `upperdir`, `workdir` and `lowerdir` relative to the parent of their longest
+/// common directory prefix, as containerd does; `None` when they share none.
+pub fn relative_overlay_data(data: &[String]) -> Option<(PathBuf, String)> {
+    let parts = overlay_parts(data);
+    let mut dirs: Vec<&str> = parts.lower.clone();
+    dirs.extend(parts.upper);
+    dirs.extend(parts.work);
+    let first = Path::new(dirs.first()?);
+    let mut common: PathBuf = first.to_path_buf();
+    for d in &dirs[1..] {
+        while !Path::new(d).starts_with(&common) {
+            if !common.pop() {
+                return None;
+            }
+        }
+    }
+    // containerd takes path.Dir of the common prefix so that every layer keeps a name.
+    if dirs.iter().any(|d| Path::new(d) == common) {
+        common.pop();
+    }
+    if common.as_os_str().is_empty() || common == Path::new("/") {
+        return None;
+    }
+    let rel = |d: &str| -> String {
+        Path::new(d).strip_prefix(&common).map(|p| p.to_string_lossy().into_owned()).unwrap()
+    };
+    let mut out: Vec<String> = Vec::with_capacity(data.len());
+    for o in data {
+        if let Some(v) = o.strip_prefix("lowerdir=") {
+            let l: Vec<String> = v.split(':').filter(|s| !s.is_empty()).map(rel).collect();
+            out.push(format!("lowerdir={}", l.join(":")));
+        } else if let Some(v) = o.strip_prefix("upperdir=") {
+            out.push(format!("upperdir={}", rel(v)));
+        } else if let Some(v) = o.strip_prefix("workdir=") {
+            out.push(format!("workdir={}", rel(v)));
+        } else {
+            out.push(o.clone());
+        }
+    }
+    Some((common, out.join(",")))
+}
+
+fn nul(m: &Mount) -> Error {
+    Error::invalid_argument(format!("mount options {:?} hold a NUL byte", m.options))
+}
+
+fn too_long(m: &Mount, target: &Path) -> Error {
+    Error::invalid_argument(format!(
+        "mount {} at {}: the option string is longer than one page even with relative \
+         lowerdirs, and this kernel has no lowerdir+ (Linux 6.8+): use fewer layers",
+        m.kind,
+        target.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn option_parsing() {
+        let p = parse_options(&s(&["ro", "rbind"]));
+        assert_eq!(p.flags, MountFlags::RDONLY | MountFlags::BIND | MountFlags::REC);
+        assert!(p.data.is_empty());
+        let p = parse_options(&s(&["rw", "index=off", "lowerdir=/a:/b", "nosuid"]));
+        assert_eq!(p.flags, MountFlags::NOSUID);
+        assert_eq!(p.data, s(&["index=off", "lowerdir=/a:/b"]));
+        let p = parse_options(&s(&["ro", "rw"]));
+        assert_eq!(p.flags, MountFlags::empty());
+        let p = parse_options(&s(&["subvolid=256", "ro"]));
+        assert_eq!(p.data, s(&["subvolid=256"]));
+    }
+
+    #[test]
+    fn relative_lowerdirs() {
+        let data = s(&[
+            "index=off",
+            "workdir=/var/lib/s/snapshots/3/work",
+            "upperdir=/var/lib/s/snapshots/3/fs",
+            "lowerdir=/var/lib/s/snapshots/2/fs:/var/lib/s/snapshots/1/fs",
+        ]);
+        let (dir, rel) = relative_overlay_data(&data).unwrap();
+        assert_eq!(dir, Path::new("/var/lib/s/snapshots"));
+        assert_eq!(rel, "index=off,workdir=3/work,upperdir=3/fs,lowerdir=2/fs:1/fs");
+        assert!(relative_overlay_data(&s(&["lowerdir=/a/x:/b/y"])).is_none());
+    }
+}
