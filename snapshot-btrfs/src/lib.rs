@@ -1,0 +1,1 @@
+//! snapshot-btrfs (in progress).

@@ -1,0 +1,1 @@
+//! snapshot-native (in progress).

@@ -1,0 +1,1 @@
+//! snapshot-overlay (in progress).

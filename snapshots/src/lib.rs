@@ -1,0 +1,1 @@
+//! snapshots (in progress).
