@@ -1,1 +1,210 @@
-//! snapshots (in progress).
+//! Layered filesystem snapshots, exact to containerd's snapshotter contract: one trait,
+//! [`Snapshotter`], and the backends that implement it, chosen with Cargo features.
+//!
+//! | feature | backend | default |
+//! |---|---|---|
+//! | `native` | [`snapshot_native`]: copies, works on any filesystem | yes |
+//! | `overlay` | [`snapshot_overlay`]: overlayfs, the usual choice on Linux | yes |
+//! | `btrfs` | [`snapshot_btrfs`]: btrfs subvolumes (links libbtrfsutil) | no |
+//!
+//! Each backend is an optional dependency: a crate that enables only `native` compiles
+//! none of the others. [`open`] opens a backend by [`Backend`] (parsed from its name);
+//! everything of `snapshot-core` is re-exported here, so one dependency is enough.
+//!
+//! ```no_run
+//! use snapshots::{open, Backend, CommitOptions, CreateOptions, Options, Snapshotter};
+//!
+//! # fn main() -> snapshots::Result<()> {
+//! let backend: Backend = "native".parse()?;
+//! let sn = open(backend, "/var/lib/my-snapshots".as_ref(), &Options::default())?;
+//! sn.prepare("extract-1", "", &CreateOptions::default())?;
+//! // ... mount, unpack, unmount ...
+//! sn.commit("layer-1", "extract-1", &CommitOptions::default())?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+pub use snapshot_core;
+pub use snapshot_core::{
+    error, filter, keyspace, labels, layout, metastore, mount, usage, Cleaner, CommitOptions,
+    CreateOptions, Error, ErrorKind, Info, Kind, Labels, Mount, Result, Snapshotter, Usage,
+};
+
+#[cfg(feature = "btrfs")]
+pub use snapshot_btrfs;
+#[cfg(feature = "native")]
+pub use snapshot_native;
+#[cfg(feature = "overlay")]
+pub use snapshot_overlay;
+
+/// A snapshot backend, by the name containerd gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Copies: works on any filesystem (`native`).
+    Native,
+    /// overlayfs (`overlay`, containerd's `overlayfs`).
+    Overlay,
+    /// btrfs subvolumes (`btrfs`).
+    Btrfs,
+}
+
+impl Backend {
+    /// Every backend, compiled in or not.
+    pub const ALL: [Backend; 3] = [Backend::Native, Backend::Overlay, Backend::Btrfs];
+
+    /// The backend's name: `native`, `overlay`, `btrfs`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Overlay => "overlay",
+            Backend::Btrfs => "btrfs",
+        }
+    }
+
+    /// Whether this build has the backend (its Cargo feature is on).
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Backend::Native => cfg!(feature = "native"),
+            Backend::Overlay => cfg!(feature = "overlay"),
+            Backend::Btrfs => cfg!(feature = "btrfs"),
+        }
+    }
+
+    /// The backends this build has.
+    pub fn compiled() -> Vec<Backend> {
+        Backend::ALL.into_iter().filter(|b| b.is_compiled()).collect()
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+
+    /// Parses `native`, `overlay` (or containerd's `overlayfs`) and `btrfs`,
+    /// case-insensitively. A backend that is not compiled in still parses; [`open`] says
+    /// which feature it needs.
+    fn from_str(s: &str) -> Result<Backend> {
+        match s.to_ascii_lowercase().as_str() {
+            "native" => Ok(Backend::Native),
+            "overlay" | "overlayfs" => Ok(Backend::Overlay),
+            "btrfs" => Ok(Backend::Btrfs),
+            _ => Err(Error::invalid_argument(format!(
+                "unknown snapshot backend {s:?}: use native, overlay or btrfs"
+            ))),
+        }
+    }
+}
+
+/// Backend options for [`open`]: one configuration per compiled-in backend; [`open`] uses
+/// the one of the backend it opens.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// Options of the native backend.
+    #[cfg(feature = "native")]
+    pub native: snapshot_native::NativeConfig,
+    /// Options of the overlay backend.
+    #[cfg(feature = "overlay")]
+    pub overlay: snapshot_overlay::OverlayConfig,
+    /// Options of the btrfs backend.
+    #[cfg(feature = "btrfs")]
+    pub btrfs: snapshot_btrfs::BtrfsConfig,
+}
+
+/// Opens (or creates) the snapshotter `backend` at `root` with its part of `options`.
+///
+/// # Errors
+/// NotImplemented when `backend` is not compiled in (its Cargo feature is off); whatever
+/// the backend's `open` returns (Unknown when the root cannot be created, Unavailable
+/// when it is already open, InvalidArgument when the filesystem does not fit the backend).
+pub fn open(backend: Backend, root: &Path, options: &Options) -> Result<Box<dyn Snapshotter>> {
+    // `options` is unused when no backend is compiled in.
+    let _ = options;
+    match backend {
+        #[cfg(feature = "native")]
+        Backend::Native => Ok(Box::new(snapshot_native::NativeSnapshotter::open(
+            root,
+            options.native.clone(),
+        )?)),
+        #[cfg(feature = "overlay")]
+        Backend::Overlay => Ok(Box::new(snapshot_overlay::OverlaySnapshotter::open(
+            root,
+            options.overlay.clone(),
+        )?)),
+        #[cfg(feature = "btrfs")]
+        Backend::Btrfs => Ok(Box::new(snapshot_btrfs::BtrfsSnapshotter::open(
+            root,
+            options.btrfs.clone(),
+        )?)),
+        #[allow(unreachable_patterns)]
+        other => Err(Error::not_implemented(format!(
+            "snapshot backend {other} at {} is not compiled in: build with the Cargo feature \
+             {other:?} of the snapshots crate (this build has: {})",
+            root.display(),
+            compiled_names()
+        ))),
+    }
+}
+
+fn compiled_names() -> String {
+    let names: Vec<&str> = Backend::compiled().into_iter().map(Backend::name).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in Backend::ALL {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+            assert_eq!(b.to_string(), b.name());
+        }
+        assert_eq!("OverlayFS".parse::<Backend>().unwrap(), Backend::Overlay);
+        let err = "zfs".parse::<Backend>().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("zfs"), "{err}");
+    }
+
+    #[test]
+    fn compiled_matches_features() {
+        assert_eq!(Backend::Native.is_compiled(), cfg!(feature = "native"));
+        assert_eq!(Backend::Overlay.is_compiled(), cfg!(feature = "overlay"));
+        assert_eq!(Backend::Btrfs.is_compiled(), cfg!(feature = "btrfs"));
+    }
+
+    #[test]
+    fn missing_backend_is_not_implemented() {
+        let tmp = tempfile::tempdir().unwrap();
+        for b in Backend::ALL.into_iter().filter(|b| !b.is_compiled()) {
+            let err = open(b, tmp.path(), &Options::default()).err().expect("must fail");
+            assert_eq!(err.kind(), ErrorKind::NotImplemented);
+            assert!(err.to_string().contains(b.name()), "{err}");
+        }
+    }
+
+    #[cfg(feature = "native")]
+    #[test]
+    fn native_opens_and_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sn = open(Backend::Native, tmp.path(), &Options::default()).unwrap();
+        sn.prepare("a", "", &CreateOptions::default()).unwrap();
+        sn.commit("b", "a", &CommitOptions::default()).unwrap();
+        assert_eq!(sn.stat("b").unwrap().kind, Kind::Committed);
+        sn.close().unwrap();
+    }
+}

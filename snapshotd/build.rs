@@ -1,0 +1,18 @@
+//! Compiles containerd's snapshots and mount protos with protox (pure Rust), so the build
+//! needs no system `protoc`.
+
+use std::path::Path;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let include = Path::new("proto");
+    let files = [
+        "github.com/containerd/containerd/api/types/mount.proto",
+        "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", include.join(f).display());
+    }
+    let fds = protox::compile(files, [include])?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The daemon's configuration: command-line flags over an optional TOML file.
+//!
+//! The file (`/etc/snapshotd/config.toml` unless `--config` names another) holds the same
+//! settings as the flags; a flag given on the command line wins over the file, the file
+//! over the defaults. A missing default file is fine; a missing file named by `--config`,
+//! or a file that does not parse, is an error that names the file.
+//!
+//! ```toml
+//! backend = "overlay"            # native, overlay or btrfs; default: detected
+//! root = "/var/lib/snapshotd"
+//! address = "/run/snapshotd/snapshotd.sock"
+//! log_level = "info"
+//! no_sync = false                # skip the metastore's fsync (containerd's no_sync)
+//! sync = false                   # flush a layer's data before its commit is recorded
+//!
+//! [overlay]
+//! sync_remove = false            # delete directories at remove, not in cleanup
+//! upperdir_label = false         # label snapshots with their upper directory
+//! mount_options = ["nodev"]      # extra options of every overlay mount
+//! redirect_dir = false           # mount with redirect_dir=on (renames of lower dirs)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use log::LevelFilter;
+use serde::Deserialize;
+use snapshots::Backend;
+
+/// The configuration file read when `--config` is not given; it may be missing.
+pub const DEFAULT_CONFIG: &str = "/etc/snapshotd/config.toml";
+/// The default root directory of the backend's store.
+pub const DEFAULT_ROOT: &str = "/var/lib/snapshotd";
+/// The default socket path.
+pub const DEFAULT_ADDRESS: &str = "/run/snapshotd/snapshotd.sock";
+
+/// Command-line flags of `snapshotd`.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "snapshotd",
+    version,
+    about = "Serves containerd's snapshots API on a unix socket (a containerd proxy snapshotter)",
+    long_about = "Serves containerd's snapshots gRPC API on a unix socket, backed by the native, \
+overlay or btrfs snapshotter, so containerd can use it as a proxy plugin:\n\n  \
+[proxy_plugins.snapshotd]\n    type = \"snapshot\"\n    address = \"/run/snapshotd/snapshotd.sock\"\n\n\
+Settings come from the flags, then the TOML file (--config, default /etc/snapshotd/config.toml, \
+which may be missing), then the defaults. SIGTERM or SIGINT stops the daemon after the calls \
+in flight."
+)]
+pub struct Flags {
+    /// TOML configuration file [default: /etc/snapshotd/config.toml, may be missing]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Backend: native, overlay or btrfs [default: overlay if the root's filesystem
+    /// supports it, else native]
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// Root directory of the snapshot store [default: /var/lib/snapshotd]
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Unix socket to serve on [default: /run/snapshotd/snapshotd.sock]
+    #[arg(long, value_name = "PATH")]
+    pub address: Option<PathBuf>,
+    /// Log level: off, error, warn, info, debug, trace [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Skip the metastore's fsync per transaction (faster; a power loss may lose the
+    /// latest operations)
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Flush a layer's data to disk before its commit is recorded
+    #[arg(long)]
+    pub sync: bool,
+    /// overlay: delete a snapshot's directory at remove instead of in cleanup
+    #[arg(long)]
+    pub sync_remove: bool,
+    /// overlay: label each snapshot with its upper directory
+    /// (containerd.io/snapshot/overlay.upperdir)
+    #[arg(long)]
+    pub upperdir_label: bool,
+    /// overlay: an extra option for every overlay mount (repeat for more)
+    #[arg(long = "mount-option", value_name = "OPT")]
+    pub mount_options: Vec<String>,
+    /// overlay: mount with redirect_dir=on so renaming a directory of a lower layer
+    /// works (off by default, as containerd: differs do not read redirects)
+    #[arg(long)]
+    pub redirect_dir: bool,
+}
+
+/// The configuration file's contents; every field is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `backend = "overlay"`
+    pub backend: Option<String>,
+    /// `root = "/var/lib/snapshotd"`
+    pub root: Option<PathBuf>,
+    /// `address = "/run/snapshotd/snapshotd.sock"`
+    pub address: Option<PathBuf>,
+    /// `log_level = "info"`
+    pub log_level: Option<String>,
+    /// `no_sync = true`
+    pub no_sync: Option<bool>,
+    /// `sync = true`
+    pub sync: Option<bool>,
+    /// The `[overlay]` table.
+    #[serde(default)]
+    pub overlay: OverlayFileConfig,
+}
+
+/// The `[overlay]` table of the configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayFileConfig {
+    /// `sync_remove = true`
+    pub sync_remove: Option<bool>,
+    /// `upperdir_label = true`
+    pub upperdir_label: Option<bool>,
+    /// `mount_options = ["nodev"]`
+    pub mount_options: Option<Vec<String>>,
+    /// `redirect_dir = true`
+    pub redirect_dir: Option<bool>,
+}
+
+/// Options passed to the backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendOptions {
+    /// Skip the metastore's fsync.
+    pub no_sync: bool,
+    /// Flush a layer's data before its commit is recorded.
+    pub sync: bool,
+    /// overlay: delete directories at remove.
+    pub sync_remove: bool,
+    /// overlay: the upper-directory label.
+    pub upperdir_label: bool,
+    /// overlay: extra mount options.
+    pub mount_options: Vec<String>,
+    /// overlay: `redirect_dir=on`.
+    pub redirect_dir: bool,
+}
+
+/// The merged configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The backend; `None` means "detect from the root's filesystem".
+    pub backend: Option<Backend>,
+    /// The store's root directory.
+    pub root: PathBuf,
+    /// The socket path.
+    pub address: PathBuf,
+    /// The log level.
+    pub log_level: LevelFilter,
+    /// Options of the backend.
+    pub options: BackendOptions,
+}
+
+impl Config {
+    /// Reads the configuration file (the one `flags.config` names, else the default one
+    /// if it exists) and merges `flags` over it.
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or parsed, or naming the bad
+    /// value (backend, log level).
+    pub fn load(flags: &Flags) -> Result<Config, String> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => {
+                let path = Path::new(DEFAULT_CONFIG);
+                if path.exists() {
+                    read_file(path)?
+                } else {
+                    FileConfig::default()
+                }
+            }
+        };
+        Config::merge(flags, file)
+    }
+
+    /// Merges `flags` over `file` over the defaults.
+    ///
+    /// # Errors
+    /// A message naming a bad backend or log level.
+    pub fn merge(flags: &Flags, file: FileConfig) -> Result<Config, String> {
+        let backend = match flags.backend.as_ref().or(file.backend.as_ref()) {
+            Some(name) => Some(name.parse::<Backend>().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let level = flags.log_level.as_deref().or(file.log_level.as_deref()).unwrap_or("info");
+        let ov = file.overlay;
+        Ok(Config {
+            backend,
+            root: flags.root.clone().or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
+            address: flags
+                .address
+                .clone()
+                .or(file.address)
+                .unwrap_or_else(|| DEFAULT_ADDRESS.into()),
+            log_level: crate::logger::parse_level(level)?,
+            options: BackendOptions {
+                no_sync: flags.no_sync || file.no_sync.unwrap_or(false),
+                sync: flags.sync || file.sync.unwrap_or(false),
+                sync_remove: flags.sync_remove || ov.sync_remove.unwrap_or(false),
+                upperdir_label: flags.upperdir_label || ov.upperdir_label.unwrap_or(false),
+                mount_options: if flags.mount_options.is_empty() {
+                    ov.mount_options.unwrap_or_default()
+                } else {
+                    flags.mount_options.clone()
+                },
+                redirect_dir: flags.redirect_dir || ov.redirect_dir.unwrap_or(false),
+            },
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {e}", path.display()))
+}
+
+impl BackendOptions {
+    /// The facade's options for these settings.
+    pub fn to_options(&self) -> snapshots::Options {
+        #[allow(unused_mut)]
+        let mut o = snapshots::Options::default();
+        #[cfg(feature = "native")]
+        {
+            o.native.no_sync = self.no_sync;
+            o.native.sync = self.sync;
+        }
+        #[cfg(feature = "overlay")]
+        {
+            o.overlay = crate::server::overlay_config(self);
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("snapshotd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::merge(&flags(&[]), FileConfig::default()).unwrap();
+        assert_eq!(c.backend, None);
+        assert_eq!(c.root, Path::new(DEFAULT_ROOT));
+        assert_eq!(c.address, Path::new(DEFAULT_ADDRESS));
+        assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!(c.options, BackendOptions::default());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            backend = "native"
+            root = "/srv/file-root"
+            address = "/run/file.sock"
+            log_level = "debug"
+            [overlay]
+            sync_remove = true
+            mount_options = ["nodev"]
+            "#,
+        )
+        .unwrap();
+        let c = Config::merge(
+            &flags(&["--backend", "overlay", "--root", "/srv/flag-root", "--mount-option", "ro"]),
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.backend, Some(Backend::Overlay));
+        assert_eq!(c.root, Path::new("/srv/flag-root"));
+        assert_eq!(c.address, Path::new("/run/file.sock"));
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert!(c.options.sync_remove);
+        assert_eq!(c.options.mount_options, vec!["ro".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::merge(&flags(&["--backend", "zfs"]), FileConfig::default()).unwrap_err();
+        assert!(e.contains("zfs"), "{e}");
+        let e = Config::merge(&flags(&["--log-level", "loud"]), FileConfig::default()).unwrap_err();
+        assert!(e.contains("loud"), "{e}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "backend = \n").unwrap();
+        let e = Config::load(&Flags { config: Some(bad.clone()), ..Flags::default() }).unwrap_err();
+        assert!(e.contains(&bad.display().to_string()), "{e}");
+        let unknown = dir.path().join("unknown.toml");
+        std::fs::write(&unknown, "bakend = \"native\"\n").unwrap();
+        let e = Config::load(&Flags { config: Some(unknown), ..Flags::default() }).unwrap_err();
+        assert!(e.contains("bakend"), "{e}");
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(&Flags { config: Some(missing.clone()), ..Flags::default() })
+            .unwrap_err();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+    }
+}

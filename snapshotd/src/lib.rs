@@ -1,0 +1,28 @@
+//! snapshotd: a containerd proxy snapshotter. It serves containerd's snapshots gRPC API
+//! (`containerd.services.snapshots.v1.Snapshots`, the wire format of containerd's
+//! `snapshots.proto` and `mount.proto`) on a unix socket, backed by one of the
+//! [`snapshots`] backends, so containerd loads it as a `proxy_plugins` snapshotter:
+//!
+//! ```toml
+//! # /etc/containerd/config.toml
+//! version = 2
+//! [proxy_plugins.snapshotd]
+//!   type = "snapshot"
+//!   address = "/run/snapshotd/snapshotd.sock"
+//! ```
+//!
+//! The library holds the pieces the two binaries share: the generated protocol code
+//! ([`proto`]), conversions and the error-to-status mapping ([`convert`]), the service
+//! ([`service`]), configuration ([`config`]), the socket and serving loop ([`server`]),
+//! systemd readiness ([`notify`]), a client ([`client`]) and a small stderr logger
+//! ([`logger`]).
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod logger;
+pub mod notify;
+pub mod proto;
+pub mod server;
+pub mod service;

@@ -1,0 +1,299 @@
+//! The socket, the choice of backend, and the serving loop with a clean shutdown.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use snapshots::{Backend, Snapshotter};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::{BackendOptions, Config};
+use crate::notify::notify_or_log;
+use crate::service::SnapshotService;
+
+/// The socket's mode: the owner and its group (containerd runs as root) may connect.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// How long a shutdown waits for calls in flight before closing the store anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A bound socket, and what identifies the file so that only our own socket is removed.
+pub struct BoundSocket {
+    /// The listener, non-blocking, ready for tokio.
+    pub listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    dev_ino: (u64, u64),
+}
+
+impl BoundSocket {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the socket file if it is still the one this process bound (a successor
+    /// may have replaced it).
+    pub fn remove(&self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.dev_ino => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("removing socket {}: {e}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Binds the unix socket `path` with mode 0660, creating its directory (0711) if needed.
+///
+/// A stale socket (a file nobody listens on, left by a crashed daemon) is replaced; a
+/// live one (another daemon answers) is refused, and so is a path that is not a socket.
+///
+/// # Errors
+/// A message naming the path and saying what to do.
+pub fn bind(path: &Path) -> Result<BoundSocket, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("creating socket directory {}: {e}", dir.display()))?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711));
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(format!(
+                    "socket {} is in use by a running daemon: stop it first or pick another \
+                     --address",
+                    path.display()
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                log::info!("replacing stale socket {}", path.display());
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "socket {} exists and cannot be probed ({e}): remove it if no daemon uses it",
+                    path.display()
+                ))
+            }
+        },
+        Ok(_) => {
+            return Err(format!(
+                "{} exists and is not a socket: remove it or pick another --address",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("checking socket path {}: {e}", path.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("binding socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| format!("setting mode 0660 on socket {}: {e}", path.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket {}: setting non-blocking: {e}", path.display()))?;
+    let m = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("checking socket {}: {e}", path.display()))?;
+    Ok(BoundSocket { listener, path: path.to_owned(), dev_ino: (m.dev(), m.ino()) })
+}
+
+/// Serves the snapshots service over `sn` on `listener` until `shutdown` completes, then
+/// stops accepting, lets the calls in flight finish and returns.
+///
+/// Must be called inside a tokio runtime.
+///
+/// # Errors
+/// The transport error when serving fails.
+pub async fn serve(
+    sn: Arc<dyn Snapshotter>,
+    listener: std::os::unix::net::UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(|e| format!("registering the socket with tokio: {e}"))?;
+    tonic::transport::Server::builder()
+        .add_service(SnapshotService::new(sn).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| format!("serving: {e}"))
+}
+
+/// The backend to run: the configured one, else overlay where the root's filesystem
+/// supports it, else native. The choice and its reason are logged.
+pub fn choose_backend(configured: Option<Backend>, root: &Path) -> Backend {
+    if let Some(b) = configured {
+        log::info!("backend {b} (configured)");
+        return b;
+    }
+    if Backend::Overlay.is_compiled() {
+        match overlay_supported(root) {
+            Ok(()) => {
+                log::info!("backend overlay (detected: {} supports overlayfs)", root.display());
+                return Backend::Overlay;
+            }
+            Err(why) => log::info!("backend native (overlay is not usable at {}: {why})", root.display()),
+        }
+    } else {
+        log::info!("backend native (overlay is not compiled in)");
+    }
+    Backend::Native
+}
+
+/// Whether an overlay with an upper directory on `root`'s filesystem mounts: the check
+/// containerd's overlay plugin makes (`overlayutils.Supported`), done by mounting one in a
+/// scratch directory under `root` and taking it off again.
+///
+/// # Errors
+/// Why not: the mount's error (no overlay module, no privilege, an upper filesystem
+/// overlay does not take, such as overlayfs itself).
+pub fn overlay_supported(root: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("overlay-check-")
+        .tempdir_in(root)
+        .map_err(|e| format!("creating a scratch directory in {}: {e}", root.display()))?;
+    let dir = |n: &str| -> Result<String, String> {
+        let p = scratch.path().join(n);
+        std::fs::create_dir(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+        p.into_os_string().into_string().map_err(|p| format!("{p:?} is not UTF-8"))
+    };
+    let (lower, upper, work, merged) = (dir("lower")?, dir("upper")?, dir("work")?, dir("merged")?);
+    let m = snapshots::Mount::new(
+        "overlay",
+        "overlay",
+        vec![format!("lowerdir={lower}"), format!("upperdir={upper}"), format!("workdir={work}")],
+    );
+    snapshots::mount::mount_all(&[m], Path::new(&merged)).map_err(|e| e.to_string())?;
+    snapshots::mount::unmount_all(Path::new(&merged)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The overlay backend's configuration for `opts`.
+#[cfg(feature = "overlay")]
+pub fn overlay_config(opts: &BackendOptions) -> snapshots::snapshot_overlay::OverlayConfig {
+    snapshots::snapshot_overlay::OverlayConfig {
+        no_sync: opts.no_sync,
+        sync: opts.sync,
+        async_remove: !opts.sync_remove,
+        upperdir_label: opts.upperdir_label,
+        mount_options: opts.mount_options.clone(),
+        redirect_dir: opts.redirect_dir,
+        ..Default::default()
+    }
+}
+
+/// Runs the daemon with `config` until SIGTERM or SIGINT: opens the backend, binds the
+/// socket, reports readiness to systemd, serves, and on a signal stops accepting, lets
+/// the calls in flight finish, closes the store and removes the socket.
+///
+/// # Errors
+/// A message saying what failed (backend, socket, runtime); the socket is removed and
+/// the store closed on every path that opened them.
+pub fn run(config: Config) -> Result<(), String> {
+    let backend = choose_backend(config.backend, &config.root);
+    warn_unused_options(backend, &config.options);
+    let sn: Arc<dyn Snapshotter> =
+        Arc::from(snapshots::open(backend, &config.root, &config.options.to_options()).map_err(
+            |e| format!("opening the {backend} snapshotter at {}: {e}", config.root.display()),
+        )?);
+    let result = serve_until_signal(Arc::clone(&sn), &config.address, backend, &config.root);
+    drain(&sn);
+    if let Err(e) = sn.close() {
+        log::error!("closing the snapshot store at {}: {e}", config.root.display());
+    }
+    log::info!("stopped");
+    result
+}
+
+/// Warns about options that do nothing for the chosen backend.
+fn warn_unused_options(backend: Backend, opts: &BackendOptions) {
+    let overlay_only =
+        opts.sync_remove || opts.upperdir_label || opts.redirect_dir || !opts.mount_options.is_empty();
+    if backend != Backend::Overlay && overlay_only {
+        log::warn!("overlay options are set but the backend is {backend}: they are ignored");
+    }
+}
+
+fn serve_until_signal(
+    sn: Arc<dyn Snapshotter>,
+    address: &Path,
+    backend: Backend,
+    root: &Path,
+) -> Result<(), String> {
+    let socket = bind(address)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"));
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            socket.remove();
+            return Err(e);
+        }
+    };
+    let listener = match socket.listener.try_clone() {
+        Ok(l) => l,
+        Err(e) => {
+            socket.remove();
+            return Err(format!("socket {}: {e}", address.display()));
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        log::info!(
+            "serving the {backend} snapshotter at {} on {}",
+            root.display(),
+            address.display()
+        );
+        notify_or_log("READY=1");
+        serve(sn, listener, async move {
+            shutdown.await;
+            log::info!("shutting down: finishing the calls in flight");
+            notify_or_log("STOPPING=1");
+        })
+        .await
+    });
+    socket.remove();
+    // Blocking calls of clients that went away may still run; they hold the snapshotter
+    // and are waited for in `drain`.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// A future that completes at the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM received"),
+            _ = int.recv() => log::info!("SIGINT received"),
+        }
+    })
+}
+
+/// Waits until no backend call holds the snapshotter any more (each call holds a clone
+/// of the `Arc`), so closing the store never cuts an operation in half.
+fn drain(sn: &Arc<dyn Snapshotter>) {
+    let start = Instant::now();
+    while Arc::strong_count(sn) > 1 {
+        if start.elapsed() > DRAIN_TIMEOUT {
+            log::warn!(
+                "{} backend calls still running after {DRAIN_TIMEOUT:?}: closing the store anyway",
+                Arc::strong_count(sn) - 1
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,207 @@
+//! The `containerd.services.snapshots.v1.Snapshots` service over one [`Snapshotter`].
+//!
+//! Behaviour follows containerd's `contrib/snapshotservice`: the `snapshotter` field of
+//! every request is ignored (one socket serves one snapshotter); List streams batches of
+//! [`LIST_BATCH`] infos; Update takes the field mask's paths (none: replace all labels);
+//! Cleanup is Unimplemented for a backend without a [`snapshots::Cleaner`]; Commit's
+//! `parent` (containerd 2.2's rebase) becomes [`CommitOptions::parent`]. Every backend
+//! call runs on tokio's blocking pool, so slow filesystem work never stalls the async
+//! threads that serve other clients.
+
+use std::sync::Arc;
+
+use snapshots::filter::FilterSet;
+use snapshots::{CommitOptions, CreateOptions, Error, Labels, Snapshotter};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{info_from_proto, info_to_proto, mount_to_proto, to_status, usage_to_proto};
+use crate::proto::snapshots as pb;
+use crate::proto::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
+
+/// How many infos one List response carries (containerd's service sends 100).
+pub const LIST_BATCH: usize = 100;
+
+/// How many List batches may wait for a slow client before the walk pauses.
+const LIST_QUEUE: usize = 2;
+
+/// The service: holds the snapshotter shared by every call.
+#[derive(Clone)]
+pub struct SnapshotService {
+    sn: Arc<dyn Snapshotter>,
+}
+
+impl SnapshotService {
+    /// A service over `sn`.
+    pub fn new(sn: Arc<dyn Snapshotter>) -> Self {
+        SnapshotService { sn }
+    }
+
+    /// The tonic server for this service, ready to add to a router.
+    pub fn into_server(self) -> SnapshotsServer<Self> {
+        SnapshotsServer::new(self)
+    }
+
+    /// Runs `f` with the snapshotter on the blocking pool and maps its error to a status.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Snapshotter) -> snapshots::Result<T> + Send + 'static,
+    {
+        let sn = Arc::clone(&self.sn);
+        match tokio::task::spawn_blocking(move || f(&*sn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                log::debug!("request failed: {e}");
+                Err(to_status(&e))
+            }
+            Err(join) => {
+                log::error!("snapshotter call panicked: {join}");
+                Err(Status::unknown(format!("snapshotter call failed: {join}")))
+            }
+        }
+    }
+}
+
+fn labels_of(map: std::collections::HashMap<String, String>) -> Labels {
+    map.into_iter().collect()
+}
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotService {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let opts = CreateOptions::with_labels(labels_of(r.labels));
+        let mounts = self.blocking(move |sn| sn.prepare(&r.key, &r.parent, &opts)).await?;
+        Ok(Response::new(pb::PrepareSnapshotResponse {
+            mounts: mounts.iter().map(mount_to_proto).collect(),
+        }))
+    }
+
+    async fn view(
+        &self,
+        request: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let opts = CreateOptions::with_labels(labels_of(r.labels));
+        let mounts = self.blocking(move |sn| sn.view(&r.key, &r.parent, &opts)).await?;
+        Ok(Response::new(pb::ViewSnapshotResponse {
+            mounts: mounts.iter().map(mount_to_proto).collect(),
+        }))
+    }
+
+    async fn mounts(
+        &self,
+        request: Request<pb::MountsRequest>,
+    ) -> Result<Response<pb::MountsResponse>, Status> {
+        let r = request.into_inner();
+        let mounts = self.blocking(move |sn| sn.mounts(&r.key)).await?;
+        Ok(Response::new(pb::MountsResponse { mounts: mounts.iter().map(mount_to_proto).collect() }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        let opts = CommitOptions { labels: labels_of(r.labels), parent: r.parent };
+        self.blocking(move |sn| sn.commit(&r.name, &r.key, &opts)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        let r = request.into_inner();
+        self.blocking(move |sn| sn.remove(&r.key)).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let info = self.blocking(move |sn| sn.stat(&r.key)).await?;
+        Ok(Response::new(pb::StatSnapshotResponse { info: Some(info_to_proto(&info)) }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let Some(info) = r.info else {
+            return Err(to_status(&Error::invalid_argument(
+                "update request without info: name the snapshot in info.name",
+            )));
+        };
+        let info = info_from_proto(info);
+        // containerd treats a missing mask as "no paths": every label is replaced.
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let info = self.blocking(move |sn| sn.update(&info, &paths)).await?;
+        Ok(Response::new(pb::UpdateSnapshotResponse { info: Some(info_to_proto(&info)) }))
+    }
+
+    type ListStream = ReceiverStream<Result<pb::ListSnapshotsResponse, Status>>;
+
+    async fn list(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let filters = request.into_inner().filters;
+        // A bad filter fails the call itself rather than the first stream message.
+        FilterSet::parse(&filters).map_err(|e| to_status(&e))?;
+        let (tx, rx) = mpsc::channel(LIST_QUEUE);
+        let sn = Arc::clone(&self.sn);
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(LIST_BATCH);
+            let walked = sn.walk(&filters, &mut |info| {
+                batch.push(info_to_proto(info));
+                if batch.len() == LIST_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                    // Blocking here is fine: the walk holds no transaction while a
+                    // callback runs. A client that went away ends the walk.
+                    tx.blocking_send(Ok(pb::ListSnapshotsResponse { info: full }))
+                        .map_err(|_| Error::unavailable("list: the client closed the stream"))?;
+                }
+                Ok(())
+            });
+            let last = match walked {
+                Ok(()) if batch.is_empty() => return,
+                Ok(()) => Ok(pb::ListSnapshotsResponse { info: batch }),
+                Err(e) => {
+                    log::debug!("list failed: {e}");
+                    Err(to_status(&e))
+                }
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        let r = request.into_inner();
+        let usage = self.blocking(move |sn| sn.usage(&r.key)).await?;
+        Ok(Response::new(usage_to_proto(usage)))
+    }
+
+    async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        self.blocking(|sn| match sn.as_cleaner() {
+            Some(cleaner) => cleaner.cleanup(),
+            None => Err(Error::not_implemented(
+                "cleanup: this snapshotter deletes at remove and has nothing to clean up",
+            )),
+        })
+        .await?;
+        Ok(Response::new(()))
+    }
+}
