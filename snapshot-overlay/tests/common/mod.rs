@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests: the privileged gate, mount guards, layers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use snapshot_core::{CommitOptions, CreateOptions, Snapshotter};
+use snapshot_overlay::{OverlayConfig, OverlaySnapshotter};
+
+/// True when privileged tests are asked for (`SNAPSHOT_TEST_PRIVILEGED=1`). Unset, it
+/// prints a skip line; set without root, the test fails rather than skipping.
+pub fn privileged(test: &str) -> bool {
+    if std::env::var("SNAPSHOT_TEST_PRIVILEGED").as_deref() != Ok("1") {
+        eprintln!("skipping {test}: it mounts; set SNAPSHOT_TEST_PRIVILEGED=1 (as root) to run it");
+        return false;
+    }
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "{test}: SNAPSHOT_TEST_PRIVILEGED=1 is set but the tests do not run as root"
+    );
+    true
+}
+
+/// Unmounts everything at its path when dropped, also when a test panics.
+pub struct MountGuard(pub PathBuf);
+
+impl MountGuard {
+    /// Mounts `mounts` at `target` and returns the guard.
+    pub fn mount(mounts: &[snapshot_core::Mount], target: &Path) -> MountGuard {
+        std::fs::create_dir_all(target).unwrap();
+        snapshot_core::mount::mount_all(mounts, target)
+            .unwrap_or_else(|e| panic!("mount {mounts:?} at {}: {e}", target.display()));
+        MountGuard(target.to_path_buf())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = snapshot_core::mount::unmount_all(&self.0) {
+            eprintln!("unmounting {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Opens a snapshotter at `<dir>/root`.
+pub fn open(dir: &Path, config: OverlayConfig) -> OverlaySnapshotter {
+    OverlaySnapshotter::open(&dir.join("root"), config).expect("open the overlay snapshotter")
+}
+
+/// Prepares `key` on `parent`, writes `files` straight into its upper directory (no
+/// mount needed) and commits it as `name`.
+pub fn layer(sn: &OverlaySnapshotter, name: &str, parent: &str, files: &[(&str, &str)]) {
+    let key = format!("{name}-active");
+    sn.prepare(&key, parent, &CreateOptions::default()).unwrap();
+    let upper = sn.upper_dir(&key).unwrap();
+    for (path, content) in files {
+        let p = upper.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    sn.commit(name, &key, &CommitOptions::default()).unwrap();
+}
+
+/// The entry names of `<root>/snapshots`, sorted.
+pub fn snapshot_entries(sn: &OverlaySnapshotter) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(sn.root().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
