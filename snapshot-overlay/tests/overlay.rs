@@ -20,17 +20,32 @@ fn cfg() -> OverlayConfig {
 #[test]
 fn upperdir_label_is_synthesised_and_never_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let sn = open(dir.path(), OverlayConfig { upperdir_label: true, ..cfg() });
-    sn.prepare("a", "", &CreateOptions::with_labels(labels([("x", "1")]))).unwrap();
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            upperdir_label: true,
+            ..cfg()
+        },
+    );
+    sn.prepare("a", "", &CreateOptions::with_labels(labels([("x", "1")])))
+        .unwrap();
     let upper = sn.upper_dir("a").unwrap();
     assert!(upper.ends_with("snapshots/1/fs"), "{}", upper.display());
     let st = sn.stat("a").unwrap();
-    assert_eq!(st.labels.get(UPPERDIR_LABEL).map(String::as_str), upper.to_str());
+    assert_eq!(
+        st.labels.get(UPPERDIR_LABEL).map(String::as_str),
+        upper.to_str()
+    );
     assert_eq!(st.labels.get("x").map(String::as_str), Some("1"));
 
-    sn.commit("c", "a", &CommitOptions::with_labels(labels([("y", "2")]))).unwrap();
+    sn.commit("c", "a", &CommitOptions::with_labels(labels([("y", "2")])))
+        .unwrap();
     let st = sn.stat("c").unwrap();
-    assert_eq!(st.labels.get(UPPERDIR_LABEL).map(String::as_str), upper.to_str(), "commit keeps the id");
+    assert_eq!(
+        st.labels.get(UPPERDIR_LABEL).map(String::as_str),
+        upper.to_str(),
+        "commit keeps the id"
+    );
 
     let mut seen = Vec::new();
     sn.walk(&[], &mut |i: &Info| {
@@ -38,19 +53,29 @@ fn upperdir_label_is_synthesised_and_never_stored() {
         Ok(())
     })
     .unwrap();
-    assert_eq!(seen, vec![("c".to_string(), Some(upper.to_string_lossy().into_owned()))]);
+    assert_eq!(
+        seen,
+        vec![("c".to_string(), Some(upper.to_string_lossy().into_owned()))]
+    );
 
     // Sending the label back in an update must not store it.
     let mut info = st.clone();
     info.labels.insert("z".into(), "3".into());
     let new = sn.update(&info, &[]).unwrap();
-    assert_eq!(new.labels.get(UPPERDIR_LABEL).map(String::as_str), upper.to_str());
+    assert_eq!(
+        new.labels.get(UPPERDIR_LABEL).map(String::as_str),
+        upper.to_str()
+    );
     assert_eq!(new.labels.get("z").map(String::as_str), Some("3"));
     sn.close().unwrap();
 
     let sn = open(dir.path(), cfg());
     let st = sn.stat("c").unwrap();
-    assert_eq!(st.labels, labels([("y", "2"), ("z", "3")]), "nothing synthesised was stored");
+    assert_eq!(
+        st.labels,
+        labels([("y", "2"), ("z", "3")]),
+        "nothing synthesised was stored"
+    );
 }
 
 #[test]
@@ -61,8 +86,14 @@ fn d_type_refusal_through_the_probe_seam() {
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     let fs = snapshot_overlay::probe::filesystem_name(&root);
     let msg = err.to_string();
-    assert!(msg.contains(&fs) && msg.contains("d_type") && msg.contains("ftype=1"), "{msg}");
-    assert!(msg.contains(&*root.to_string_lossy()), "the message names the root: {msg}");
+    assert!(
+        msg.contains(&fs) && msg.contains("d_type") && msg.contains("ftype=1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&*root.to_string_lossy()),
+        "the message names the root: {msg}"
+    );
     // The metastore was never created.
     assert!(!root.join("metadata").exists());
 }
@@ -76,25 +107,47 @@ fn d_type_refusal_on_a_real_filesystem_without_d_type() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("no-dtype.img");
-    std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
     let out = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F", "-O", "^filetype,^has_journal"])
         .arg(&img)
         .output()
         .expect("mkfs.ext4 is needed (e2fsprogs)");
-    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     // mount(8) sets up the loop device with autoclear, so unmounting frees it.
-    let out = std::process::Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt).output().unwrap();
-    assert!(out.status.success(), "mount -o loop: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount -o loop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _guard = MountGuard(mnt.clone());
     let root = mnt.join("root");
-    assert!(!snapshot_overlay::probe::supports_d_type(&mnt).unwrap(), "the image has no d_type");
+    assert!(
+        !snapshot_overlay::probe::supports_d_type(&mnt).unwrap(),
+        "the image has no d_type"
+    );
     let err = OverlaySnapshotter::open(&root, cfg()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("ext2/ext3/ext4") && msg.contains("d_type") && msg.contains("tune2fs"), "{msg}");
+    assert!(
+        msg.contains("ext2/ext3/ext4") && msg.contains("d_type") && msg.contains("tune2fs"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -102,13 +155,28 @@ fn redirect_dir_with_userxattr_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let err = OverlaySnapshotter::open(
         &dir.path().join("root"),
-        OverlayConfig { redirect_dir: true, userxattr: Some(true), ..cfg() },
+        OverlayConfig {
+            redirect_dir: true,
+            userxattr: Some(true),
+            ..cfg()
+        },
     )
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    assert!(err.to_string().contains("redirect_dir cannot be combined with userxattr"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("redirect_dir cannot be combined with userxattr"),
+        "{err}"
+    );
 
-    let sn = open(dir.path(), OverlayConfig { redirect_dir: true, userxattr: Some(false), ..cfg() });
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            redirect_dir: true,
+            userxattr: Some(false),
+            ..cfg()
+        },
+    );
     layer(&sn, "base", "", &[]);
     let m = sn.prepare("a", "base", &CreateOptions::default()).unwrap();
     assert!(m[0].options.iter().any(|o| o == "redirect_dir=on"), "{m:?}");
@@ -118,7 +186,13 @@ fn redirect_dir_with_userxattr_is_refused() {
 #[test]
 fn forced_userxattr_is_on_overlays_only() {
     let dir = tempfile::tempdir().unwrap();
-    let sn = open(dir.path(), OverlayConfig { userxattr: Some(true), ..cfg() });
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            userxattr: Some(true),
+            ..cfg()
+        },
+    );
     let m = sn.prepare("root-a", "", &CreateOptions::default()).unwrap();
     assert_eq!(m[0].options, ["rw", "rbind"]);
     layer(&sn, "base", "", &[]);
@@ -134,18 +208,38 @@ fn forced_userxattr_is_on_overlays_only() {
 fn extra_options_go_on_overlay_mounts_only() {
     let dir = tempfile::tempdir().unwrap();
     let extra = vec!["nosuid".to_string(), "metacopy=off".to_string()];
-    let sn = open(dir.path(), OverlayConfig { mount_options: extra.clone(), ..cfg() });
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            mount_options: extra.clone(),
+            ..cfg()
+        },
+    );
     let m = sn.prepare("a", "", &CreateOptions::default()).unwrap();
-    assert_eq!((m[0].kind.as_str(), &m[0].options[..]), ("bind", &["rw".to_string(), "rbind".to_string()][..]));
+    assert_eq!(
+        (m[0].kind.as_str(), &m[0].options[..]),
+        ("bind", &["rw".to_string(), "rbind".to_string()][..])
+    );
     sn.commit("base", "a", &CommitOptions::default()).unwrap();
     let v = sn.view("v", "base", &CreateOptions::default()).unwrap();
-    assert_eq!((v[0].kind.as_str(), &v[0].options[..]), ("bind", &["ro".to_string(), "rbind".to_string()][..]));
+    assert_eq!(
+        (v[0].kind.as_str(), &v[0].options[..]),
+        ("bind", &["ro".to_string(), "rbind".to_string()][..])
+    );
     let m = sn.prepare("b", "base", &CreateOptions::default()).unwrap();
     assert_eq!(m[0].kind, "overlay");
     let n = m[0].options.len();
-    assert_eq!(m[0].options[n - 2..], extra[..], "extra options come last: {m:?}");
+    assert_eq!(
+        m[0].options[n - 2..],
+        extra[..],
+        "extra options come last: {m:?}"
+    );
     assert!(m[0].options[n - 3].starts_with("lowerdir="), "{m:?}");
-    assert_eq!(sn.mounts("b").unwrap(), m, "Mounts returns what Prepare did");
+    assert_eq!(
+        sn.mounts("b").unwrap(),
+        m,
+        "Mounts returns what Prepare did"
+    );
 }
 
 #[test]
@@ -156,11 +250,20 @@ fn volatile_label_adds_the_option_to_that_snapshot_only() {
     layer(&sn, "base", "", &[("f", "base")]);
     let vol = CreateOptions::with_labels(labels([(VOLATILE_LABEL, "true")]));
     let m = sn.prepare("vol", "base", &vol).unwrap();
-    let upper_at = m[0].options.iter().position(|o| o.starts_with("upperdir=")).unwrap();
+    let upper_at = m[0]
+        .options
+        .iter()
+        .position(|o| o.starts_with("upperdir="))
+        .unwrap();
     assert_eq!(m[0].options[upper_at + 1], "volatile", "{m:?}");
     assert_eq!(sn.mounts("vol").unwrap(), m);
-    let plain = sn.prepare("plain", "base", &CreateOptions::default()).unwrap();
-    assert!(!plain[0].options.iter().any(|o| o == "volatile"), "{plain:?}");
+    let plain = sn
+        .prepare("plain", "base", &CreateOptions::default())
+        .unwrap();
+    assert!(
+        !plain[0].options.iter().any(|o| o == "volatile"),
+        "{plain:?}"
+    );
     let off = CreateOptions::with_labels(labels([(VOLATILE_LABEL, "false")]));
     let m2 = sn.prepare("off", "base", &off).unwrap();
     assert!(!m2[0].options.iter().any(|o| o == "volatile"), "{m2:?}");
@@ -195,7 +298,10 @@ fn layer_directories_have_containerds_modes() {
     sn.view("v", "base", &CreateOptions::default()).unwrap();
     let v = sn.upper_dir("v").unwrap();
     assert_eq!(mode(&v), 0o755);
-    assert!(!v.with_file_name("work").exists(), "a view has no work directory");
+    assert!(
+        !v.with_file_name("work").exists(),
+        "a view has no work directory"
+    );
 }
 
 #[test]
@@ -216,7 +322,10 @@ fn new_layer_takes_the_owner_of_its_parent() {
     let target = dir.path().join("mnt");
     let _g = MountGuard::mount(&m, &target);
     let meta = std::fs::metadata(&target).unwrap();
-    assert_eq!((meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777), (1234, 5678, 0o755));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777),
+        (1234, 5678, 0o755)
+    );
 }
 
 fn write_many(dir: &Path, n: usize) {
@@ -246,12 +355,21 @@ fn count_files(dir: &Path) -> usize {
 fn async_remove_of_20000_files_leaves_them_until_cleanup() {
     let dir = tempfile::tempdir().unwrap();
     let sn = open(dir.path(), cfg());
-    assert!(sn.config().async_remove, "asynchronous remove is the default");
-    sn.prepare("big-active", "", &CreateOptions::default()).unwrap();
+    assert!(
+        sn.config().async_remove,
+        "asynchronous remove is the default"
+    );
+    sn.prepare("big-active", "", &CreateOptions::default())
+        .unwrap();
     let upper = sn.upper_dir("big-active").unwrap();
     write_many(&upper, 20_000);
-    sn.commit("big", "big-active", &CommitOptions::default()).unwrap();
-    assert_eq!(sn.usage("big").unwrap().inodes, 20_000 + 20 + 1, "files, dirs and the root");
+    sn.commit("big", "big-active", &CommitOptions::default())
+        .unwrap();
+    assert_eq!(
+        sn.usage("big").unwrap().inodes,
+        20_000 + 20 + 1,
+        "files, dirs and the root"
+    );
     let id_dir = upper.parent().unwrap().to_path_buf();
     let id = id_dir.file_name().unwrap().to_str().unwrap().to_string();
 
@@ -259,46 +377,97 @@ fn async_remove_of_20000_files_leaves_them_until_cleanup() {
     assert_eq!(sn.stat("big").unwrap_err().kind(), ErrorKind::NotFound);
     let retired = id_dir.with_file_name(format!("rm-{id}"));
     assert!(!id_dir.exists());
-    assert_eq!(count_files(&retired.join("fs")), 20_000, "Remove did not delete the files");
+    assert_eq!(
+        count_files(&retired.join("fs")),
+        20_000,
+        "Remove did not delete the files"
+    );
     // The name is free at once, and its new directory does not collide.
     layer(&sn, "big", "", &[("again", "1")]);
 
-    sn.as_cleaner().expect("overlay is a cleaner").cleanup().unwrap();
+    sn.as_cleaner()
+        .expect("overlay is a cleaner")
+        .cleanup()
+        .unwrap();
     assert!(!retired.exists(), "cleanup deleted the removed layer");
-    assert_eq!(std::fs::read_to_string(sn.upper_dir("big").unwrap().join("again")).unwrap(), "1");
+    assert_eq!(
+        std::fs::read_to_string(sn.upper_dir("big").unwrap().join("again")).unwrap(),
+        "1"
+    );
     sn.check().unwrap();
 }
 
 #[test]
 fn sync_remove_deletes_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let sn = open(dir.path(), OverlayConfig { async_remove: false, ..cfg() });
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            async_remove: false,
+            ..cfg()
+        },
+    );
     layer(&sn, "base", "", &[("a/b", "x")]);
-    let id_dir = sn.upper_dir("base").unwrap().parent().unwrap().to_path_buf();
+    let id_dir = sn
+        .upper_dir("base")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
     sn.remove("base").unwrap();
     assert!(!id_dir.exists());
-    assert!(snapshot_entries(&sn).is_empty(), "{:?}", snapshot_entries(&sn));
+    assert!(
+        snapshot_entries(&sn).is_empty(),
+        "{:?}",
+        snapshot_entries(&sn)
+    );
 }
 
 #[test]
 fn deep_chain_of_500_layers_mounts_every_layer() {
     let dir = tempfile::tempdir().unwrap();
     // Durability is not what this test is about; 1000 fsyncs would dominate it.
-    let sn = open(dir.path(), OverlayConfig { no_sync: true, ..cfg() });
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            no_sync: true,
+            ..cfg()
+        },
+    );
     let mut parent = String::new();
     for i in 0..500 {
         let name = format!("layer-{i}");
         let content = i.to_string();
-        layer(&sn, &name, &parent, &[(&format!("f{i}"), &content), ("top", &content)]);
+        layer(
+            &sn,
+            &name,
+            &parent,
+            &[(&format!("f{i}"), &content), ("top", &content)],
+        );
         parent = name;
     }
-    let m = sn.prepare("container", &parent, &CreateOptions::default()).unwrap();
-    let lower = m[0].options.iter().find_map(|o| o.strip_prefix("lowerdir=")).unwrap();
+    let m = sn
+        .prepare("container", &parent, &CreateOptions::default())
+        .unwrap();
+    let lower = m[0]
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap();
     let want: Vec<String> = (0..500)
         .rev()
-        .map(|i| sn.upper_dir(&format!("layer-{i}")).unwrap().to_string_lossy().into_owned())
+        .map(|i| {
+            sn.upper_dir(&format!("layer-{i}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
-    assert_eq!(lower.split(':').collect::<Vec<_>>(), want, "all 500 parents, nearest first");
+    assert_eq!(
+        lower.split(':').collect::<Vec<_>>(),
+        want,
+        "all 500 parents, nearest first"
+    );
     assert_eq!(sn.mounts("container").unwrap(), m);
 
     if !privileged("deep_chain_of_500_layers_mounts_every_layer (mount)") {
@@ -307,23 +476,39 @@ fn deep_chain_of_500_layers_mounts_every_layer() {
     let target = dir.path().join("mnt");
     let _g = MountGuard::mount(&m, &target);
     for i in 0..500 {
-        assert_eq!(std::fs::read_to_string(target.join(format!("f{i}"))).unwrap(), i.to_string());
+        assert_eq!(
+            std::fs::read_to_string(target.join(format!("f{i}"))).unwrap(),
+            i.to_string()
+        );
     }
-    assert_eq!(std::fs::read_to_string(target.join("top")).unwrap(), "499", "the nearest layer wins");
+    assert_eq!(
+        std::fs::read_to_string(target.join("top")).unwrap(),
+        "499",
+        "the nearest layer wins"
+    );
     std::fs::write(target.join("new"), "upper").unwrap();
     assert!(sn.upper_dir("container").unwrap().join("new").exists());
 }
 
 fn rename_lower_dir(redirect_dir: bool) -> std::io::Result<()> {
     let dir = tempfile::tempdir().unwrap();
-    let sn = open(dir.path(), OverlayConfig { redirect_dir, ..cfg() });
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            redirect_dir,
+            ..cfg()
+        },
+    );
     layer(&sn, "base", "", &[("d/f", "lower")]);
     layer(&sn, "mid", "base", &[("other", "x")]);
     let m = sn.prepare("a", "mid", &CreateOptions::default()).unwrap();
     let target = dir.path().join("mnt");
     let _g = MountGuard::mount(&m, &target);
     std::fs::rename(target.join("d"), target.join("e"))?;
-    assert_eq!(std::fs::read_to_string(target.join("e/f")).unwrap(), "lower");
+    assert_eq!(
+        std::fs::read_to_string(target.join("e/f")).unwrap(),
+        "lower"
+    );
     assert!(!target.join("d").exists());
     Ok(())
 }
@@ -334,7 +519,11 @@ fn renaming_a_lower_directory_is_exdev_without_redirect_dir() {
         return;
     }
     let err = rename_lower_dir(false).expect_err("rename of a lower dir must fail");
-    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::XDEV.raw_os_error()), "{err}");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::XDEV.raw_os_error()),
+        "{err}"
+    );
     rename_lower_dir(true).expect("redirect_dir=on makes the rename work");
 }
 
@@ -356,10 +545,17 @@ fn open_sweeps_orphans_and_restores_interrupted_removes() {
     std::fs::rename(id_dir, snaps.join(format!("rm-{id}"))).unwrap();
 
     let sn = open(dir.path(), cfg());
-    assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "kept", "the remove is undone");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("f")).unwrap(),
+        "kept",
+        "the remove is undone"
+    );
     assert_eq!(sn.check().unwrap(), 1);
     let entries = snapshot_entries(&sn);
-    assert!(!entries.iter().any(|e| e == "999" || e.starts_with("new-")), "{entries:?}");
+    assert!(
+        !entries.iter().any(|e| e == "999" || e.starts_with("new-")),
+        "{entries:?}"
+    );
     sn.cleanup().unwrap();
     assert_eq!(snapshot_entries(&sn), [id.to_string()]);
 }
@@ -373,25 +569,59 @@ fn errors_follow_containerd() {
     sn.prepare("a", "base", &none).unwrap();
     sn.view("v", "base", &none).unwrap();
     let kind = |r: snapshot_core::Result<()>| r.unwrap_err().kind();
-    assert_eq!(kind(sn.mounts("base").map(drop)), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        kind(sn.mounts("base").map(drop)),
+        ErrorKind::FailedPrecondition
+    );
     assert_eq!(kind(sn.mounts("missing").map(drop)), ErrorKind::NotFound);
-    assert_eq!(kind(sn.commit("base", "missing", &CommitOptions::default())), ErrorKind::AlreadyExists);
-    assert_eq!(kind(sn.commit("c", "missing", &CommitOptions::default())), ErrorKind::NotFound);
-    assert_eq!(kind(sn.commit("c", "v", &CommitOptions::default())), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        kind(sn.commit("base", "missing", &CommitOptions::default())),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(sn.commit("c", "missing", &CommitOptions::default())),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(sn.commit("c", "v", &CommitOptions::default())),
+        ErrorKind::FailedPrecondition
+    );
     assert_eq!(kind(sn.remove("base")), ErrorKind::FailedPrecondition);
     assert_eq!(kind(sn.remove("missing")), ErrorKind::NotFound);
-    assert_eq!(kind(sn.prepare("b", "missing", &none).map(drop)), ErrorKind::NotFound);
-    assert_eq!(kind(sn.prepare("b", "a", &none).map(drop)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(sn.prepare("a", "", &none).map(drop)), ErrorKind::AlreadyExists);
-    assert_eq!(kind(sn.update(&Info::new(Kind::Active, "a"), &["parent".into()]).map(drop)), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(sn.prepare("b", "missing", &none).map(drop)),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(sn.prepare("b", "a", &none).map(drop)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(sn.prepare("a", "", &none).map(drop)),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(
+            sn.update(&Info::new(Kind::Active, "a"), &["parent".into()])
+                .map(drop)
+        ),
+        ErrorKind::InvalidArgument
+    );
     // Failed creates leave no directory behind.
     let before = snapshot_entries(&sn);
     assert_eq!(before.len(), 3, "{before:?}");
     sn.close().unwrap();
     sn.close().unwrap();
     assert_eq!(kind(sn.stat("a").map(drop)), ErrorKind::Unavailable);
-    assert_eq!(kind(sn.prepare("z", "", &none).map(drop)), ErrorKind::Unavailable);
-    assert_eq!(snapshot_entries(&sn), before, "a create on a closed store leaves nothing");
+    assert_eq!(
+        kind(sn.prepare("z", "", &none).map(drop)),
+        ErrorKind::Unavailable
+    );
+    assert_eq!(
+        snapshot_entries(&sn),
+        before,
+        "a create on a closed store leaves nothing"
+    );
 }
 
 #[test]
@@ -408,5 +638,9 @@ fn usage_is_live_for_active_and_stored_at_commit() {
     assert!(live.size >= 64 << 10, "{live:?}");
     sn.commit("c", "a", &CommitOptions::default()).unwrap();
     std::fs::write(upper.join("late"), b"not counted").unwrap();
-    assert_eq!(sn.usage("c").unwrap(), live, "the committed figure is the stored one");
+    assert_eq!(
+        sn.usage("c").unwrap(),
+        live,
+        "the committed figure is the stored one"
+    );
 }
