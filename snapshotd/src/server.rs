@@ -181,7 +181,6 @@ pub fn overlay_supported(root: &Path) -> Result<(), String> {
 pub fn overlay_config(opts: &BackendOptions) -> snapshots::snapshot_overlay::OverlayConfig {
     snapshots::snapshot_overlay::OverlayConfig {
         no_sync: opts.no_sync,
-        sync: opts.sync,
         async_remove: !opts.sync_remove,
         upperdir_label: opts.upperdir_label,
         mount_options: opts.mount_options.clone(),

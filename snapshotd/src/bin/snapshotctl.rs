@@ -1,0 +1,562 @@
+//! snapshotctl: inspect and drive a snapshotd daemon over its socket.
+//! See `snapshotctl --help` and `snapshotctl <command> --help`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use snapshotd::client::{connect, Client};
+use snapshotd::config::DEFAULT_ADDRESS;
+use snapshotd::convert::{from_status, info_from_proto, mount_from_proto};
+use snapshotd::proto::snapshots as pb;
+use snapshots::{Error, Info, Mount, Usage};
+
+#[derive(Parser)]
+#[command(
+    name = "snapshotctl",
+    version,
+    about = "Inspect and drive a snapshotd daemon",
+    long_about = "Inspect and drive a snapshotd daemon over its unix socket: list, inspect, \
+create, commit, label and remove snapshots, mount them for a look, and run cleanup.\n\n\
+Keys made by containerd carry its namespace and a sequence number (\"default/12/sha256:...\"). \
+Output is a table for people by default; --json prints one JSON document for scripts."
+)]
+struct Cli {
+    /// The daemon's socket
+    #[arg(long, global = true, default_value = DEFAULT_ADDRESS, value_name = "PATH")]
+    address: PathBuf,
+    /// Print JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List snapshots, optionally only those matching filters.
+    ///
+    /// Filters use containerd's syntax: `kind==committed`, `parent==layer-1`,
+    /// `labels."containerd.io/gc.root"`, `name~=^default/`. Commas inside one filter are
+    /// AND; several filters are OR.
+    #[command(alias = "list")]
+    Ls {
+        /// Filters (any one matching is enough)
+        filters: Vec<String>,
+    },
+    /// Show snapshots as a tree of parents and children.
+    Tree,
+    /// Show everything known about one snapshot: kind, parent, labels, times.
+    Info {
+        /// Key or committed name
+        key: String,
+    },
+    /// Show disk usage (bytes and inodes of the snapshot's own layer); all snapshots when
+    /// no key is given.
+    Usage {
+        /// Keys or names
+        keys: Vec<String>,
+    },
+    /// Show the mounts of an active snapshot or view; with TARGET, print them as mount(8)
+    /// commands for that target.
+    Mounts {
+        /// Key of an active snapshot or view
+        key: String,
+        /// Directory to mount at (only for the printed commands)
+        target: Option<PathBuf>,
+    },
+    /// Create a writable (active) snapshot KEY on the committed snapshot PARENT (none:
+    /// an empty root) and print its mounts.
+    Prepare {
+        /// Key of the new snapshot
+        key: String,
+        /// Committed parent
+        parent: Option<String>,
+        /// Label to set, `key=value` (repeat for more)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Create a read-only view KEY of the committed snapshot PARENT and print its mounts.
+    View {
+        /// Key of the new view
+        key: String,
+        /// Committed parent
+        parent: Option<String>,
+        /// Label to set, `key=value` (repeat for more)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+    },
+    /// Commit the active snapshot KEY as the committed snapshot NAME; KEY is free again.
+    Commit {
+        /// Name of the committed snapshot
+        name: String,
+        /// Key of the active snapshot
+        key: String,
+        /// Label of the committed snapshot, `key=value` (the active's labels are not kept)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Rebase onto this committed parent (for a snapshot prepared without one)
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Remove snapshots (children first: a snapshot with children cannot be removed).
+    #[command(alias = "remove", alias = "delete")]
+    Rm {
+        /// Keys or names
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Show the labels of KEY, or set them: `k=v` sets, `k=` removes.
+    Label {
+        /// Key or name
+        key: String,
+        /// Labels to set or (with an empty value) remove
+        labels: Vec<String>,
+    },
+    /// Delete the files of removed snapshots now (backends with asynchronous remove).
+    Cleanup,
+    /// Mount the active snapshot or view KEY at DIR (as root).
+    Mount {
+        /// Key of an active snapshot or view
+        key: String,
+        /// Existing directory to mount at
+        dir: PathBuf,
+    },
+    /// Unmount everything mounted at DIR.
+    Unmount {
+        /// The directory given to `mount`
+        dir: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => Err(format!("starting the async runtime: {e}")),
+    };
+    if let Err(e) = result {
+        eprintln!("snapshotctl: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn client(address: &Path) -> Result<Client, String> {
+    connect(address).await.map_err(|e| {
+        format!(
+            "cannot connect to snapshotd at {}: {e}: is the daemon running? (--address)",
+            address.display()
+        )
+    })
+}
+
+fn err(status: tonic::Status) -> String {
+    let e: Error = from_status(&status);
+    e.to_string()
+}
+
+fn parse_labels(pairs: &[String]) -> Result<HashMap<String, String>, String> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("label {p:?} is not key=value")),
+        })
+        .collect()
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let json = cli.json;
+    // Unmount needs no daemon.
+    if let Command::Unmount { dir } = &cli.command {
+        snapshots::mount::unmount_all(dir).map_err(|e| e.to_string())?;
+        if json {
+            println!("{}", json!({ "unmounted": dir }));
+        }
+        return Ok(());
+    }
+    let mut c = client(&cli.address).await?;
+    match cli.command {
+        Command::Ls { filters } => {
+            let infos = list(&mut c, filters).await?;
+            if json {
+                print_json(&Value::Array(infos.iter().map(info_json).collect()));
+            } else {
+                let rows = infos
+                    .iter()
+                    .map(|i| vec![i.name.clone(), i.parent.clone(), i.kind.to_string()])
+                    .collect();
+                print_table(&["KEY", "PARENT", "KIND"], rows);
+            }
+        }
+        Command::Tree => {
+            let infos = list(&mut c, Vec::new()).await?;
+            if json {
+                print_json(&tree_json(&infos));
+            } else {
+                print!("{}", tree_text(&infos));
+            }
+        }
+        Command::Info { key } => {
+            let info = stat(&mut c, &key).await?;
+            if json {
+                print_json(&info_json(&info));
+            } else {
+                println!("Name:    {}", info.name);
+                println!("Kind:    {}", info.kind);
+                println!("Parent:  {}", info.parent);
+                println!("Created: {}", rfc3339(info.created));
+                println!("Updated: {}", rfc3339(info.updated));
+                println!("Labels:");
+                for (k, v) in &info.labels {
+                    println!("  {k}={v}");
+                }
+            }
+        }
+        Command::Usage { keys } => {
+            let keys = if keys.is_empty() {
+                list(&mut c, Vec::new()).await?.into_iter().map(|i| i.name).collect()
+            } else {
+                keys
+            };
+            let mut rows = Vec::new();
+            for key in keys {
+                let r = c
+                    .usage(pb::UsageRequest { key: key.clone(), ..Default::default() })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                rows.push((key, Usage { size: r.size as u64, inodes: r.inodes as u64 }));
+            }
+            if json {
+                let v = rows
+                    .iter()
+                    .map(|(k, u)| json!({ "key": k, "size": u.size, "inodes": u.inodes }))
+                    .collect();
+                print_json(&Value::Array(v));
+            } else {
+                let rows = rows
+                    .into_iter()
+                    .map(|(k, u)| vec![k, human_size(u.size), u.inodes.to_string()])
+                    .collect();
+                print_table(&["KEY", "SIZE", "INODES"], rows);
+            }
+        }
+        Command::Mounts { key, target } => {
+            let mounts = mounts(&mut c, &key).await?;
+            print_mounts(&mounts, target.as_deref(), json);
+        }
+        Command::Prepare { key, parent, labels } => {
+            let r = c
+                .prepare(pb::PrepareSnapshotRequest {
+                    key,
+                    parent: parent.unwrap_or_default(),
+                    labels: parse_labels(&labels)?,
+                    ..Default::default()
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_mounts(&r.mounts.into_iter().map(mount_from_proto).collect::<Vec<_>>(), None, json);
+        }
+        Command::View { key, parent, labels } => {
+            let r = c
+                .view(pb::ViewSnapshotRequest {
+                    key,
+                    parent: parent.unwrap_or_default(),
+                    labels: parse_labels(&labels)?,
+                    ..Default::default()
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            print_mounts(&r.mounts.into_iter().map(mount_from_proto).collect::<Vec<_>>(), None, json);
+        }
+        Command::Commit { name, key, labels, parent } => {
+            c.commit(pb::CommitSnapshotRequest {
+                name: name.clone(),
+                key,
+                labels: parse_labels(&labels)?,
+                parent: parent.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+            if json {
+                println!("{}", json!({ "committed": name }));
+            }
+        }
+        Command::Rm { keys } => {
+            for key in &keys {
+                c.remove(pb::RemoveSnapshotRequest { key: key.clone(), ..Default::default() })
+                    .await
+                    .map_err(|s| format!("removing {key:?}: {}", err(s)))?;
+            }
+            if json {
+                println!("{}", json!({ "removed": keys }));
+            }
+        }
+        Command::Label { key, labels } => {
+            let info = if labels.is_empty() {
+                stat(&mut c, &key).await?
+            } else {
+                let set = parse_labels(&labels)?;
+                let paths = set.keys().map(|k| format!("labels.{k}")).collect();
+                let r = c
+                    .update(pb::UpdateSnapshotRequest {
+                        info: Some(pb::Info { name: key, labels: set, ..Default::default() }),
+                        update_mask: Some(prost_types::FieldMask { paths }),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner();
+                info_from_proto(r.info.unwrap_or_default())
+            };
+            if json {
+                print_json(&json!(info.labels));
+            } else {
+                for (k, v) in &info.labels {
+                    println!("{k}={v}");
+                }
+            }
+        }
+        Command::Cleanup => {
+            c.cleanup(pb::CleanupRequest::default()).await.map_err(err)?;
+            if json {
+                println!("{}", json!({ "cleanup": "done" }));
+            }
+        }
+        Command::Mount { key, dir } => {
+            let mounts = mounts(&mut c, &key).await?;
+            snapshots::mount::mount_all(&mounts, &dir).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", json!({ "mounted": key, "at": dir }));
+            }
+        }
+        Command::Unmount { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+async fn list(c: &mut Client, filters: Vec<String>) -> Result<Vec<Info>, String> {
+    let mut stream = c
+        .list(pb::ListSnapshotsRequest { filters, ..Default::default() })
+        .await
+        .map_err(err)?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.message().await.map_err(err)? {
+        out.extend(batch.info.into_iter().map(info_from_proto));
+    }
+    Ok(out)
+}
+
+async fn stat(c: &mut Client, key: &str) -> Result<Info, String> {
+    let r = c
+        .stat(pb::StatSnapshotRequest { key: key.to_string(), ..Default::default() })
+        .await
+        .map_err(err)?
+        .into_inner();
+    Ok(info_from_proto(r.info.unwrap_or_default()))
+}
+
+async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, String> {
+    let r = c
+        .mounts(pb::MountsRequest { key: key.to_string(), ..Default::default() })
+        .await
+        .map_err(err)?
+        .into_inner();
+    Ok(r.mounts.into_iter().map(mount_from_proto).collect())
+}
+
+fn print_mounts(mounts: &[Mount], target: Option<&Path>, json: bool) {
+    if json {
+        let v = mounts
+            .iter()
+            .map(|m| json!({ "type": m.kind, "source": m.source, "options": m.options }))
+            .collect();
+        print_json(&Value::Array(v));
+    } else if let Some(target) = target {
+        for m in mounts {
+            println!(
+                "mount -t {} {} {} -o {}",
+                m.kind,
+                m.source,
+                target.display(),
+                m.options.join(",")
+            );
+        }
+    } else {
+        let rows = mounts
+            .iter()
+            .map(|m| vec![m.kind.clone(), m.source.clone(), m.options.join(",")])
+            .collect();
+        print_table(&["TYPE", "SOURCE", "OPTIONS"], rows);
+    }
+}
+
+fn info_json(i: &Info) -> Value {
+    json!({
+        "name": i.name,
+        "parent": i.parent,
+        "kind": i.kind.as_filter_str(),
+        "labels": i.labels,
+        "created": rfc3339(i.created),
+        "updated": rfc3339(i.updated),
+    })
+}
+
+fn children_of(infos: &[Info]) -> BTreeMap<&str, Vec<&Info>> {
+    let mut children: BTreeMap<&str, Vec<&Info>> = BTreeMap::new();
+    let names: std::collections::HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+    for i in infos {
+        // A parent missing from the list (removed meanwhile) shows its child as a root.
+        let parent = if names.contains(i.parent.as_str()) { i.parent.as_str() } else { "" };
+        children.entry(parent).or_default().push(i);
+    }
+    children
+}
+
+fn tree_text(infos: &[Info]) -> String {
+    fn walk(out: &mut String, children: &BTreeMap<&str, Vec<&Info>>, name: &str, depth: usize) {
+        for c in children.get(name).into_iter().flatten() {
+            let lead = if depth == 0 { String::new() } else { format!("{}\\_ ", "  ".repeat(depth - 1)) };
+            out.push_str(&format!("{lead}{} [{}]\n", c.name, c.kind));
+            walk(out, children, &c.name, depth + 1);
+        }
+    }
+    let children = children_of(infos);
+    let mut out = String::new();
+    walk(&mut out, &children, "", 0);
+    out
+}
+
+fn tree_json(infos: &[Info]) -> Value {
+    fn walk(children: &BTreeMap<&str, Vec<&Info>>, name: &str) -> Value {
+        Value::Array(
+            children
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    json!({ "name": c.name, "kind": c.kind.as_filter_str(), "children": walk(children, &c.name) })
+                })
+                .collect(),
+        )
+    }
+    walk(&children_of(infos), "")
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.into_iter().zip(&widths).enumerate() {
+            if i + 1 == n {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   ", w = *w));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// UTC time as RFC 3339 with nanoseconds, as containerd prints times.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapshots::Kind;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_709_251_199, 5);
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.000000005Z");
+    }
+
+    #[test]
+    fn tree_nests_children() {
+        let mk = |name: &str, parent: &str, kind| Info {
+            parent: parent.into(),
+            ..Info::new(kind, name)
+        };
+        let infos = vec![
+            mk("l1", "", Kind::Committed),
+            mk("l2", "l1", Kind::Committed),
+            mk("c", "l2", Kind::Active),
+        ];
+        assert_eq!(tree_text(&infos), "l1 [Committed]\n\\_ l2 [Committed]\n  \\_ c [Active]\n");
+    }
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels(&["a=1".into(), "b=".into()]).unwrap();
+        assert_eq!(l["a"], "1");
+        assert_eq!(l["b"], "");
+        assert!(parse_labels(&["nokey".into()]).is_err());
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(4096), "4.0 KiB");
+    }
+}

@@ -1,0 +1,314 @@
+//! The service through a real tonic client on a unix socket: every RPC, every error code,
+//! List batching and concurrent clients.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::TestServer;
+use prost_types::FieldMask;
+use snapshotd::client::Client;
+use snapshotd::proto::snapshots as pb;
+use tonic::Code;
+
+async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<Vec<String>, tonic::Status> {
+    let r = c
+        .prepare(pb::PrepareSnapshotRequest {
+            snapshotter: "snapshotd".into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::new(),
+        })
+        .await?;
+    Ok(r.into_inner().mounts.into_iter().map(|m| m.r#type).collect())
+}
+
+async fn view(c: &mut Client, key: &str, parent: &str) -> Result<(), tonic::Status> {
+    c.view(pb::ViewSnapshotRequest { key: key.into(), parent: parent.into(), ..Default::default() })
+        .await
+        .map(|_| ())
+}
+
+async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), tonic::Status> {
+    c.commit(pb::CommitSnapshotRequest { name: name.into(), key: key.into(), ..Default::default() })
+        .await
+        .map(|_| ())
+}
+
+async fn stat(c: &mut Client, key: &str) -> Result<pb::Info, tonic::Status> {
+    let r = c.stat(pb::StatSnapshotRequest { key: key.into(), ..Default::default() }).await?;
+    Ok(r.into_inner().info.expect("stat returns info"))
+}
+
+async fn list(c: &mut Client, filters: &[&str]) -> Result<Vec<Vec<pb::Info>>, tonic::Status> {
+    let mut s = c
+        .list(pb::ListSnapshotsRequest {
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut batches = Vec::new();
+    while let Some(b) = s.message().await? {
+        batches.push(b.info);
+    }
+    Ok(batches)
+}
+
+/// Asserts the status code and that the message names `needle` and ends in containerd's
+/// class suffix, so containerd's `FromGRPC` strips it back to the same message.
+fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
+    let st = r.expect_err("call must fail");
+    assert_eq!(st.code(), code, "{st:?}");
+    assert!(st.message().contains(needle), "message {:?} lacks {needle:?}", st.message());
+    let back = snapshotd::convert::from_status(&st);
+    assert_eq!(snapshotd::convert::code_of(back.kind()), code);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_works() {
+    let srv = TestServer::native().await;
+    let mut c = srv.client().await;
+
+    assert_eq!(prepare(&mut c, "extract-1", "").await.unwrap(), vec!["bind"]);
+    let mounts = c
+        .mounts(pb::MountsRequest { key: "extract-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].target, "");
+    std::fs::write(std::path::Path::new(&mounts[0].source).join("f"), b"hello").unwrap();
+    let usage = c
+        .usage(pb::UsageRequest { key: "extract-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(usage.inodes >= 2, "{usage:?}");
+
+    c.commit(pb::CommitSnapshotRequest {
+        name: "layer-1".into(),
+        key: "extract-1".into(),
+        labels: HashMap::from([("l".to_string(), "1".to_string())]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let info = stat(&mut c, "layer-1").await.unwrap();
+    assert_eq!(info.kind, pb::Kind::Committed as i32);
+    assert_eq!(info.parent, "");
+    assert_eq!(info.labels["l"], "1");
+    assert!(info.created_at.is_some() && info.updated_at.is_some());
+
+    view(&mut c, "view-1", "layer-1").await.unwrap();
+    assert_eq!(stat(&mut c, "view-1").await.unwrap().kind, pb::Kind::View as i32);
+
+    // Rebase: a snapshot prepared without parent, committed onto layer-1.
+    prepare(&mut c, "extract-2", "").await.unwrap();
+    c.commit(pb::CommitSnapshotRequest {
+        name: "layer-2".into(),
+        key: "extract-2".into(),
+        parent: "layer-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(stat(&mut c, "layer-2").await.unwrap().parent, "layer-1");
+
+    // Update with a mask sets one label; without a mask every label is replaced.
+    let r = c
+        .update(pb::UpdateSnapshotRequest {
+            info: Some(pb::Info {
+                name: "layer-1".into(),
+                labels: HashMap::from([("x".to_string(), "y".to_string())]),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask { paths: vec!["labels.x".into()] }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(r.labels.len(), 2, "{r:?}");
+    let r = c
+        .update(pb::UpdateSnapshotRequest {
+            info: Some(pb::Info {
+                name: "layer-1".into(),
+                labels: HashMap::from([("only".to_string(), "me".to_string())]),
+                ..Default::default()
+            }),
+            update_mask: None,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info
+        .unwrap();
+    assert_eq!(r.labels, HashMap::from([("only".to_string(), "me".to_string())]));
+
+    let all: Vec<String> =
+        list(&mut c, &[]).await.unwrap().concat().into_iter().map(|i| i.name).collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let committed = list(&mut c, &["kind==committed"]).await.unwrap().concat();
+    assert_eq!(committed.len(), 2);
+
+    for key in ["view-1", "layer-2", "layer-1"] {
+        c.remove(pb::RemoveSnapshotRequest { key: key.into(), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    c.cleanup(pb::CleanupRequest::default()).await.unwrap();
+    assert!(list(&mut c, &[]).await.unwrap().is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_map_to_containerd_codes() {
+    let srv = TestServer::native().await;
+    let mut c = srv.client().await;
+    prepare(&mut c, "a", "").await.unwrap();
+    commit(&mut c, "base", "a").await.unwrap();
+    prepare(&mut c, "child", "base").await.unwrap();
+    view(&mut c, "v", "base").await.unwrap();
+
+    // NotFound
+    assert_status(stat(&mut c, "missing-key").await, Code::NotFound, "missing-key");
+    assert_status(prepare(&mut c, "k", "missing-parent").await, Code::NotFound, "missing-parent");
+    assert_status(
+        c.mounts(pb::MountsRequest { key: "gone".into(), ..Default::default() }).await,
+        Code::NotFound,
+        "gone",
+    );
+    assert_status(
+        c.remove(pb::RemoveSnapshotRequest { key: "gone".into(), ..Default::default() }).await,
+        Code::NotFound,
+        "gone",
+    );
+    // AlreadyExists
+    assert_status(prepare(&mut c, "child", "").await, Code::AlreadyExists, "child");
+    assert_status(view(&mut c, "base", "").await, Code::AlreadyExists, "base");
+    prepare(&mut c, "next", "base").await.unwrap();
+    assert_status(commit(&mut c, "base", "next").await, Code::AlreadyExists, "base");
+    // FailedPrecondition
+    assert_status(
+        c.mounts(pb::MountsRequest { key: "base".into(), ..Default::default() }).await,
+        Code::FailedPrecondition,
+        "base",
+    );
+    assert_status(
+        c.remove(pb::RemoveSnapshotRequest { key: "base".into(), ..Default::default() }).await,
+        Code::FailedPrecondition,
+        "base",
+    );
+    assert_status(commit(&mut c, "from-view", "v").await, Code::FailedPrecondition, "v");
+    // InvalidArgument
+    assert_status(prepare(&mut c, "k2", "child").await, Code::InvalidArgument, "child");
+    assert_status(prepare(&mut c, "", "").await, Code::InvalidArgument, "");
+    assert_status(list(&mut c, &["name=="]).await, Code::InvalidArgument, "name");
+    assert_status(
+        c.update(pb::UpdateSnapshotRequest {
+            info: Some(pb::Info { name: "base".into(), ..Default::default() }),
+            update_mask: Some(FieldMask { paths: vec!["parent".into()] }),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "parent",
+    );
+    assert_status(
+        c.prepare(pb::PrepareSnapshotRequest {
+            key: "big-label".into(),
+            labels: HashMap::from([("k".to_string(), "v".repeat(5000))]),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "label",
+    );
+    assert_status(
+        c.update(pb::UpdateSnapshotRequest::default()).await,
+        Code::InvalidArgument,
+        "info",
+    );
+    // Unavailable: the store is closed under the running server.
+    srv.sn.close().unwrap();
+    assert_status(stat(&mut c, "base").await, Code::Unavailable, "");
+    assert_status(list(&mut c, &[]).await, Code::Unavailable, "");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_without_cleaner_is_unimplemented() {
+    let srv = TestServer::without_cleaner().await;
+    let mut c = srv.client().await;
+    assert_status(c.cleanup(pb::CleanupRequest::default()).await, Code::Unimplemented, "cleanup");
+    srv.stop().await;
+
+    // The native backend has a cleaner: the same call succeeds.
+    let srv = TestServer::native().await;
+    srv.client().await.cleanup(pb::CleanupRequest::default()).await.unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_streams_batches_of_100_with_filters() {
+    let srv = TestServer::native().await;
+    let mut c = srv.client().await;
+    for i in 0..250 {
+        let group = if i % 2 == 0 { "even" } else { "odd" };
+        c.prepare(pb::PrepareSnapshotRequest {
+            key: format!("snap-{i:03}"),
+            labels: HashMap::from([("group".to_string(), group.to_string())]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let batches = list(&mut c, &[]).await.unwrap();
+    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![100, 100, 50]);
+    let mut names: Vec<String> = batches.concat().into_iter().map(|i| i.name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 250);
+
+    let even = list(&mut c, &["labels.group==even"]).await.unwrap();
+    assert_eq!(even.iter().map(Vec::len).collect::<Vec<_>>(), vec![100, 25]);
+    assert!(even.concat().iter().all(|i| i.labels["group"] == "even"));
+    // Two filters are OR; a comma inside one is AND.
+    let or = list(&mut c, &["name==snap-001", "name==snap-002"]).await.unwrap().concat();
+    assert_eq!(or.len(), 2);
+    let and = list(&mut c, &["labels.group==odd,name==snap-002"]).await.unwrap().concat();
+    assert!(and.is_empty());
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_clients_at_once() {
+    let srv = TestServer::native().await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let mut c = srv.client().await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let key = format!("client-{n}/extract-{i}");
+                let name = format!("client-{n}/layer-{i}");
+                let parent = if i == 0 { String::new() } else { format!("client-{n}/layer-{}", i - 1) };
+                prepare(&mut c, &key, &parent).await.unwrap();
+                commit(&mut c, &name, &key).await.unwrap();
+                assert_eq!(stat(&mut c, &name).await.unwrap().parent, parent);
+            }
+            let mine = list(&mut c, &[&format!("name~=^client-{n}/")]).await.unwrap().concat();
+            assert_eq!(mine.len(), 15);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut c = srv.client().await;
+    assert_eq!(list(&mut c, &[]).await.unwrap().concat().len(), 8 * 15);
+    srv.stop().await;
+}
