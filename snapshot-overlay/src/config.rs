@@ -8,7 +8,10 @@ pub const UPPERDIR_LABEL: &str = "containerd.io/snapshot/overlay.upperdir";
 /// The label that asks for a `volatile` overlay mount of an active snapshot (any value but
 /// `false`). Volatile mounts skip every sync to the upper directory: faster, but after a
 /// crash of the machine the layer's content is undefined, so use it only for scratch
-/// containers. The option is left out on kernels without it (before Linux 5.10).
+/// containers. The option is left out on kernels without it (before Linux 5.10). The kernel
+/// marks the work directory at the first volatile mount and refuses to mount the layer
+/// again until `<id>/work/work/incompat/volatile` is deleted: label only snapshots that are
+/// mounted once.
 pub const VOLATILE_LABEL: &str = "containerd.io/snapshot/overlay.volatile";
 
 /// Options of [`OverlaySnapshotter::open`](crate::OverlaySnapshotter::open).

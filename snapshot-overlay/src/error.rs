@@ -74,7 +74,7 @@ pub enum OverlayError {
          filetype, then e2fsck -f); or put the root on another filesystem"
     )]
     NoDType {
-        /// The snapshotter root.
+        /// The probed directory (`<root>/snapshots`).
         path: PathBuf,
         /// The filesystem's name, from its `statfs` magic number.
         filesystem: String,

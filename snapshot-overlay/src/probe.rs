@@ -85,12 +85,13 @@ pub fn filesystems_has_overlay(text: &str) -> bool {
 
 /// containerd's `fs.SupportsDType`: creates a scratch directory with one file under `dir`
 /// and reads it back; false when readdir reports `DT_UNKNOWN`. The scratch directory is
-/// removed again.
+/// removed again. Its name starts with `new-`, so when the snapshotter probes its
+/// `snapshots` directory, the orphan sweep deletes what a killed probe left behind.
 ///
 /// # Errors
 /// The OS error when the scratch directory cannot be made or read.
 pub fn supports_d_type(dir: &Path) -> io::Result<bool> {
-    let scratch = dir.join(format!("dtype-check-{}", std::process::id()));
+    let scratch = dir.join(format!("new-dtype-check-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir(&scratch)?;
     let result = (|| {
@@ -127,7 +128,7 @@ pub fn supports_d_type(dir: &Path) -> io::Result<bool> {
     result
 }
 
-/// Runs `probe` on `root` and turns a "no" into the error that names the filesystem.
+/// Runs `probe` on `dir` and turns a "no" into the error that names the filesystem.
 ///
 /// # Errors
 /// [`OverlayError::NoDType`] when the filesystem lacks `d_type`;

@@ -70,9 +70,9 @@ impl OverlaySnapshotter {
         d_type_probe: DTypeProbe,
     ) -> Result<OverlaySnapshotter> {
         probe::check_overlay_available()?;
-        // Layout::new makes the root first, so the probe has somewhere to write.
+        // Layout::new makes the directories first, so the probe has somewhere to write.
         let layout = Layout::new(root)?;
-        probe::check_d_type(root, d_type_probe)?;
+        probe::check_d_type(layout.snapshots_dir(), d_type_probe)?;
         let features = probe::detect(root, config.userxattr)?;
         if config.redirect_dir && features.userxattr {
             return Err(OverlayError::RedirectDirWithUserxattr {
