@@ -1,0 +1,263 @@
+//! The `snapshotd` and `snapshotctl` binaries as processes: socket handling, readiness,
+//! signals, configuration errors, and the CLI against a running daemon.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{privileged, wait_for, ChildGuard};
+use rustix::process::Signal;
+
+const SNAPSHOTD: &str = env!("CARGO_BIN_EXE_snapshotd");
+const SNAPSHOTCTL: &str = env!("CARGO_BIN_EXE_snapshotctl");
+
+struct Daemon {
+    child: ChildGuard,
+    socket: PathBuf,
+    stderr: PathBuf,
+}
+
+fn start(dir: &Path, extra: &[&str], notify: Option<&Path>) -> Daemon {
+    let socket = dir.join("run/snapshotd.sock");
+    let stderr = dir.join("snapshotd.log");
+    let mut cmd = Command::new(SNAPSHOTD);
+    cmd.arg("--root")
+        .arg(dir.join("root"))
+        .arg("--address")
+        .arg(&socket)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    if !dir.join("config.toml").exists() {
+        std::fs::write(dir.join("config.toml"), "log_level = \"debug\"\n").unwrap();
+    }
+    match notify {
+        Some(n) => cmd.env("NOTIFY_SOCKET", n),
+        None => cmd.env_remove("NOTIFY_SOCKET"),
+    };
+    let child = ChildGuard::new(cmd.spawn().unwrap());
+    Daemon { child, socket, stderr }
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        assert!(wait_for(&self.socket, Duration::from_secs(20)), "no socket; log:\n{}", self.log());
+    }
+}
+
+fn ctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(SNAPSHOTCTL).arg("--address").arg(socket).args(args).output().unwrap()
+}
+
+fn ctl_ok(socket: &Path, args: &[&str]) -> String {
+    let out = ctl(socket, args);
+    assert!(
+        out.status.success(),
+        "snapshotctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn daemon_lifecycle_socket_notify_and_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+
+    // A stale socket (bound, then its listener gone) is replaced.
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("run/snapshotd.sock")).unwrap());
+
+    let mut d = start(dir.path(), &["--backend", "native"], Some(&notify_path));
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 from the daemon");
+    assert_eq!(&buf[..n], b"READY=1");
+    let meta = std::fs::symlink_metadata(&d.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert!(d.log().contains("replacing stale socket"), "{}", d.log());
+    assert!(d.log().contains("backend native (configured)"), "{}", d.log());
+
+    // A live socket is refused by a second daemon, which leaves it in place.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(SNAPSHOTD)
+        .args(["--backend", "native", "--config", "/nonexistent-but-unused.toml"])
+        .arg("--root")
+        .arg(other.path())
+        .arg("--address")
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("nonexistent-but-unused.toml"), "{msg}");
+    let out = Command::new(SNAPSHOTD)
+        .args(["--backend", "native", "--log-level", "info"])
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .arg("--root")
+        .arg(other.path())
+        .arg("--address")
+        .arg(&d.socket)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("in use by a running daemon"), "{msg}");
+    assert!(d.socket.exists());
+
+    // The daemon serves; SIGTERM stops it cleanly: STOPPING=1, exit 0, socket gone.
+    ctl_ok(&d.socket, &["prepare", "k"]);
+    let st = d.child.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("exit");
+    assert!(st.success(), "{st:?}; log:\n{}", d.log());
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(!d.socket.exists());
+    assert!(d.log().contains("SIGTERM received"), "{}", d.log());
+
+    // The store was closed cleanly and reopens with the snapshot (SIGINT this time).
+    let mut d = start(dir.path(), &["--backend", "native"], None);
+    d.wait_ready();
+    assert!(ctl_ok(&d.socket, &["ls"]).contains("k "));
+    let st = d.child.signal_and_wait(Signal::INT, Duration::from_secs(20)).expect("exit");
+    assert!(st.success(), "{st:?}");
+    assert!(!d.socket.exists());
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "backend = [\n").unwrap();
+    let out = Command::new(SNAPSHOTD)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("config.toml") && msg.contains("not valid"), "{msg}");
+
+    let out = Command::new(SNAPSHOTD).args(["--backend", "zfs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zfs"));
+
+    let out = Command::new(SNAPSHOTD).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--backend", "--root", "--address", "--log-level", "--sync-remove", "--config"] {
+        assert!(help.contains(flag), "help lacks {flag}: {help}");
+    }
+}
+
+#[test]
+fn snapshotctl_drives_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(dir.path(), &["--backend", "native"], None);
+    d.wait_ready();
+    let s = d.socket.clone();
+
+    let out = ctl_ok(&s, &["prepare", "extract-1", "--label", "a=1"]);
+    assert!(out.starts_with("TYPE") && out.contains("bind"), "{out}");
+    ctl_ok(&s, &["commit", "layer-1", "extract-1", "--label", "gc=yes"]);
+    ctl_ok(&s, &["prepare", "container", "layer-1"]);
+    ctl_ok(&s, &["view", "inspect", "layer-1"]);
+
+    let ls = ctl_ok(&s, &["ls"]);
+    assert!(ls.lines().next().unwrap().starts_with("KEY"), "{ls}");
+    assert_eq!(ls.lines().count(), 4, "{ls}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&s, &["--json", "ls", "kind==committed"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["name"], "layer-1");
+    assert_eq!(json[0]["labels"]["gc"], "yes");
+
+    let tree = ctl_ok(&s, &["tree"]);
+    assert!(tree.starts_with("layer-1 [Committed]\n"), "{tree}");
+    assert!(tree.contains("\\_ container [Active]") && tree.contains("\\_ inspect [View]"), "{tree}");
+
+    let info = ctl_ok(&s, &["info", "container"]);
+    assert!(info.contains("Kind:    Active") && info.contains("Parent:  layer-1"), "{info}");
+    let labels = ctl_ok(&s, &["label", "layer-1", "new=v", "gc="]);
+    assert_eq!(labels.trim(), "new=v");
+    let usage: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&s, &["--json", "usage", "layer-1"])).unwrap();
+    assert!(usage[0]["inodes"].as_u64().unwrap() >= 1);
+    let mounts = ctl_ok(&s, &["mounts", "container", "/mnt/x"]);
+    assert!(mounts.starts_with("mount -t bind ") && mounts.contains(" /mnt/x -o "), "{mounts}");
+
+    // Errors come back with the daemon's message and kind.
+    let out = ctl(&s, &["rm", "layer-1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("layer-1") && err.contains("failed precondition"), "{err}");
+    let out = ctl(&s, &["info", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    ctl_ok(&s, &["rm", "container", "inspect", "layer-1"]);
+    ctl_ok(&s, &["cleanup"]);
+    assert_eq!(ctl_ok(&s, &["ls"]).lines().count(), 1);
+
+    let help = Command::new(SNAPSHOTCTL).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for c in ["ls", "tree", "info", "usage", "mounts", "prepare", "view", "commit", "rm", "label",
+        "cleanup", "mount", "unmount"]
+    {
+        assert!(help.contains(&format!("  {c} ")), "help lacks {c}: {help}");
+    }
+    let out = ctl(&dir.path().join("no.sock"), &["ls"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running"));
+    d.child.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("exit");
+}
+
+/// Mounts through the CLI, and the default backend choice on a filesystem with overlay.
+#[test]
+fn snapshotctl_mounts_and_default_backend_is_overlay() {
+    if !privileged("snapshotctl_mounts_and_default_backend_is_overlay") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(dir.path(), &[], None);
+    d.wait_ready();
+    assert!(d.log().contains("backend overlay (detected"), "{}", d.log());
+    let s = d.socket.clone();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = snapshots::mount::unmount_all(&self.0);
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+
+    ctl_ok(&s, &["prepare", "extract-1"]);
+    ctl_ok(&s, &["mount", "extract-1", mnt.to_str().unwrap()]);
+    std::fs::write(mnt.join("hello"), b"layer 1").unwrap();
+    ctl_ok(&s, &["unmount", mnt.to_str().unwrap()]);
+    ctl_ok(&s, &["commit", "layer-1", "extract-1"]);
+    ctl_ok(&s, &["prepare", "c", "layer-1"]);
+    let mounts = ctl_ok(&s, &["mounts", "c"]);
+    assert!(mounts.contains("overlay"), "{mounts}");
+    ctl_ok(&s, &["mount", "c", mnt.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(mnt.join("hello")).unwrap(), "layer 1");
+    ctl_ok(&s, &["unmount", mnt.to_str().unwrap()]);
+    assert!(!mnt.join("hello").exists());
+    ctl_ok(&s, &["rm", "c", "layer-1"]);
+    ctl_ok(&s, &["cleanup"]);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("root/snapshots")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    let st = d.child.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("exit");
+    assert!(st.success());
+}
