@@ -152,88 +152,6 @@ impl OverlaySnapshotter {
         }
         Ok(n)
     }
-
-    fn with_upper_label(&self, id: u64, mut info: Info) -> Info {
-        if self.config.upperdir_label {
-            info.labels.insert(
-                UPPERDIR_LABEL.to_string(),
-                self.settings.upper(id).to_string_lossy().into(),
-            );
-        }
-        info
-    }
-
-    fn create(
-        &self,
-        kind: Kind,
-        key: &str,
-        parent: &str,
-        opts: &CreateOptions,
-    ) -> Result<Vec<Mount>> {
-        let mut staging = self.layout.stage()?;
-        let fs = staging.path().join("fs");
-        make_dir(&fs, 0o755)?;
-        if kind == Kind::Active {
-            make_dir(&staging.path().join("work"), 0o711)?;
-        }
-        // The closure runs again when LMDB's map grows; the rename into place must then
-        // not run twice, and a failed transaction must take the published directory away.
-        let mut published: Option<u64> = None;
-        let res = self.store.write(|tx| {
-            let s = tx.create(kind, key, parent, &opts.labels)?;
-            if let Some(old) = published.filter(|&old| old != s.id) {
-                return Err(Error::unknown(format!(
-                    "snapshot {key:?}: id changed from {old} to {} across a retried transaction",
-                    s.id
-                )));
-            }
-            if published.is_none() {
-                if let Some(&pid) = s.parent_ids.first() {
-                    inherit_owner(&self.settings.upper(pid), &fs)?;
-                }
-                self.publish(&mut staging, s.id)?;
-                published = Some(s.id);
-            }
-            Ok(s)
-        });
-        match res {
-            Ok(s) => Ok(build_mounts(
-                &self.settings,
-                kind,
-                s.id,
-                &s.parent_ids,
-                self.volatile(kind, &opts.labels),
-            )),
-            Err(e) => {
-                if let Some(id) = published {
-                    self.layout.unpublish(id);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn publish(&self, staging: &mut Staging, id: u64) -> Result<()> {
-        self.layout.publish(staging, id).map(drop)
-    }
-
-    fn volatile(&self, kind: Kind, labels: &snapshot_core::Labels) -> bool {
-        let asked = labels.get(VOLATILE_LABEL).is_some_and(|v| v != "false");
-        if asked && !self.features.volatile {
-            log::debug!("{VOLATILE_LABEL} ignored: this kernel has no volatile overlay option");
-        }
-        asked && self.features.volatile && kind == Kind::Active
-    }
-
-    /// Inside one write transaction: renames back the directories of snapshots whose
-    /// remove was killed before its commit, then retires every directory the store does
-    /// not know. Deleting is left to the caller, outside the transaction.
-    fn sweep(&self) -> Result<usize> {
-        self.store.write(|tx| {
-            restore_interrupted_removes(&self.layout, tx)?;
-            self.layout.retire_orphans(tx)
-        })
-    }
 }
 
 impl Snapshotter for OverlaySnapshotter {
@@ -381,6 +299,90 @@ impl Cleaner for OverlaySnapshotter {
     fn cleanup(&self) -> Result<()> {
         self.sweep()?;
         self.layout.purge().map(drop)
+    }
+}
+
+impl OverlaySnapshotter {
+    fn with_upper_label(&self, id: u64, mut info: Info) -> Info {
+        if self.config.upperdir_label {
+            info.labels.insert(
+                UPPERDIR_LABEL.to_string(),
+                self.settings.upper(id).to_string_lossy().into(),
+            );
+        }
+        info
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        opts: &CreateOptions,
+    ) -> Result<Vec<Mount>> {
+        let mut staging = self.layout.stage()?;
+        let fs = staging.path().join("fs");
+        make_dir(&fs, 0o755)?;
+        if kind == Kind::Active {
+            make_dir(&staging.path().join("work"), 0o711)?;
+        }
+        // The closure runs again when LMDB's map grows; the rename into place must then
+        // not run twice, and a failed transaction must take the published directory away.
+        let mut published: Option<u64> = None;
+        let res = self.store.write(|tx| {
+            let s = tx.create(kind, key, parent, &opts.labels)?;
+            if let Some(old) = published.filter(|&old| old != s.id) {
+                return Err(Error::unknown(format!(
+                    "snapshot {key:?}: id changed from {old} to {} across a retried transaction",
+                    s.id
+                )));
+            }
+            if published.is_none() {
+                if let Some(&pid) = s.parent_ids.first() {
+                    inherit_owner(&self.settings.upper(pid), &fs)?;
+                }
+                self.publish(&mut staging, s.id)?;
+                published = Some(s.id);
+            }
+            Ok(s)
+        });
+        match res {
+            Ok(s) => Ok(build_mounts(
+                &self.settings,
+                kind,
+                s.id,
+                &s.parent_ids,
+                self.volatile(kind, &opts.labels),
+            )),
+            Err(e) => {
+                if let Some(id) = published {
+                    self.layout.unpublish(id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn publish(&self, staging: &mut Staging, id: u64) -> Result<()> {
+        self.layout.publish(staging, id).map(drop)
+    }
+
+    fn volatile(&self, kind: Kind, labels: &snapshot_core::Labels) -> bool {
+        let asked = labels.get(VOLATILE_LABEL).is_some_and(|v| v != "false");
+        if asked && !self.features.volatile {
+            log::debug!("{VOLATILE_LABEL} ignored: this kernel has no volatile overlay option");
+        }
+        asked && self.features.volatile && kind == Kind::Active
+    }
+
+    /// Inside one write transaction: renames back the directories of snapshots whose
+    /// remove was killed before its commit, then retires every directory the store does
+    /// not know. Deleting is left to the caller, outside the transaction.
+    fn sweep(&self) -> Result<usize> {
+        self.store.write(|tx| {
+            restore_interrupted_removes(&self.layout, tx)?;
+            self.layout.retire_orphans(tx)
+        })
     }
 }
 
