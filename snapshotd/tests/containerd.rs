@@ -1,0 +1,485 @@
+//! End to end with a real containerd: a private containerd loads snapshotd as a proxy
+//! snapshotter, imports a three-layer OCI image built here (no network), runs a container
+//! from it with runc, and garbage-collects everything when the image is removed.
+//!
+//! Needs (Debian): containerd, runc, busybox-static, tar. Privileged
+//! (`SNAPSHOT_TEST_PRIVILEGED=1`, as root).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{privileged, wait_for, ChildGuard};
+use rustix::process::Signal;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const SNAPSHOTD: &str = env!("CARGO_BIN_EXE_snapshotd");
+const SNAPSHOTCTL: &str = env!("CARGO_BIN_EXE_snapshotctl");
+const PLUGIN: &str = "snaptest";
+const IMAGE: &str = "docker.io/library/snaptest:latest";
+const BUSYBOX: &str = "/bin/busybox";
+
+#[test]
+#[serial_test::serial(containerd)]
+fn containerd_imports_runs_and_collects_on_overlay() {
+    if privileged("containerd_imports_runs_and_collects_on_overlay") {
+        end_to_end("overlay");
+    }
+}
+
+#[test]
+#[serial_test::serial(containerd)]
+fn containerd_imports_runs_and_collects_on_native() {
+    if privileged("containerd_imports_runs_and_collects_on_native") {
+        end_to_end("native");
+    }
+}
+
+fn end_to_end(backend: &str) {
+    for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "tar"] {
+        assert!(which(tool), "{tool} is missing: apt-get install containerd runc tar");
+    }
+    assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: apt-get install busybox-static");
+
+    let tmp = tempfile::Builder::new().prefix("sd-e2e-").tempdir_in("/tmp").unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // Unmounts anything left under the temp dir, last: declared first, dropped last.
+    let _mounts = MountSweep(tmp.path().to_owned());
+
+    let image = build_image(&tmp.path().join("image"));
+
+    let sd_root = tmp.path().join("sd-root");
+    let sd_sock = tmp.path().join("sd.sock");
+    let mut sd = Process::spawn(
+        "snapshotd",
+        Command::new(SNAPSHOTD)
+            .args(["--backend", backend, "--log-level", "debug"])
+            .arg("--root")
+            .arg(&sd_root)
+            .arg("--address")
+            .arg(&sd_sock),
+        &tmp.path().join("snapshotd.log"),
+    );
+    assert!(wait_for(&sd_sock, Duration::from_secs(20)), "snapshotd: no socket\n{}", sd.log());
+
+    let ctrd = Containerd::start(tmp.path(), &sd_sock);
+    let ctr = |args: &[&str]| ctrd.ctr(args);
+
+    // Import: containerd unpacks the three layers through snapshotd.
+    let out = ctr(&["images", "import", "--snapshotter", PLUGIN, image.tar.to_str().unwrap()]);
+    assert_ok(&out, "ctr images import", &sd, &ctrd);
+
+    let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
+    assert_ok(&out, "ctr snapshots ls", &sd, &ctrd);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut rows: Vec<Vec<String>> = listed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    rows.sort();
+    let mut want: Vec<Vec<String>> = image
+        .chain_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut row = vec![id.clone()];
+            if i > 0 {
+                row.push(image.chain_ids[i - 1].clone());
+            }
+            row.push("Committed".to_string());
+            row
+        })
+        .collect();
+    want.sort();
+    assert_eq!(rows, want, "ctr snapshots ls:\n{listed}");
+
+    // The backend holds the same three layers under containerd's namespaced keys.
+    let backend_ls = snapshotctl(&sd_sock, &["--json", "ls"]);
+    let infos: serde_json::Value = serde_json::from_str(&backend_ls).unwrap();
+    let infos = infos.as_array().unwrap();
+    assert_eq!(infos.len(), 3, "{backend_ls}");
+    for chain_id in &image.chain_ids {
+        assert!(
+            infos.iter().any(|i| i["name"].as_str().unwrap().ends_with(chain_id.as_str())
+                && i["kind"] == "committed"
+                && i["name"].as_str().unwrap().starts_with("default/")),
+            "{chain_id} not in {backend_ls}"
+        );
+    }
+
+    // Run a container and look at what it sees.
+    let id = format!("snaptest-{backend}");
+    ctrd.remember_container(&id);
+    let script = "cat /etc/layer1.txt /etc/layer2.txt; echo ---; ls /etc; echo ---; ls /data/old; \
+                  echo ---; ls /data/kept; echo ---; test -e /etc/removed-later || echo gone; \
+                  echo written > /tmp-file && cat /tmp-file";
+    let out = ctr(&["run", "--snapshotter", PLUGIN, "--rm", IMAGE, &id, "/bin/sh", "-c", script]);
+    assert_ok(&out, "ctr run", &sd, &ctrd);
+    let seen = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let parts: Vec<&str> = seen.split("---\n").collect();
+    assert_eq!(parts.len(), 5, "container output:\n{seen}");
+    assert_eq!(parts[0], "from layer 1\nfrom layer 2\n", "{seen}");
+    let etc: Vec<&str> = parts[1].split_whitespace().collect();
+    assert_eq!(etc, vec!["layer1.txt", "layer2.txt"], "{seen}");
+    // The opaque whiteout hides layer 1's and layer 2's files of /data/old.
+    assert_eq!(parts[2].split_whitespace().collect::<Vec<_>>(), vec!["new.txt"], "{seen}");
+    assert_eq!(parts[3].split_whitespace().collect::<Vec<_>>(), vec!["k.txt"], "{seen}");
+    assert_eq!(parts[4], "gone\nwritten\n", "{seen}");
+
+    // --rm removed the container's snapshot: only the layers remain.
+    let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+
+    // Remove the image: garbage collection removes every snapshot and its files.
+    let out = ctr(&["images", "rm", "--sync", IMAGE]);
+    assert_ok(&out, "ctr images rm --sync", &sd, &ctrd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
+        let backend_ls = snapshotctl(&sd_sock, &["--json", "ls"]);
+        if String::from_utf8_lossy(&out.stdout).lines().count() <= 1 && backend_ls.trim() == "[]" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshots left after GC: ctr: {} backend: {backend_ls}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            sd.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    snapshotctl(&sd_sock, &["cleanup"]);
+    let left: Vec<_> = fs::read_dir(sd_root.join("snapshots")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "files left in the backend root: {left:?}");
+    assert!(sd.log().contains("Remove") || sd.log().contains("serving"), "{}", sd.log());
+
+    drop(ctrd);
+    let st = sd.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("snapshotd exits");
+    assert!(st.success(), "snapshotd: {st:?}\n{}", sd.log());
+    assert!(!sd_sock.exists());
+}
+
+struct Image {
+    tar: PathBuf,
+    chain_ids: Vec<String>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a file with `mode`, creating its parents.
+fn put(root: &Path, rel: &str, content: &[u8], mode: u32) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, content).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn dir(root: &Path, rel: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(&p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Tars the entries of `src` (not `src` itself, so the image's root keeps its mode).
+fn tar_dir(src: &Path, out: &Path) -> Vec<u8> {
+    let mut names: Vec<String> =
+        fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let st = Command::new("tar")
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--format=gnu", "-cf"])
+        .arg(out)
+        .arg("-C")
+        .arg(src)
+        .args(&names)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of {} failed", src.display());
+    fs::read(out).unwrap()
+}
+
+/// An OCI image archive of three layers:
+/// 1. a static busybox with `/bin/sh`, `cat`, `ls`, `echo`, `test` links, `/etc/layer1.txt`,
+///    `/etc/removed-later`, `/data/old/{a,b}.txt`, `/data/kept/k.txt`;
+/// 2. adds `/etc/layer2.txt` and `/data/old/c.txt`;
+/// 3. deletes `/etc/removed-later` (a `.wh.` whiteout) and replaces `/data/old` with an
+///    opaque directory (`.wh..wh..opq`) holding only `new.txt`.
+fn build_image(work: &Path) -> Image {
+    let layers_dir = work.join("layers");
+    let (l1, l2, l3) = (layers_dir.join("1"), layers_dir.join("2"), layers_dir.join("3"));
+    for d in [&l1, &l2, &l3] {
+        fs::create_dir_all(d).unwrap();
+    }
+    dir(&l1, "bin");
+    fs::copy(BUSYBOX, l1.join("bin/busybox")).unwrap();
+    fs::set_permissions(l1.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
+    for applet in ["sh", "cat", "ls", "echo", "test"] {
+        symlink("busybox", l1.join("bin").join(applet)).unwrap();
+    }
+    dir(&l1, "etc");
+    dir(&l1, "tmp");
+    put(&l1, "etc/layer1.txt", b"from layer 1\n", 0o644);
+    put(&l1, "etc/removed-later", b"doomed\n", 0o644);
+    dir(&l1, "data/old");
+    put(&l1, "data/old/a.txt", b"a\n", 0o644);
+    put(&l1, "data/old/b.txt", b"b\n", 0o644);
+    dir(&l1, "data/kept");
+    put(&l1, "data/kept/k.txt", b"k\n", 0o644);
+
+    dir(&l2, "etc");
+    put(&l2, "etc/layer2.txt", b"from layer 2\n", 0o644);
+    dir(&l2, "data/old");
+    put(&l2, "data/old/c.txt", b"c\n", 0o644);
+
+    dir(&l3, "etc");
+    put(&l3, "etc/.wh.removed-later", b"", 0o644);
+    dir(&l3, "data/old");
+    put(&l3, "data/old/.wh..wh..opq", b"", 0o644);
+    put(&l3, "data/old/new.txt", b"new\n", 0o644);
+
+    let oci = work.join("oci");
+    let blobs = oci.join("blobs/sha256");
+    fs::create_dir_all(&blobs).unwrap();
+    let blob = |data: &[u8]| -> (String, usize) {
+        let hex = sha256_hex(data);
+        fs::write(blobs.join(&hex), data).unwrap();
+        (format!("sha256:{hex}"), data.len())
+    };
+
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, l) in [&l1, &l2, &l3].into_iter().enumerate() {
+        let data = tar_dir(l, &work.join(format!("layer{}.tar", i + 1)));
+        let (digest, size) = blob(&data);
+        diff_ids.push(digest.clone());
+        layer_descs.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest,
+            "size": size,
+        }));
+    }
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": [
+            { "created_by": "layer 1: busybox" },
+            { "created_by": "layer 2: add files" },
+            { "created_by": "layer 3: whiteouts" },
+        ],
+    });
+    let (config_digest, config_size) = blob(config.to_string().as_bytes());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_size,
+        },
+        "layers": layer_descs,
+    });
+    let (manifest_digest, manifest_size) = blob(manifest.to_string().as_bytes());
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "platform": { "architecture": "amd64", "os": "linux" },
+            "annotations": {
+                "io.containerd.image.name": IMAGE,
+                "org.opencontainers.image.ref.name": "latest",
+            },
+        }],
+    });
+    fs::write(oci.join("index.json"), index.to_string()).unwrap();
+    fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let tar = work.join("image.tar");
+    tar_dir(&oci, &tar);
+
+    // containerd names a layer stack by its chain ID: chain(1) = diff(1),
+    // chain(n) = sha256(chain(n-1) + " " + diff(n)).
+    let mut chain_ids: Vec<String> = Vec::new();
+    for d in &diff_ids {
+        let next = match chain_ids.last() {
+            None => d.clone(),
+            Some(prev) => format!("sha256:{}", sha256_hex(format!("{prev} {d}").as_bytes())),
+        };
+        chain_ids.push(next);
+    }
+    Image { tar, chain_ids }
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn snapshotctl(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(SNAPSHOTCTL).arg("--address").arg(socket).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "snapshotctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn assert_ok(out: &Output, what: &str, sd: &Process, ctrd: &Containerd) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}\n--- snapshotd log:\n{}\n--- containerd log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        sd.log(),
+        ctrd.process.log()
+    );
+}
+
+/// A child process with its stderr in a log file; killed on drop.
+struct Process {
+    name: &'static str,
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Process {
+        let file = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .env_remove("NOTIFY_SOCKET")
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process { name, child: ChildGuard::new(child), log: log.to_owned() }
+    }
+
+    fn log(&self) -> String {
+        format!("[{}]\n{}", self.name, fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    fn signal_and_wait(&mut self, sig: Signal, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.child.signal_and_wait(sig, timeout)
+    }
+}
+
+/// A private containerd (its own root, state and sockets under the test's temp dir) with
+/// snapshotd as the proxy snapshotter `snaptest`. Dropping it kills any container it
+/// started, then containerd.
+struct Containerd {
+    process: Process,
+    address: PathBuf,
+    containers: std::cell::RefCell<Vec<String>>,
+}
+
+impl Containerd {
+    fn start(tmp: &Path, snapshotd_socket: &Path) -> Containerd {
+        let base = tmp.join("containerd");
+        fs::create_dir_all(&base).unwrap();
+        let address = base.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs"]
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{address}.ttrpc"
+
+[proxy_plugins.{PLUGIN}]
+  type = "snapshot"
+  address = "{sd}"
+"#,
+            root = base.join("root").display(),
+            state = base.join("state").display(),
+            address = address.display(),
+            sd = snapshotd_socket.display(),
+        );
+        let config_path = base.join("config.toml");
+        fs::write(&config_path, config).unwrap();
+        let process = Process::spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&config_path).args(["--log-level", "debug"]),
+            &base.join("containerd.log"),
+        );
+        let c = Containerd { process, address, containers: Default::default() };
+        assert!(wait_for(&c.address, Duration::from_secs(30)), "containerd: no socket\n{}", c.process.log());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd does not answer\n{}", c.process.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.address)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn remember_container(&self, id: &str) {
+        self.containers.borrow_mut().push(id.to_string());
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // A failed run may leave a task and its shim: kill them through containerd first.
+        for id in self.containers.borrow().iter() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        if self.process.signal_and_wait(Signal::TERM, Duration::from_secs(10)).is_none() {
+            // ChildGuard's drop sends SIGKILL.
+            eprintln!("containerd did not stop on SIGTERM: killing it");
+        }
+    }
+}
+
+/// Unmounts everything mounted under a directory (deepest first, detached) on drop.
+struct MountSweep(PathBuf);
+
+impl Drop for MountSweep {
+    fn drop(&mut self) {
+        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return };
+        let prefix = self.0.to_string_lossy().to_string();
+        let mut targets: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|t| t.replace("\\040", " "))
+            .filter(|t| t.starts_with(&prefix))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = rustix::mount::unmount(t.as_str(), rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
