@@ -9,10 +9,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "github.com/containerd/containerd/api/types/mount.proto",
         "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
     ];
+    // protox needs no protoc; rerunning when PROTOC changes lets `PROTOC=/nonexistent`
+    // prove it.
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    println!("cargo:rerun-if-changed=build.rs");
     for f in &files {
         println!("cargo:rerun-if-changed={}", include.join(f).display());
     }
     let fds = protox::compile(files, [include])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     Ok(())
 }

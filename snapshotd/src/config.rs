@@ -185,11 +185,19 @@ impl Config {
             Some(name) => Some(name.parse::<Backend>().map_err(|e| e.to_string())?),
             None => None,
         };
-        let level = flags.log_level.as_deref().or(file.log_level.as_deref()).unwrap_or("info");
+        let level = flags
+            .log_level
+            .as_deref()
+            .or(file.log_level.as_deref())
+            .unwrap_or("info");
         let ov = file.overlay;
         Ok(Config {
             backend,
-            root: flags.root.clone().or(file.root).unwrap_or_else(|| DEFAULT_ROOT.into()),
+            root: flags
+                .root
+                .clone()
+                .or(file.root)
+                .unwrap_or_else(|| DEFAULT_ROOT.into()),
             address: flags
                 .address
                 .clone()
@@ -269,7 +277,14 @@ mod tests {
         )
         .unwrap();
         let c = Config::merge(
-            &flags(&["--backend", "overlay", "--root", "/srv/flag-root", "--mount-option", "ro"]),
+            &flags(&[
+                "--backend",
+                "overlay",
+                "--root",
+                "/srv/flag-root",
+                "--mount-option",
+                "ro",
+            ]),
             file,
         )
         .unwrap();
@@ -294,15 +309,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "backend = \n").unwrap();
-        let e = Config::load(&Flags { config: Some(bad.clone()), ..Flags::default() }).unwrap_err();
+        let e = Config::load(&Flags {
+            config: Some(bad.clone()),
+            ..Flags::default()
+        })
+        .unwrap_err();
         assert!(e.contains(&bad.display().to_string()), "{e}");
         let unknown = dir.path().join("unknown.toml");
         std::fs::write(&unknown, "bakend = \"native\"\n").unwrap();
-        let e = Config::load(&Flags { config: Some(unknown), ..Flags::default() }).unwrap_err();
+        let e = Config::load(&Flags {
+            config: Some(unknown),
+            ..Flags::default()
+        })
+        .unwrap_err();
         assert!(e.contains("bakend"), "{e}");
         let missing = dir.path().join("missing.toml");
-        let e = Config::load(&Flags { config: Some(missing.clone()), ..Flags::default() })
-            .unwrap_err();
+        let e = Config::load(&Flags {
+            config: Some(missing.clone()),
+            ..Flags::default()
+        })
+        .unwrap_err();
         assert!(e.contains(&missing.display().to_string()), "{e}");
     }
 }

@@ -92,7 +92,11 @@ pub fn info_to_proto(info: &Info) -> pb::Info {
         kind: kind_to_proto(info.kind) as i32,
         created_at: Some(info.created.into()),
         updated_at: Some(info.updated.into()),
-        labels: info.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: info
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -109,7 +113,8 @@ pub fn info_from_proto(info: pb::Info) -> Info {
 }
 
 fn time_from_proto(ts: Option<prost_types::Timestamp>) -> SystemTime {
-    ts.and_then(|t| SystemTime::try_from(t).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
+    ts.and_then(|t| SystemTime::try_from(t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// The wire form of a mount (with no target: the caller picks it).
@@ -189,7 +194,11 @@ mod tests {
 
     #[test]
     fn mount_round_trips_without_target() {
-        let m = Mount::new("overlay", "overlay", vec!["index=off".into(), "lowerdir=/a".into()]);
+        let m = Mount::new(
+            "overlay",
+            "overlay",
+            vec!["index=off".into(), "lowerdir=/a".into()],
+        );
         let p = mount_to_proto(&m);
         assert_eq!(p.r#type, "overlay");
         assert_eq!(p.target, "");

@@ -102,7 +102,11 @@ pub fn bind(path: &Path) -> Result<BoundSocket, String> {
         .map_err(|e| format!("socket {}: setting non-blocking: {e}", path.display()))?;
     let m = std::fs::symlink_metadata(path)
         .map_err(|e| format!("checking socket {}: {e}", path.display()))?;
-    Ok(BoundSocket { listener, path: path.to_owned(), dev_ino: (m.dev(), m.ino()) })
+    Ok(BoundSocket {
+        listener,
+        path: path.to_owned(),
+        dev_ino: (m.dev(), m.ino()),
+    })
 }
 
 /// Serves the snapshots service over `sn` on `listener` until `shutdown` completes, then
@@ -136,10 +140,16 @@ pub fn choose_backend(configured: Option<Backend>, root: &Path) -> Backend {
     if Backend::Overlay.is_compiled() {
         match overlay_supported(root) {
             Ok(()) => {
-                log::info!("backend overlay (detected: {} supports overlayfs)", root.display());
+                log::info!(
+                    "backend overlay (detected: {} supports overlayfs)",
+                    root.display()
+                );
                 return Backend::Overlay;
             }
-            Err(why) => log::info!("backend native (overlay is not usable at {}: {why})", root.display()),
+            Err(why) => log::info!(
+                "backend native (overlay is not usable at {}: {why})",
+                root.display()
+            ),
         }
     } else {
         log::info!("backend native (overlay is not compiled in)");
@@ -163,13 +173,19 @@ pub fn overlay_supported(root: &Path) -> Result<(), String> {
     let dir = |n: &str| -> Result<String, String> {
         let p = scratch.path().join(n);
         std::fs::create_dir(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-        p.into_os_string().into_string().map_err(|p| format!("{p:?} is not UTF-8"))
+        p.into_os_string()
+            .into_string()
+            .map_err(|p| format!("{p:?} is not UTF-8"))
     };
     let (lower, upper, work, merged) = (dir("lower")?, dir("upper")?, dir("work")?, dir("merged")?);
     let m = snapshots::Mount::new(
         "overlay",
         "overlay",
-        vec![format!("lowerdir={lower}"), format!("upperdir={upper}"), format!("workdir={work}")],
+        vec![
+            format!("lowerdir={lower}"),
+            format!("upperdir={upper}"),
+            format!("workdir={work}"),
+        ],
     );
     snapshots::mount::mount_all(&[m], Path::new(&merged)).map_err(|e| e.to_string())?;
     snapshots::mount::unmount_all(Path::new(&merged)).map_err(|e| e.to_string())?;
@@ -199,14 +215,21 @@ pub fn overlay_config(opts: &BackendOptions) -> snapshots::snapshot_overlay::Ove
 pub fn run(config: Config) -> Result<(), String> {
     let backend = choose_backend(config.backend, &config.root);
     warn_unused_options(backend, &config.options);
-    let sn: Arc<dyn Snapshotter> =
-        Arc::from(snapshots::open(backend, &config.root, &config.options.to_options()).map_err(
-            |e| format!("opening the {backend} snapshotter at {}: {e}", config.root.display()),
-        )?);
+    let sn: Arc<dyn Snapshotter> = Arc::from(
+        snapshots::open(backend, &config.root, &config.options.to_options()).map_err(|e| {
+            format!(
+                "opening the {backend} snapshotter at {}: {e}",
+                config.root.display()
+            )
+        })?,
+    );
     let result = serve_until_signal(Arc::clone(&sn), &config.address, backend, &config.root);
     drain(&sn);
     if let Err(e) = sn.close() {
-        log::error!("closing the snapshot store at {}: {e}", config.root.display());
+        log::error!(
+            "closing the snapshot store at {}: {e}",
+            config.root.display()
+        );
     }
     log::info!("stopped");
     result
@@ -214,8 +237,10 @@ pub fn run(config: Config) -> Result<(), String> {
 
 /// Warns about options that do nothing for the chosen backend.
 fn warn_unused_options(backend: Backend, opts: &BackendOptions) {
-    let overlay_only =
-        opts.sync_remove || opts.upperdir_label || opts.redirect_dir || !opts.mount_options.is_empty();
+    let overlay_only = opts.sync_remove
+        || opts.upperdir_label
+        || opts.redirect_dir
+        || !opts.mount_options.is_empty();
     if backend != Backend::Overlay && overlay_only {
         log::warn!("overlay options are set but the backend is {backend}: they are ignored");
     }

@@ -76,7 +76,9 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = request.into_inner();
         let opts = CreateOptions::with_labels(labels_of(r.labels));
-        let mounts = self.blocking(move |sn| sn.prepare(&r.key, &r.parent, &opts)).await?;
+        let mounts = self
+            .blocking(move |sn| sn.prepare(&r.key, &r.parent, &opts))
+            .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
         }))
@@ -88,7 +90,9 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = request.into_inner();
         let opts = CreateOptions::with_labels(labels_of(r.labels));
-        let mounts = self.blocking(move |sn| sn.view(&r.key, &r.parent, &opts)).await?;
+        let mounts = self
+            .blocking(move |sn| sn.view(&r.key, &r.parent, &opts))
+            .await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
         }))
@@ -100,7 +104,9 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = request.into_inner();
         let mounts = self.blocking(move |sn| sn.mounts(&r.key)).await?;
-        Ok(Response::new(pb::MountsResponse { mounts: mounts.iter().map(mount_to_proto).collect() }))
+        Ok(Response::new(pb::MountsResponse {
+            mounts: mounts.iter().map(mount_to_proto).collect(),
+        }))
     }
 
     async fn commit(
@@ -108,8 +114,12 @@ impl Snapshots for SnapshotService {
         request: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
-        let opts = CommitOptions { labels: labels_of(r.labels), parent: r.parent };
-        self.blocking(move |sn| sn.commit(&r.name, &r.key, &opts)).await?;
+        let opts = CommitOptions {
+            labels: labels_of(r.labels),
+            parent: r.parent,
+        };
+        self.blocking(move |sn| sn.commit(&r.name, &r.key, &opts))
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -128,7 +138,9 @@ impl Snapshots for SnapshotService {
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
         let r = request.into_inner();
         let info = self.blocking(move |sn| sn.stat(&r.key)).await?;
-        Ok(Response::new(pb::StatSnapshotResponse { info: Some(info_to_proto(&info)) }))
+        Ok(Response::new(pb::StatSnapshotResponse {
+            info: Some(info_to_proto(&info)),
+        }))
     }
 
     async fn update(
@@ -145,7 +157,9 @@ impl Snapshots for SnapshotService {
         // containerd treats a missing mask as "no paths": every label is replaced.
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let info = self.blocking(move |sn| sn.update(&info, &paths)).await?;
-        Ok(Response::new(pb::UpdateSnapshotResponse { info: Some(info_to_proto(&info)) }))
+        Ok(Response::new(pb::UpdateSnapshotResponse {
+            info: Some(info_to_proto(&info)),
+        }))
     }
 
     type ListStream = ReceiverStream<Result<pb::ListSnapshotsResponse, Status>>;

@@ -41,12 +41,27 @@ fn containerd_imports_runs_and_collects_on_native() {
 }
 
 fn end_to_end(backend: &str) {
-    for tool in ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "tar"] {
-        assert!(which(tool), "{tool} is missing: apt-get install containerd runc tar");
+    for tool in [
+        "containerd",
+        "ctr",
+        "runc",
+        "containerd-shim-runc-v2",
+        "tar",
+    ] {
+        assert!(
+            which(tool),
+            "{tool} is missing: apt-get install containerd runc tar"
+        );
     }
-    assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} is missing: apt-get install busybox-static");
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: apt-get install busybox-static"
+    );
 
-    let tmp = tempfile::Builder::new().prefix("sd-e2e-").tempdir_in("/tmp").unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("sd-e2e-")
+        .tempdir_in("/tmp")
+        .unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     // Unmounts anything left under the temp dir, last: declared first, dropped last.
     let _mounts = MountSweep(tmp.path().to_owned());
@@ -65,13 +80,23 @@ fn end_to_end(backend: &str) {
             .arg(&sd_sock),
         &tmp.path().join("snapshotd.log"),
     );
-    assert!(wait_for(&sd_sock, Duration::from_secs(20)), "snapshotd: no socket\n{}", sd.log());
+    assert!(
+        wait_for(&sd_sock, Duration::from_secs(20)),
+        "snapshotd: no socket\n{}",
+        sd.log()
+    );
 
     let ctrd = Containerd::start(tmp.path(), &sd_sock);
     let ctr = |args: &[&str]| ctrd.ctr(args);
 
     // Import: containerd unpacks the three layers through snapshotd.
-    let out = ctr(&["images", "import", "--snapshotter", PLUGIN, image.tar.to_str().unwrap()]);
+    let out = ctr(&[
+        "images",
+        "import",
+        "--snapshotter",
+        PLUGIN,
+        image.tar.to_str().unwrap(),
+    ]);
     assert_ok(&out, "ctr images import", &sd, &ctrd);
 
     let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
@@ -106,9 +131,11 @@ fn end_to_end(backend: &str) {
     assert_eq!(infos.len(), 3, "{backend_ls}");
     for chain_id in &image.chain_ids {
         assert!(
-            infos.iter().any(|i| i["name"].as_str().unwrap().ends_with(chain_id.as_str())
-                && i["kind"] == "committed"
-                && i["name"].as_str().unwrap().starts_with("default/")),
+            infos
+                .iter()
+                .any(|i| i["name"].as_str().unwrap().ends_with(chain_id.as_str())
+                    && i["kind"] == "committed"
+                    && i["name"].as_str().unwrap().starts_with("default/")),
             "{chain_id} not in {backend_ls}"
         );
     }
@@ -119,7 +146,17 @@ fn end_to_end(backend: &str) {
     let script = "cat /etc/layer1.txt /etc/layer2.txt; echo ---; ls /etc; echo ---; ls /data/old; \
                   echo ---; ls /data/kept; echo ---; test -e /etc/removed-later || echo gone; \
                   echo written > /tmp-file && cat /tmp-file";
-    let out = ctr(&["run", "--snapshotter", PLUGIN, "--rm", IMAGE, &id, "/bin/sh", "-c", script]);
+    let out = ctr(&[
+        "run",
+        "--snapshotter",
+        PLUGIN,
+        "--rm",
+        IMAGE,
+        &id,
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
     assert_ok(&out, "ctr run", &sd, &ctrd);
     let seen = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
     let parts: Vec<&str> = seen.split("---\n").collect();
@@ -128,8 +165,16 @@ fn end_to_end(backend: &str) {
     let etc: Vec<&str> = parts[1].split_whitespace().collect();
     assert_eq!(etc, vec!["layer1.txt", "layer2.txt"], "{seen}");
     // The opaque whiteout hides layer 1's and layer 2's files of /data/old.
-    assert_eq!(parts[2].split_whitespace().collect::<Vec<_>>(), vec!["new.txt"], "{seen}");
-    assert_eq!(parts[3].split_whitespace().collect::<Vec<_>>(), vec!["k.txt"], "{seen}");
+    assert_eq!(
+        parts[2].split_whitespace().collect::<Vec<_>>(),
+        vec!["new.txt"],
+        "{seen}"
+    );
+    assert_eq!(
+        parts[3].split_whitespace().collect::<Vec<_>>(),
+        vec!["k.txt"],
+        "{seen}"
+    );
     assert_eq!(parts[4], "gone\nwritten\n", "{seen}");
 
     // --rm removed the container's snapshot: only the layers remain.
@@ -155,12 +200,21 @@ fn end_to_end(backend: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     snapshotctl(&sd_sock, &["cleanup"]);
-    let left: Vec<_> = fs::read_dir(sd_root.join("snapshots")).unwrap().map(|e| e.unwrap().path()).collect();
+    let left: Vec<_> = fs::read_dir(sd_root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert!(left.is_empty(), "files left in the backend root: {left:?}");
-    assert!(sd.log().contains("Remove") || sd.log().contains("serving"), "{}", sd.log());
+    assert!(
+        sd.log().contains("Remove") || sd.log().contains("serving"),
+        "{}",
+        sd.log()
+    );
 
     drop(ctrd);
-    let st = sd.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("snapshotd exits");
+    let st = sd
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("snapshotd exits");
     assert!(st.success(), "snapshotd: {st:?}\n{}", sd.log());
     assert!(!sd_sock.exists());
 }
@@ -191,11 +245,20 @@ fn dir(root: &Path, rel: &str) {
 
 /// Tars the entries of `src` (not `src` itself, so the image's root keeps its mode).
 fn tar_dir(src: &Path, out: &Path) -> Vec<u8> {
-    let mut names: Vec<String> =
-        fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     let st = Command::new("tar")
-        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--format=gnu", "-cf"])
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--format=gnu",
+            "-cf",
+        ])
         .arg(out)
         .arg("-C")
         .arg(src)
@@ -214,7 +277,11 @@ fn tar_dir(src: &Path, out: &Path) -> Vec<u8> {
 ///    opaque directory (`.wh..wh..opq`) holding only `new.txt`.
 fn build_image(work: &Path) -> Image {
     let layers_dir = work.join("layers");
-    let (l1, l2, l3) = (layers_dir.join("1"), layers_dir.join("2"), layers_dir.join("3"));
+    let (l1, l2, l3) = (
+        layers_dir.join("1"),
+        layers_dir.join("2"),
+        layers_dir.join("3"),
+    );
     for d in [&l1, &l2, &l3] {
         fs::create_dir_all(d).unwrap();
     }
@@ -330,7 +397,12 @@ fn which(tool: &str) -> bool {
 }
 
 fn snapshotctl(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new(SNAPSHOTCTL).arg("--address").arg(socket).args(args).output().unwrap();
+    let out = Command::new(SNAPSHOTCTL)
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "snapshotctl {args:?}: {}",
@@ -360,7 +432,11 @@ struct Process {
 
 impl Process {
     fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Process {
-        let file = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -368,14 +444,26 @@ impl Process {
             .env_remove("NOTIFY_SOCKET")
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Process { name, child: ChildGuard::new(child), log: log.to_owned() }
+        Process {
+            name,
+            child: ChildGuard::new(child),
+            log: log.to_owned(),
+        }
     }
 
     fn log(&self) -> String {
-        format!("[{}]\n{}", self.name, fs::read_to_string(&self.log).unwrap_or_default())
+        format!(
+            "[{}]\n{}",
+            self.name,
+            fs::read_to_string(&self.log).unwrap_or_default()
+        )
     }
 
-    fn signal_and_wait(&mut self, sig: Signal, timeout: Duration) -> Option<std::process::ExitStatus> {
+    fn signal_and_wait(
+        &mut self,
+        sig: Signal,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         self.child.signal_and_wait(sig, timeout)
     }
 }
@@ -421,14 +509,29 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         fs::write(&config_path, config).unwrap();
         let process = Process::spawn(
             "containerd",
-            Command::new("containerd").arg("--config").arg(&config_path).args(["--log-level", "debug"]),
+            Command::new("containerd")
+                .arg("--config")
+                .arg(&config_path)
+                .args(["--log-level", "debug"]),
             &base.join("containerd.log"),
         );
-        let c = Containerd { process, address, containers: Default::default() };
-        assert!(wait_for(&c.address, Duration::from_secs(30)), "containerd: no socket\n{}", c.process.log());
+        let c = Containerd {
+            process,
+            address,
+            containers: Default::default(),
+        };
+        assert!(
+            wait_for(&c.address, Duration::from_secs(30)),
+            "containerd: no socket\n{}",
+            c.process.log()
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "containerd does not answer\n{}", c.process.log());
+            assert!(
+                Instant::now() < deadline,
+                "containerd does not answer\n{}",
+                c.process.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -457,7 +560,11 @@ impl Drop for Containerd {
             let _ = self.ctr(&["tasks", "rm", "-f", id]);
             let _ = self.ctr(&["containers", "rm", id]);
         }
-        if self.process.signal_and_wait(Signal::TERM, Duration::from_secs(10)).is_none() {
+        if self
+            .process
+            .signal_and_wait(Signal::TERM, Duration::from_secs(10))
+            .is_none()
+        {
             // ChildGuard's drop sends SIGKILL.
             eprintln!("containerd did not stop on SIGTERM: killing it");
         }
@@ -469,7 +576,9 @@ struct MountSweep(PathBuf);
 
 impl Drop for MountSweep {
     fn drop(&mut self) {
-        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return };
+        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
         let prefix = self.0.to_string_lossy().to_string();
         let mut targets: Vec<String> = info
             .lines()

@@ -42,7 +42,11 @@ fn start(dir: &Path, extra: &[&str], notify: Option<&Path>) -> Daemon {
         None => cmd.env_remove("NOTIFY_SOCKET"),
     };
     let child = ChildGuard::new(cmd.spawn().unwrap());
-    Daemon { child, socket, stderr }
+    Daemon {
+        child,
+        socket,
+        stderr,
+    }
 }
 
 impl Daemon {
@@ -51,12 +55,21 @@ impl Daemon {
     }
 
     fn wait_ready(&self) {
-        assert!(wait_for(&self.socket, Duration::from_secs(20)), "no socket; log:\n{}", self.log());
+        assert!(
+            wait_for(&self.socket, Duration::from_secs(20)),
+            "no socket; log:\n{}",
+            self.log()
+        );
     }
 }
 
 fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(SNAPSHOTCTL).arg("--address").arg(socket).args(args).output().unwrap()
+    Command::new(SNAPSHOTCTL)
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ctl_ok(socket: &Path, args: &[&str]) -> String {
@@ -74,7 +87,9 @@ fn daemon_lifecycle_socket_notify_and_signals() {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
 
     // A stale socket (bound, then its listener gone) is replaced.
     std::fs::create_dir_all(dir.path().join("run")).unwrap();
@@ -88,12 +103,21 @@ fn daemon_lifecycle_socket_notify_and_signals() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert!(d.log().contains("replacing stale socket"), "{}", d.log());
-    assert!(d.log().contains("backend native (configured)"), "{}", d.log());
+    assert!(
+        d.log().contains("backend native (configured)"),
+        "{}",
+        d.log()
+    );
 
     // A live socket is refused by a second daemon, which leaves it in place.
     let other = tempfile::tempdir().unwrap();
     let out = Command::new(SNAPSHOTD)
-        .args(["--backend", "native", "--config", "/nonexistent-but-unused.toml"])
+        .args([
+            "--backend",
+            "native",
+            "--config",
+            "/nonexistent-but-unused.toml",
+        ])
         .arg("--root")
         .arg(other.path())
         .arg("--address")
@@ -121,7 +145,10 @@ fn daemon_lifecycle_socket_notify_and_signals() {
 
     // The daemon serves; SIGTERM stops it cleanly: STOPPING=1, exit 0, socket gone.
     ctl_ok(&d.socket, &["prepare", "k"]);
-    let st = d.child.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("exit");
+    let st = d
+        .child
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("exit");
     assert!(st.success(), "{st:?}; log:\n{}", d.log());
     let n = notify.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
@@ -132,7 +159,10 @@ fn daemon_lifecycle_socket_notify_and_signals() {
     let mut d = start(dir.path(), &["--backend", "native"], None);
     d.wait_ready();
     assert!(ctl_ok(&d.socket, &["ls"]).contains("k "));
-    let st = d.child.signal_and_wait(Signal::INT, Duration::from_secs(20)).expect("exit");
+    let st = d
+        .child
+        .signal_and_wait(Signal::INT, Duration::from_secs(20))
+        .expect("exit");
     assert!(st.success(), "{st:?}");
     assert!(!d.socket.exists());
 }
@@ -148,15 +178,28 @@ fn bad_configuration_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let msg = String::from_utf8_lossy(&out.stderr);
-    assert!(msg.contains("config.toml") && msg.contains("not valid"), "{msg}");
+    assert!(
+        msg.contains("config.toml") && msg.contains("not valid"),
+        "{msg}"
+    );
 
-    let out = Command::new(SNAPSHOTD).args(["--backend", "zfs"]).output().unwrap();
+    let out = Command::new(SNAPSHOTD)
+        .args(["--backend", "zfs"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zfs"));
 
     let out = Command::new(SNAPSHOTD).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--backend", "--root", "--address", "--log-level", "--sync-remove", "--config"] {
+    for flag in [
+        "--backend",
+        "--root",
+        "--address",
+        "--log-level",
+        "--sync-remove",
+        "--config",
+    ] {
         assert!(help.contains(flag), "help lacks {flag}: {help}");
     }
 }
@@ -185,23 +228,35 @@ fn snapshotctl_drives_the_daemon() {
 
     let tree = ctl_ok(&s, &["tree"]);
     assert!(tree.starts_with("layer-1 [Committed]\n"), "{tree}");
-    assert!(tree.contains("\\_ container [Active]") && tree.contains("\\_ inspect [View]"), "{tree}");
+    assert!(
+        tree.contains("\\_ container [Active]") && tree.contains("\\_ inspect [View]"),
+        "{tree}"
+    );
 
     let info = ctl_ok(&s, &["info", "container"]);
-    assert!(info.contains("Kind:    Active") && info.contains("Parent:  layer-1"), "{info}");
+    assert!(
+        info.contains("Kind:    Active") && info.contains("Parent:  layer-1"),
+        "{info}"
+    );
     let labels = ctl_ok(&s, &["label", "layer-1", "new=v", "gc="]);
     assert_eq!(labels.trim(), "new=v");
     let usage: serde_json::Value =
         serde_json::from_str(&ctl_ok(&s, &["--json", "usage", "layer-1"])).unwrap();
     assert!(usage[0]["inodes"].as_u64().unwrap() >= 1);
     let mounts = ctl_ok(&s, &["mounts", "container", "/mnt/x"]);
-    assert!(mounts.starts_with("mount -t bind ") && mounts.contains(" /mnt/x -o "), "{mounts}");
+    assert!(
+        mounts.starts_with("mount -t bind ") && mounts.contains(" /mnt/x -o "),
+        "{mounts}"
+    );
 
     // Errors come back with the daemon's message and kind.
     let out = ctl(&s, &["rm", "layer-1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("layer-1") && err.contains("failed precondition"), "{err}");
+    assert!(
+        err.contains("layer-1") && err.contains("failed precondition"),
+        "{err}"
+    );
     let out = ctl(&s, &["info", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 
@@ -211,14 +266,17 @@ fn snapshotctl_drives_the_daemon() {
 
     let help = Command::new(SNAPSHOTCTL).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for c in ["ls", "tree", "info", "usage", "mounts", "prepare", "view", "commit", "rm", "label",
-        "cleanup", "mount", "unmount"]
-    {
+    for c in [
+        "ls", "tree", "info", "usage", "mounts", "prepare", "view", "commit", "rm", "label",
+        "cleanup", "mount", "unmount",
+    ] {
         assert!(help.contains(&format!("  {c} ")), "help lacks {c}: {help}");
     }
     let out = ctl(&dir.path().join("no.sock"), &["ls"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running"));
-    d.child.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("exit");
+    d.child
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("exit");
 }
 
 /// Mounts through the CLI, and the default backend choice on a filesystem with overlay.
@@ -251,13 +309,21 @@ fn snapshotctl_mounts_and_default_backend_is_overlay() {
     let mounts = ctl_ok(&s, &["mounts", "c"]);
     assert!(mounts.contains("overlay"), "{mounts}");
     ctl_ok(&s, &["mount", "c", mnt.to_str().unwrap()]);
-    assert_eq!(std::fs::read_to_string(mnt.join("hello")).unwrap(), "layer 1");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello")).unwrap(),
+        "layer 1"
+    );
     ctl_ok(&s, &["unmount", mnt.to_str().unwrap()]);
     assert!(!mnt.join("hello").exists());
     ctl_ok(&s, &["rm", "c", "layer-1"]);
     ctl_ok(&s, &["cleanup"]);
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("root/snapshots")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("root/snapshots"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "{left:?}");
-    let st = d.child.signal_and_wait(Signal::TERM, Duration::from_secs(20)).expect("exit");
+    let st = d
+        .child
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("exit");
     assert!(st.success());
 }

@@ -20,23 +20,40 @@ async fn prepare(c: &mut Client, key: &str, parent: &str) -> Result<Vec<String>,
             labels: HashMap::new(),
         })
         .await?;
-    Ok(r.into_inner().mounts.into_iter().map(|m| m.r#type).collect())
+    Ok(r.into_inner()
+        .mounts
+        .into_iter()
+        .map(|m| m.r#type)
+        .collect())
 }
 
 async fn view(c: &mut Client, key: &str, parent: &str) -> Result<(), tonic::Status> {
-    c.view(pb::ViewSnapshotRequest { key: key.into(), parent: parent.into(), ..Default::default() })
-        .await
-        .map(|_| ())
+    c.view(pb::ViewSnapshotRequest {
+        key: key.into(),
+        parent: parent.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
 }
 
 async fn commit(c: &mut Client, name: &str, key: &str) -> Result<(), tonic::Status> {
-    c.commit(pb::CommitSnapshotRequest { name: name.into(), key: key.into(), ..Default::default() })
-        .await
-        .map(|_| ())
+    c.commit(pb::CommitSnapshotRequest {
+        name: name.into(),
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
 }
 
 async fn stat(c: &mut Client, key: &str) -> Result<pb::Info, tonic::Status> {
-    let r = c.stat(pb::StatSnapshotRequest { key: key.into(), ..Default::default() }).await?;
+    let r = c
+        .stat(pb::StatSnapshotRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await?;
     Ok(r.into_inner().info.expect("stat returns info"))
 }
 
@@ -60,7 +77,11 @@ async fn list(c: &mut Client, filters: &[&str]) -> Result<Vec<Vec<pb::Info>>, to
 fn assert_status(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
     let st = r.expect_err("call must fail");
     assert_eq!(st.code(), code, "{st:?}");
-    assert!(st.message().contains(needle), "message {:?} lacks {needle:?}", st.message());
+    assert!(
+        st.message().contains(needle),
+        "message {:?} lacks {needle:?}",
+        st.message()
+    );
     let back = snapshotd::convert::from_status(&st);
     assert_eq!(snapshotd::convert::code_of(back.kind()), code);
 }
@@ -70,9 +91,15 @@ async fn every_rpc_works() {
     let srv = TestServer::native().await;
     let mut c = srv.client().await;
 
-    assert_eq!(prepare(&mut c, "extract-1", "").await.unwrap(), vec!["bind"]);
+    assert_eq!(
+        prepare(&mut c, "extract-1", "").await.unwrap(),
+        vec!["bind"]
+    );
     let mounts = c
-        .mounts(pb::MountsRequest { key: "extract-1".into(), ..Default::default() })
+        .mounts(pb::MountsRequest {
+            key: "extract-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -81,7 +108,10 @@ async fn every_rpc_works() {
     assert_eq!(mounts[0].target, "");
     std::fs::write(std::path::Path::new(&mounts[0].source).join("f"), b"hello").unwrap();
     let usage = c
-        .usage(pb::UsageRequest { key: "extract-1".into(), ..Default::default() })
+        .usage(pb::UsageRequest {
+            key: "extract-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -102,7 +132,10 @@ async fn every_rpc_works() {
     assert!(info.created_at.is_some() && info.updated_at.is_some());
 
     view(&mut c, "view-1", "layer-1").await.unwrap();
-    assert_eq!(stat(&mut c, "view-1").await.unwrap().kind, pb::Kind::View as i32);
+    assert_eq!(
+        stat(&mut c, "view-1").await.unwrap().kind,
+        pb::Kind::View as i32
+    );
 
     // Rebase: a snapshot prepared without parent, committed onto layer-1.
     prepare(&mut c, "extract-2", "").await.unwrap();
@@ -124,7 +157,9 @@ async fn every_rpc_works() {
                 labels: HashMap::from([("x".to_string(), "y".to_string())]),
                 ..Default::default()
             }),
-            update_mask: Some(FieldMask { paths: vec!["labels.x".into()] }),
+            update_mask: Some(FieldMask {
+                paths: vec!["labels.x".into()],
+            }),
             ..Default::default()
         })
         .await
@@ -148,18 +183,29 @@ async fn every_rpc_works() {
         .into_inner()
         .info
         .unwrap();
-    assert_eq!(r.labels, HashMap::from([("only".to_string(), "me".to_string())]));
+    assert_eq!(
+        r.labels,
+        HashMap::from([("only".to_string(), "me".to_string())])
+    );
 
-    let all: Vec<String> =
-        list(&mut c, &[]).await.unwrap().concat().into_iter().map(|i| i.name).collect();
+    let all: Vec<String> = list(&mut c, &[])
+        .await
+        .unwrap()
+        .concat()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(all.len(), 3, "{all:?}");
     let committed = list(&mut c, &["kind==committed"]).await.unwrap().concat();
     assert_eq!(committed.len(), 2);
 
     for key in ["view-1", "layer-2", "layer-1"] {
-        c.remove(pb::RemoveSnapshotRequest { key: key.into(), ..Default::default() })
-            .await
-            .unwrap();
+        c.remove(pb::RemoveSnapshotRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     c.cleanup(pb::CleanupRequest::default()).await.unwrap();
     assert!(list(&mut c, &[]).await.unwrap().is_empty());
@@ -176,43 +222,92 @@ async fn errors_map_to_containerd_codes() {
     view(&mut c, "v", "base").await.unwrap();
 
     // NotFound
-    assert_status(stat(&mut c, "missing-key").await, Code::NotFound, "missing-key");
-    assert_status(prepare(&mut c, "k", "missing-parent").await, Code::NotFound, "missing-parent");
     assert_status(
-        c.mounts(pb::MountsRequest { key: "gone".into(), ..Default::default() }).await,
+        stat(&mut c, "missing-key").await,
+        Code::NotFound,
+        "missing-key",
+    );
+    assert_status(
+        prepare(&mut c, "k", "missing-parent").await,
+        Code::NotFound,
+        "missing-parent",
+    );
+    assert_status(
+        c.mounts(pb::MountsRequest {
+            key: "gone".into(),
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         "gone",
     );
     assert_status(
-        c.remove(pb::RemoveSnapshotRequest { key: "gone".into(), ..Default::default() }).await,
+        c.remove(pb::RemoveSnapshotRequest {
+            key: "gone".into(),
+            ..Default::default()
+        })
+        .await,
         Code::NotFound,
         "gone",
     );
     // AlreadyExists
-    assert_status(prepare(&mut c, "child", "").await, Code::AlreadyExists, "child");
+    assert_status(
+        prepare(&mut c, "child", "").await,
+        Code::AlreadyExists,
+        "child",
+    );
     assert_status(view(&mut c, "base", "").await, Code::AlreadyExists, "base");
     prepare(&mut c, "next", "base").await.unwrap();
-    assert_status(commit(&mut c, "base", "next").await, Code::AlreadyExists, "base");
+    assert_status(
+        commit(&mut c, "base", "next").await,
+        Code::AlreadyExists,
+        "base",
+    );
     // FailedPrecondition
     assert_status(
-        c.mounts(pb::MountsRequest { key: "base".into(), ..Default::default() }).await,
+        c.mounts(pb::MountsRequest {
+            key: "base".into(),
+            ..Default::default()
+        })
+        .await,
         Code::FailedPrecondition,
         "base",
     );
     assert_status(
-        c.remove(pb::RemoveSnapshotRequest { key: "base".into(), ..Default::default() }).await,
+        c.remove(pb::RemoveSnapshotRequest {
+            key: "base".into(),
+            ..Default::default()
+        })
+        .await,
         Code::FailedPrecondition,
         "base",
     );
-    assert_status(commit(&mut c, "from-view", "v").await, Code::FailedPrecondition, "v");
+    assert_status(
+        commit(&mut c, "from-view", "v").await,
+        Code::FailedPrecondition,
+        "v",
+    );
     // InvalidArgument
-    assert_status(prepare(&mut c, "k2", "child").await, Code::InvalidArgument, "child");
+    assert_status(
+        prepare(&mut c, "k2", "child").await,
+        Code::InvalidArgument,
+        "child",
+    );
     assert_status(prepare(&mut c, "", "").await, Code::InvalidArgument, "");
-    assert_status(list(&mut c, &["name=="]).await, Code::InvalidArgument, "name");
+    assert_status(
+        list(&mut c, &["name=="]).await,
+        Code::InvalidArgument,
+        "name",
+    );
     assert_status(
         c.update(pb::UpdateSnapshotRequest {
-            info: Some(pb::Info { name: "base".into(), ..Default::default() }),
-            update_mask: Some(FieldMask { paths: vec!["parent".into()] }),
+            info: Some(pb::Info {
+                name: "base".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["parent".into()],
+            }),
             ..Default::default()
         })
         .await,
@@ -245,12 +340,20 @@ async fn errors_map_to_containerd_codes() {
 async fn cleanup_without_cleaner_is_unimplemented() {
     let srv = TestServer::without_cleaner().await;
     let mut c = srv.client().await;
-    assert_status(c.cleanup(pb::CleanupRequest::default()).await, Code::Unimplemented, "cleanup");
+    assert_status(
+        c.cleanup(pb::CleanupRequest::default()).await,
+        Code::Unimplemented,
+        "cleanup",
+    );
     srv.stop().await;
 
     // The native backend has a cleaner: the same call succeeds.
     let srv = TestServer::native().await;
-    srv.client().await.cleanup(pb::CleanupRequest::default()).await.unwrap();
+    srv.client()
+        .await
+        .cleanup(pb::CleanupRequest::default())
+        .await
+        .unwrap();
     srv.stop().await;
 }
 
@@ -269,7 +372,10 @@ async fn list_streams_batches_of_100_with_filters() {
         .unwrap();
     }
     let batches = list(&mut c, &[]).await.unwrap();
-    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![100, 100, 50]);
+    assert_eq!(
+        batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![100, 100, 50]
+    );
     let mut names: Vec<String> = batches.concat().into_iter().map(|i| i.name).collect();
     names.sort();
     names.dedup();
@@ -279,9 +385,15 @@ async fn list_streams_batches_of_100_with_filters() {
     assert_eq!(even.iter().map(Vec::len).collect::<Vec<_>>(), vec![100, 25]);
     assert!(even.concat().iter().all(|i| i.labels["group"] == "even"));
     // Two filters are OR; a comma inside one is AND.
-    let or = list(&mut c, &["name==snap-001", "name==snap-002"]).await.unwrap().concat();
+    let or = list(&mut c, &["name==snap-001", "name==snap-002"])
+        .await
+        .unwrap()
+        .concat();
     assert_eq!(or.len(), 2);
-    let and = list(&mut c, &["labels.group==odd,name==snap-002"]).await.unwrap().concat();
+    let and = list(&mut c, &["labels.group==odd,name==snap-002"])
+        .await
+        .unwrap()
+        .concat();
     assert!(and.is_empty());
     srv.stop().await;
 }
@@ -296,12 +408,19 @@ async fn eight_clients_at_once() {
             for i in 0..15 {
                 let key = format!("client-{n}/extract-{i}");
                 let name = format!("client-{n}/layer-{i}");
-                let parent = if i == 0 { String::new() } else { format!("client-{n}/layer-{}", i - 1) };
+                let parent = if i == 0 {
+                    String::new()
+                } else {
+                    format!("client-{n}/layer-{}", i - 1)
+                };
                 prepare(&mut c, &key, &parent).await.unwrap();
                 commit(&mut c, &name, &key).await.unwrap();
                 assert_eq!(stat(&mut c, &name).await.unwrap().parent, parent);
             }
-            let mine = list(&mut c, &[&format!("name~=^client-{n}/")]).await.unwrap().concat();
+            let mine = list(&mut c, &[&format!("name~=^client-{n}/")])
+                .await
+                .unwrap()
+                .concat();
             assert_eq!(mine.len(), 15);
         }));
     }

@@ -22,14 +22,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("opened {backend} at {}", root.display());
 
     sn.prepare("extract-1", "", &CreateOptions::default())?;
-    sn.commit("layer-1", "extract-1", &CommitOptions::with_labels(labels([("layer", "1")])))?;
+    sn.commit(
+        "layer-1",
+        "extract-1",
+        &CommitOptions::with_labels(labels([("layer", "1")])),
+    )?;
     sn.prepare("extract-2", "layer-1", &CreateOptions::default())?;
-    sn.commit("layer-2", "extract-2", &CommitOptions::with_labels(labels([("layer", "2")])))?;
+    sn.commit(
+        "layer-2",
+        "extract-2",
+        &CommitOptions::with_labels(labels([("layer", "2")])),
+    )?;
     let mounts = sn.prepare("container", "layer-2", &CreateOptions::default())?;
     println!("container mounts: {mounts:?}");
 
     sn.walk(&[], &mut |info| {
-        println!("{:<10} {:<10} parent={:?}", info.name, info.kind, info.parent);
+        println!(
+            "{:<10} {:<10} parent={:?}",
+            info.name, info.kind, info.parent
+        );
         Ok(())
     })?;
 

@@ -76,7 +76,10 @@ impl Backend {
 
     /// The backends this build has.
     pub fn compiled() -> Vec<Backend> {
-        Backend::ALL.into_iter().filter(|b| b.is_compiled()).collect()
+        Backend::ALL
+            .into_iter()
+            .filter(|b| b.is_compiled())
+            .collect()
     }
 }
 
@@ -191,7 +194,9 @@ mod tests {
     fn missing_backend_is_not_implemented() {
         let tmp = tempfile::tempdir().unwrap();
         for b in Backend::ALL.into_iter().filter(|b| !b.is_compiled()) {
-            let err = open(b, tmp.path(), &Options::default()).err().expect("must fail");
+            let err = open(b, tmp.path(), &Options::default())
+                .err()
+                .expect("must fail");
             assert_eq!(err.kind(), ErrorKind::NotImplemented);
             assert!(err.to_string().contains(b.name()), "{err}");
         }

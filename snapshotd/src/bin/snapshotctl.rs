@@ -133,7 +133,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let result = match runtime {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => Err(format!("starting the async runtime: {e}")),
@@ -218,18 +220,31 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Usage { keys } => {
             let keys = if keys.is_empty() {
-                list(&mut c, Vec::new()).await?.into_iter().map(|i| i.name).collect()
+                list(&mut c, Vec::new())
+                    .await?
+                    .into_iter()
+                    .map(|i| i.name)
+                    .collect()
             } else {
                 keys
             };
             let mut rows = Vec::new();
             for key in keys {
                 let r = c
-                    .usage(pb::UsageRequest { key: key.clone(), ..Default::default() })
+                    .usage(pb::UsageRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    })
                     .await
                     .map_err(err)?
                     .into_inner();
-                rows.push((key, Usage { size: r.size as u64, inodes: r.inodes as u64 }));
+                rows.push((
+                    key,
+                    Usage {
+                        size: r.size as u64,
+                        inodes: r.inodes as u64,
+                    },
+                ));
             }
             if json {
                 let v = rows
@@ -249,7 +264,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             let mounts = mounts(&mut c, &key).await?;
             print_mounts(&mounts, target.as_deref(), json);
         }
-        Command::Prepare { key, parent, labels } => {
+        Command::Prepare {
+            key,
+            parent,
+            labels,
+        } => {
             let r = c
                 .prepare(pb::PrepareSnapshotRequest {
                     key,
@@ -260,9 +279,20 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            print_mounts(&r.mounts.into_iter().map(mount_from_proto).collect::<Vec<_>>(), None, json);
+            print_mounts(
+                &r.mounts
+                    .into_iter()
+                    .map(mount_from_proto)
+                    .collect::<Vec<_>>(),
+                None,
+                json,
+            );
         }
-        Command::View { key, parent, labels } => {
+        Command::View {
+            key,
+            parent,
+            labels,
+        } => {
             let r = c
                 .view(pb::ViewSnapshotRequest {
                     key,
@@ -273,9 +303,21 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(err)?
                 .into_inner();
-            print_mounts(&r.mounts.into_iter().map(mount_from_proto).collect::<Vec<_>>(), None, json);
+            print_mounts(
+                &r.mounts
+                    .into_iter()
+                    .map(mount_from_proto)
+                    .collect::<Vec<_>>(),
+                None,
+                json,
+            );
         }
-        Command::Commit { name, key, labels, parent } => {
+        Command::Commit {
+            name,
+            key,
+            labels,
+            parent,
+        } => {
             c.commit(pb::CommitSnapshotRequest {
                 name: name.clone(),
                 key,
@@ -291,9 +333,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Rm { keys } => {
             for key in &keys {
-                c.remove(pb::RemoveSnapshotRequest { key: key.clone(), ..Default::default() })
-                    .await
-                    .map_err(|s| format!("removing {key:?}: {}", err(s)))?;
+                c.remove(pb::RemoveSnapshotRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| format!("removing {key:?}: {}", err(s)))?;
             }
             if json {
                 println!("{}", json!({ "removed": keys }));
@@ -307,7 +352,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let paths = set.keys().map(|k| format!("labels.{k}")).collect();
                 let r = c
                     .update(pb::UpdateSnapshotRequest {
-                        info: Some(pb::Info { name: key, labels: set, ..Default::default() }),
+                        info: Some(pb::Info {
+                            name: key,
+                            labels: set,
+                            ..Default::default()
+                        }),
                         update_mask: Some(prost_types::FieldMask { paths }),
                         ..Default::default()
                     })
@@ -325,7 +374,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Command::Cleanup => {
-            c.cleanup(pb::CleanupRequest::default()).await.map_err(err)?;
+            c.cleanup(pb::CleanupRequest::default())
+                .await
+                .map_err(err)?;
             if json {
                 println!("{}", json!({ "cleanup": "done" }));
             }
@@ -344,7 +395,10 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 async fn list(c: &mut Client, filters: Vec<String>) -> Result<Vec<Info>, String> {
     let mut stream = c
-        .list(pb::ListSnapshotsRequest { filters, ..Default::default() })
+        .list(pb::ListSnapshotsRequest {
+            filters,
+            ..Default::default()
+        })
         .await
         .map_err(err)?
         .into_inner();
@@ -357,7 +411,10 @@ async fn list(c: &mut Client, filters: Vec<String>) -> Result<Vec<Info>, String>
 
 async fn stat(c: &mut Client, key: &str) -> Result<Info, String> {
     let r = c
-        .stat(pb::StatSnapshotRequest { key: key.to_string(), ..Default::default() })
+        .stat(pb::StatSnapshotRequest {
+            key: key.to_string(),
+            ..Default::default()
+        })
         .await
         .map_err(err)?
         .into_inner();
@@ -366,7 +423,10 @@ async fn stat(c: &mut Client, key: &str) -> Result<Info, String> {
 
 async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, String> {
     let r = c
-        .mounts(pb::MountsRequest { key: key.to_string(), ..Default::default() })
+        .mounts(pb::MountsRequest {
+            key: key.to_string(),
+            ..Default::default()
+        })
         .await
         .map_err(err)?
         .into_inner();
@@ -415,7 +475,11 @@ fn children_of(infos: &[Info]) -> BTreeMap<&str, Vec<&Info>> {
     let names: std::collections::HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
     for i in infos {
         // A parent missing from the list (removed meanwhile) shows its child as a root.
-        let parent = if names.contains(i.parent.as_str()) { i.parent.as_str() } else { "" };
+        let parent = if names.contains(i.parent.as_str()) {
+            i.parent.as_str()
+        } else {
+            ""
+        };
         children.entry(parent).or_default().push(i);
     }
     children
@@ -424,7 +488,11 @@ fn children_of(infos: &[Info]) -> BTreeMap<&str, Vec<&Info>> {
 fn tree_text(infos: &[Info]) -> String {
     fn walk(out: &mut String, children: &BTreeMap<&str, Vec<&Info>>, name: &str, depth: usize) {
         for c in children.get(name).into_iter().flatten() {
-            let lead = if depth == 0 { String::new() } else { format!("{}\\_ ", "  ".repeat(depth - 1)) };
+            let lead = if depth == 0 {
+                String::new()
+            } else {
+                format!("{}\\_ ", "  ".repeat(depth - 1))
+            };
             out.push_str(&format!("{lead}{} [{}]\n", c.name, c.kind));
             walk(out, children, &c.name, depth + 1);
         }
@@ -452,7 +520,10 @@ fn tree_json(infos: &[Info]) -> Value {
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
 }
 
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
@@ -527,7 +598,10 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000000Z"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::new(1_709_251_199, 5);
         assert_eq!(rfc3339(t), "2024-02-29T23:59:59.000000005Z");
     }
@@ -543,7 +617,10 @@ mod tests {
             mk("l2", "l1", Kind::Committed),
             mk("c", "l2", Kind::Active),
         ];
-        assert_eq!(tree_text(&infos), "l1 [Committed]\n\\_ l2 [Committed]\n  \\_ c [Active]\n");
+        assert_eq!(
+            tree_text(&infos),
+            "l1 [Committed]\n\\_ l2 [Committed]\n  \\_ c [Active]\n"
+        );
     }
 
     #[test]

@@ -80,16 +80,24 @@ impl TestServer {
     /// Native backend.
     pub async fn native() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let sn = snapshots::open(Backend::Native, &dir.path().join("root"), &Options::default())
-            .unwrap();
+        let sn = snapshots::open(
+            Backend::Native,
+            &dir.path().join("root"),
+            &Options::default(),
+        )
+        .unwrap();
         TestServer::with(dir, Arc::from(sn)).await
     }
 
     /// Native backend with its cleaner hidden.
     pub async fn without_cleaner() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let sn = snapshots::open(Backend::Native, &dir.path().join("root"), &Options::default())
-            .unwrap();
+        let sn = snapshots::open(
+            Backend::Native,
+            &dir.path().join("root"),
+            &Options::default(),
+        )
+        .unwrap();
         TestServer::with(dir, Arc::new(NoCleanup(sn))).await
     }
 
@@ -101,7 +109,13 @@ impl TestServer {
         let task = tokio::spawn(snapshotd::server::serve(Arc::clone(&sn), listener, async {
             let _ = stopped.await;
         }));
-        TestServer { dir, socket, sn, stop: Some(stop), task: Some(task) }
+        TestServer {
+            dir,
+            socket,
+            sn,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub async fn client(&self) -> Client {
