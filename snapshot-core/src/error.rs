@@ -73,7 +73,11 @@ pub struct Error {
 impl Error {
     /// An error of `kind` whose message is `message` (lowercase, naming the key or path).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// Attaches the underlying cause; it is shown after the message and kept as
@@ -164,7 +168,9 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -184,7 +190,11 @@ mod tests {
         let err = Error::not_found("snapshot \"k\"").with_source(io);
         assert!(err.to_string().starts_with("snapshot \"k\": not found: "));
         assert!(std::error::Error::source(&err).is_some());
-        let err = Error::io("read", std::path::Path::new("/x"), std::io::ErrorKind::Other.into());
+        let err = Error::io(
+            "read",
+            std::path::Path::new("/x"),
+            std::io::ErrorKind::Other.into(),
+        );
         assert_eq!(err.kind(), ErrorKind::Unknown);
         assert!(err.to_string().starts_with("read /x: "));
     }

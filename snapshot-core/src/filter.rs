@@ -138,7 +138,10 @@ impl FilterSet {
     /// # Errors
     /// InvalidArgument for the first string that does not parse.
     pub fn parse<S: AsRef<str>>(inputs: &[S]) -> Result<FilterSet> {
-        let filters = inputs.iter().map(|s| Filter::parse(s.as_ref())).collect::<Result<_>>()?;
+        let filters = inputs
+            .iter()
+            .map(|s| Filter::parse(s.as_ref()))
+            .collect::<Result<_>>()?;
         Ok(FilterSet { filters })
     }
 
@@ -163,7 +166,10 @@ struct ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.pos < self.input.len() {
-            let len = self.input[self.pos..].chars().next().map_or(1, char::len_utf8);
+            let len = self.input[self.pos..]
+                .chars()
+                .next()
+                .map_or(1, char::len_utf8);
             let (before, at) = self.input.split_at(self.pos);
             let (loc, after) = at.split_at(len);
             write!(f, "parse error: [{before} >|{loc}|< {after}]: {}", self.msg)
@@ -355,11 +361,24 @@ type PResult<T> = std::result::Result<T, ParseError>;
 
 impl<'a> Parser<'a> {
     fn new(input: &'a str) -> Self {
-        Parser { input, scanner: Scanner { input, pos: 0, ppos: 0, value: false, err: None } }
+        Parser {
+            input,
+            scanner: Scanner {
+                input,
+                pos: 0,
+                ppos: 0,
+                value: false,
+                err: None,
+            },
+        }
     }
 
     fn err(&self, pos: usize, msg: impl Into<String>) -> ParseError {
-        ParseError { input: self.input.to_string(), pos, msg: msg.into() }
+        ParseError {
+            input: self.input.to_string(),
+            pos,
+            msg: msg.into(),
+        }
     }
 
     fn scanner_err(&self, pos: usize) -> ParseError {
@@ -389,7 +408,10 @@ impl<'a> Parser<'a> {
     fn selector(&mut self) -> PResult<Selector> {
         let path = self.fieldpath()?;
         if matches!(self.scanner.peek(), Ch::C(',') | Ch::Eof) {
-            return Ok(Selector { path, op: Op::Present });
+            return Ok(Selector {
+                path,
+                op: Op::Present,
+            });
         }
         let (pos, tok, text) = self.scanner.scan();
         let op = match tok {

@@ -112,10 +112,20 @@ mod tests {
 
     #[test]
     fn keys() {
-        for ok in ["a", "/abs/path", "with space", "../../etc", "ns/1/key", &"k".repeat(10240)] {
+        for ok in [
+            "a",
+            "/abs/path",
+            "with space",
+            "../../etc",
+            "ns/1/key",
+            &"k".repeat(10240),
+        ] {
             validate_key("key", ok).unwrap();
         }
-        assert_eq!(validate_key("key", "").unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            validate_key("key", "").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
         let err = validate_key("parent", "x\0y").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("parent"), "{err}");

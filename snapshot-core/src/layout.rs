@@ -64,7 +64,10 @@ impl Drop for Staging {
                 log::warn!("removing staging directory {}: {e}", self.path.display());
             }
         }
-        self.owners.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
     }
 }
 
@@ -114,9 +117,16 @@ impl Layout {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let name = format!("{STAGING_PREFIX}{}-{n}", std::process::id());
         let path = self.snapshots.join(&name);
-        self.staging.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
-        let staging =
-            Staging { path: path.clone(), name, published: false, owners: self.staging.clone() };
+        self.staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone());
+        let staging = Staging {
+            path: path.clone(),
+            name,
+            published: false,
+            owners: self.staging.clone(),
+        };
         create_private_dir(&path)?;
         Ok(staging)
     }
@@ -186,7 +196,11 @@ impl Layout {
     /// # Errors
     /// Unknown when the directory cannot be read or a rename fails.
     pub fn retire_orphans(&self, txn: &WriteTxn<'_>) -> Result<usize> {
-        let owned = self.staging.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let owned = self
+            .staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut n = 0;
         let entries = std::fs::read_dir(&self.snapshots)
             .map_err(|e| Error::io("read directory", &self.snapshots, e))?;
@@ -203,7 +217,9 @@ impl Layout {
             };
             if orphan {
                 let src = entry.path();
-                let dst = self.snapshots.join(format!("{RETIRED_PREFIX}orphan-{name}"));
+                let dst = self
+                    .snapshots
+                    .join(format!("{RETIRED_PREFIX}orphan-{name}"));
                 log::info!("retiring orphan snapshot directory {}", src.display());
                 std::fs::rename(&src, &dst).map_err(|e| Error::io("retire orphan", &src, e))?;
                 n += 1;
@@ -222,7 +238,11 @@ impl Layout {
             .map_err(|e| Error::io("read directory", &self.snapshots, e))?;
         let dirs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(RETIRED_PREFIX)))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
+            })
             .map(|e| e.path())
             .collect();
         let mut first = None;
@@ -264,7 +284,11 @@ pub fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
 
 fn create_private_dir(d: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(d) {
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(d)
+    {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::io("create directory", d, e)),
     }

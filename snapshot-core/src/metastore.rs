@@ -16,7 +16,7 @@
 //! the metadata. When the map is full, the store grows it and runs the closure again.
 //!
 //! ```
-//! use snapshot_core::metastore::{MetaStore, StoreOptions};
+//! use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
 //! use snapshot_core::{Kind, Labels, Usage, CommitOptions};
 //!
 //! let dir = tempfile::tempdir().unwrap();
@@ -64,7 +64,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { no_sync: false, map_size: 64 << 20 }
+        StoreOptions {
+            no_sync: false,
+            map_size: 64 << 20,
+        }
     }
 }
 
@@ -136,7 +139,9 @@ impl MetaStore {
             meta: env.create_database(&mut wtxn, Some("meta"))?,
         };
         match dbs.meta.get(&wtxn, VERSION_KEY)? {
-            None => dbs.meta.put(&mut wtxn, VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?,
+            None => dbs
+                .meta
+                .put(&mut wtxn, VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())?,
             Some(v) if v == SCHEMA_VERSION.to_be_bytes() => {}
             Some(v) => {
                 return Err(Error::failed_precondition(format!(
@@ -147,7 +152,10 @@ impl MetaStore {
             }
         }
         wtxn.commit()?;
-        Ok(MetaStore { path: dir.to_path_buf(), inner: RwLock::new(Some(Open { env, dbs })) })
+        Ok(MetaStore {
+            path: dir.to_path_buf(),
+            inner: RwLock::new(Some(Open { env, dbs })),
+        })
     }
 
     /// The directory the store lives in.
@@ -162,7 +170,10 @@ impl MetaStore {
     pub fn read<T>(&self, f: impl FnOnce(&ReadTxn<'_>) -> Result<T>) -> Result<T> {
         let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let open = guard.as_ref().ok_or_else(|| self.closed())?;
-        let txn = ReadTxn { txn: open.env.read_txn()?, dbs: open.dbs };
+        let txn = ReadTxn {
+            txn: open.env.read_txn()?,
+            dbs: open.dbs,
+        };
         f(&txn)
     }
 
@@ -180,7 +191,10 @@ impl MetaStore {
             let map_size = {
                 let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
                 let open = guard.as_ref().ok_or_else(|| self.closed())?;
-                let mut txn = WriteTxn { txn: open.env.write_txn()?, dbs: open.dbs };
+                let mut txn = WriteTxn {
+                    txn: open.env.write_txn()?,
+                    dbs: open.dbs,
+                };
                 let res = f(&mut txn).and_then(|v| {
                     txn.txn.commit()?;
                     Ok(v)
@@ -258,9 +272,15 @@ impl MetaStore {
             return Ok(()); // another writer grew it already
         }
         let new_size = current.checked_mul(2).ok_or_else(|| {
-            Error::unknown(format!("metastore {}: map cannot grow further", self.path.display()))
+            Error::unknown(format!(
+                "metastore {}: map cannot grow further",
+                self.path.display()
+            ))
         })?;
-        log::info!("metastore {}: map full, growing to {new_size} bytes", self.path.display());
+        log::info!(
+            "metastore {}: map full, growing to {new_size} bytes",
+            self.path.display()
+        );
         resize_env(&open.env, new_size)
     }
 
@@ -281,7 +301,9 @@ impl MetaStore {
 fn open_env(dir: &Path, opts: &StoreOptions) -> Result<Env<WithoutTls>> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     let page = rustix::param::page_size();
-    options.map_size(opts.map_size.max(page).div_ceil(page) * page).max_dbs(8);
+    options
+        .map_size(opts.map_size.max(page).div_ceil(page) * page)
+        .max_dbs(8);
     if opts.no_sync {
         // SAFETY: NO_SYNC only drops the fsync at commit; it is unsafe in heed because it
         // voids durability across power loss, which the option documents.
@@ -320,10 +342,9 @@ fn is_map_full(e: &Error) -> bool {
 }
 
 fn decode_id(bytes: &[u8]) -> Result<u64> {
-    bytes
-        .try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| Error::unknown("metastore: corrupt snapshot id: restore the root from a backup"))
+    bytes.try_into().map(u64::from_be_bytes).map_err(|_| {
+        Error::unknown("metastore: corrupt snapshot id: restore the root from a backup")
+    })
 }
 
 fn key_hash(key: &str) -> [u8; 32] {
@@ -355,7 +376,11 @@ pub trait Reader: sealed::Parts {
     /// NotFound when the key does not exist.
     fn snapshot(&self, key: &str) -> Result<Snapshot> {
         let (id, rec) = lookup(self, key)?;
-        Ok(Snapshot { id, kind: rec.kind, parent_ids: rec.parent_ids().collect() })
+        Ok(Snapshot {
+            id,
+            kind: rec.kind,
+            parent_ids: rec.parent_ids().collect(),
+        })
     }
 
     /// The snapshot's info (kind, name, parent name, labels, times).
@@ -407,7 +432,12 @@ pub trait Reader: sealed::Parts {
         let lo = child_key(id, 0);
         let hi = child_key(id, u64::MAX);
         let range = (Bound::Included(&lo[..]), Bound::Included(&hi[..]));
-        Ok(dbs.children.range(txn, &range)?.next().transpose()?.is_some())
+        Ok(dbs
+            .children
+            .range(txn, &range)?
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// Checks the store's invariants: every key index entry points at a record holding
@@ -442,10 +472,15 @@ pub trait Reader: sealed::Parts {
                 let prec = prec.ok_or_else(|| bad(format!("snapshot {id}: parent {p} missing")))?;
                 let prec = RecordRef::decode(prec)?;
                 if prec.kind != Kind::Committed || prec.key != rec.parent {
-                    return Err(bad(format!("snapshot {id}: parent {p} is not {:?}", rec.parent)));
+                    return Err(bad(format!(
+                        "snapshot {id}: parent {p} is not {:?}",
+                        rec.parent
+                    )));
                 }
                 if prec.parent_ids().ne(ids[1..].iter().copied()) {
-                    return Err(bad(format!("snapshot {id}: parent chain differs from {p}'s")));
+                    return Err(bad(format!(
+                        "snapshot {id}: parent chain differs from {p}'s"
+                    )));
                 }
                 links.insert(child_key(p, id));
             } else if !rec.parent.is_empty() {
@@ -514,7 +549,13 @@ impl WriteTxn<'_> {
     /// InvalidArgument for a bad key, bad labels, a `kind` of Committed, or a parent that
     /// is not committed; NotFound for a missing parent; AlreadyExists when `key` exists.
     /// The parent is checked before the key, as containerd does.
-    pub fn create(&mut self, kind: Kind, key: &str, parent: &str, labels: &Labels) -> Result<Snapshot> {
+    pub fn create(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: &Labels,
+    ) -> Result<Snapshot> {
         validate_key("key", key)?;
         if kind == Kind::Committed {
             return Err(Error::invalid_argument(format!(
@@ -539,7 +580,10 @@ impl WriteTxn<'_> {
         }
         let hash = key_hash(key);
         if self.dbs.keys.get(&self.txn, &hash)?.is_some() {
-            return Err(Error::already_exists(format!("snapshot {:?}", truncate_for_message(key))));
+            return Err(Error::already_exists(format!(
+                "snapshot {:?}",
+                truncate_for_message(key)
+            )));
         }
         let id = self.next_id()?;
         let now = to_nanos(SystemTime::now());
@@ -553,12 +597,20 @@ impl WriteTxn<'_> {
             parent_ids: &parent_ids,
             labels,
         };
-        self.dbs.snapshots.put(&mut self.txn, &id.to_be_bytes(), &rec.encode())?;
+        self.dbs
+            .snapshots
+            .put(&mut self.txn, &id.to_be_bytes(), &rec.encode())?;
         self.dbs.keys.put(&mut self.txn, &hash, &id.to_be_bytes())?;
         if let Some(&pid) = parent_ids.first() {
-            self.dbs.children.put(&mut self.txn, &child_key(pid, id), &[])?;
+            self.dbs
+                .children
+                .put(&mut self.txn, &child_key(pid, id), &[])?;
         }
-        Ok(Snapshot { id, kind, parent_ids })
+        Ok(Snapshot {
+            id,
+            kind,
+            parent_ids,
+        })
     }
 
     /// Updates the labels of `info.name` along `fieldpaths` and returns the new info.
@@ -609,7 +661,9 @@ impl WriteTxn<'_> {
             labels: &labels,
         };
         let buf = new.encode();
-        self.dbs.snapshots.put(&mut self.txn, &id.to_be_bytes(), &buf)?;
+        self.dbs
+            .snapshots
+            .put(&mut self.txn, &id.to_be_bytes(), &buf)?;
         RecordRef::decode(&buf)?.info()
     }
 
@@ -622,11 +676,20 @@ impl WriteTxn<'_> {
     /// AlreadyExists when `name` exists (checked first); NotFound for a missing key;
     /// FailedPrecondition when `key` is not active or the rebase parent is not committed;
     /// InvalidArgument for a bad name, bad labels, or a rebase onto a different parent.
-    pub fn commit_active(&mut self, key: &str, name: &str, usage: Usage, opts: &CommitOptions) -> Result<u64> {
+    pub fn commit_active(
+        &mut self,
+        key: &str,
+        name: &str,
+        usage: Usage,
+        opts: &CommitOptions,
+    ) -> Result<u64> {
         validate_key("name", name)?;
         let name_hash = key_hash(name);
         if self.dbs.keys.get(&self.txn, &name_hash)?.is_some() {
-            return Err(Error::already_exists(format!("snapshot {:?}", truncate_for_message(name))));
+            return Err(Error::already_exists(format!(
+                "snapshot {:?}",
+                truncate_for_message(name)
+            )));
         }
         validate_key("key", key)?;
         validate_labels(&opts.labels)?;
@@ -648,7 +711,8 @@ impl WriteTxn<'_> {
                     opts.parent
                 )));
             }
-            let (pid, prec) = lookup(self, &opts.parent).map_err(|e| parent_error(e, &opts.parent))?;
+            let (pid, prec) =
+                lookup(self, &opts.parent).map_err(|e| parent_error(e, &opts.parent))?;
             if prec.kind != Kind::Committed {
                 return Err(Error::failed_precondition(format!(
                     "parent {:?} is not a committed snapshot",
@@ -669,11 +733,17 @@ impl WriteTxn<'_> {
             parent_ids: &parent_ids,
             labels: &opts.labels,
         };
-        self.dbs.snapshots.put(&mut self.txn, &id.to_be_bytes(), &new.encode())?;
+        self.dbs
+            .snapshots
+            .put(&mut self.txn, &id.to_be_bytes(), &new.encode())?;
         self.dbs.keys.delete(&mut self.txn, &key_hash(key))?;
-        self.dbs.keys.put(&mut self.txn, &name_hash, &id.to_be_bytes())?;
+        self.dbs
+            .keys
+            .put(&mut self.txn, &name_hash, &id.to_be_bytes())?;
         if rebase {
-            self.dbs.children.put(&mut self.txn, &child_key(parent_ids[0], id), &[])?;
+            self.dbs
+                .children
+                .put(&mut self.txn, &child_key(parent_ids[0], id), &[])?;
         }
         Ok(id)
     }
@@ -692,10 +762,14 @@ impl WriteTxn<'_> {
                 truncate_for_message(key)
             )));
         }
-        self.dbs.snapshots.delete(&mut self.txn, &id.to_be_bytes())?;
+        self.dbs
+            .snapshots
+            .delete(&mut self.txn, &id.to_be_bytes())?;
         self.dbs.keys.delete(&mut self.txn, &key_hash(key))?;
         if let Some(pid) = parent {
-            self.dbs.children.delete(&mut self.txn, &child_key(pid, id))?;
+            self.dbs
+                .children
+                .delete(&mut self.txn, &child_key(pid, id))?;
         }
         Ok((id, kind))
     }
@@ -705,7 +779,9 @@ impl WriteTxn<'_> {
             Some(v) => decode_id(v)?,
             None => 1,
         };
-        self.dbs.meta.put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;
+        self.dbs
+            .meta
+            .put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;
         Ok(id)
     }
 }

@@ -40,7 +40,10 @@ pub struct ParsedOptions {
 /// Splits options as containerd's `parseMountOptions` does: flag words become flags,
 /// everything else is filesystem data.
 pub fn parse_options(options: &[String]) -> ParsedOptions {
-    let mut out = ParsedOptions { flags: MountFlags::empty(), data: Vec::new() };
+    let mut out = ParsedOptions {
+        flags: MountFlags::empty(),
+        data: Vec::new(),
+    };
     for o in options {
         let (set, flag) = match o.as_str() {
             "async" => (false, MountFlags::SYNCHRONOUS),
@@ -144,8 +147,14 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     }
     let data = CString::new(parsed.data.join(","))
         .map_err(|_| Error::invalid_argument(format!("mount options {:?} hold NUL", m.options)))?;
-    rustix::mount::mount(m.source.as_str(), target, m.kind.as_str(), parsed.flags, &*data)
-        .map_err(|e| mount_err(m, target, e))
+    rustix::mount::mount(
+        m.source.as_str(),
+        target,
+        m.kind.as_str(),
+        parsed.flags,
+        &*data,
+    )
+    .map_err(|e| mount_err(m, target, e))
 }
 
 fn mount_bind(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
@@ -190,7 +199,12 @@ struct OverlayParts<'a> {
 }
 
 fn overlay_parts(data: &[String]) -> OverlayParts<'_> {
-    let mut p = OverlayParts { lower: vec![], upper: None, work: None, other: vec![] };
+    let mut p = OverlayParts {
+        lower: vec![],
+        upper: None,
+        work: None,
+        other: vec![],
+    };
     for o in data {
         if let Some(v) = o.strip_prefix("lowerdir=") {
             p.lower = v.split(':').filter(|s| !s.is_empty()).collect();
@@ -214,8 +228,12 @@ fn mount_overlay(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()>
 }
 
 fn open_path(p: &str) -> std::io::Result<OwnedFd> {
-    rustix::fs::open(p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(Into::into)
+    rustix::fs::open(
+        p,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(Into::into)
 }
 
 fn mount_overlay_fsconfig(
@@ -343,7 +361,10 @@ pub fn relative_overlay_data(data: &[String]) -> Option<(PathBuf, String)> {
         return None;
     }
     let rel = |d: &str| -> String {
-        Path::new(d).strip_prefix(&common).map(|p| p.to_string_lossy().into_owned()).unwrap()
+        Path::new(d)
+            .strip_prefix(&common)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap()
     };
     let mut out: Vec<String> = Vec::with_capacity(data.len());
     for o in data {
@@ -385,7 +406,10 @@ mod tests {
     #[test]
     fn option_parsing() {
         let p = parse_options(&s(&["ro", "rbind"]));
-        assert_eq!(p.flags, MountFlags::RDONLY | MountFlags::BIND | MountFlags::REC);
+        assert_eq!(
+            p.flags,
+            MountFlags::RDONLY | MountFlags::BIND | MountFlags::REC
+        );
         assert!(p.data.is_empty());
         let p = parse_options(&s(&["rw", "index=off", "lowerdir=/a:/b", "nosuid"]));
         assert_eq!(p.flags, MountFlags::NOSUID);
@@ -406,7 +430,10 @@ mod tests {
         ]);
         let (dir, rel) = relative_overlay_data(&data).unwrap();
         assert_eq!(dir, Path::new("/var/lib/s/snapshots"));
-        assert_eq!(rel, "index=off,workdir=3/work,upperdir=3/fs,lowerdir=2/fs:1/fs");
+        assert_eq!(
+            rel,
+            "index=off,workdir=3/work,upperdir=3/fs,lowerdir=2/fs:1/fs"
+        );
         assert!(relative_overlay_data(&s(&["lowerdir=/a/x:/b/y"])).is_none());
     }
 }

@@ -68,19 +68,34 @@ impl<'a> RecordRef<'a> {
         let kind = Kind::from_u8(r.u8()?).ok_or_else(corrupt)?;
         let created = r.u64()? as i64;
         let updated = r.u64()? as i64;
-        let usage = Usage { size: r.u64()?, inodes: r.u64()? };
+        let usage = Usage {
+            size: r.u64()?,
+            inodes: r.u64()?,
+        };
         let key = r.str()?;
         let parent = r.str()?;
         let n = r.u32()? as usize;
         let parent_ids = r.take(n.checked_mul(8).ok_or_else(corrupt)?)?;
         let label_count = r.u32()?;
         let labels = r.buf;
-        Ok(RecordRef { kind, created, updated, usage, key, parent, parent_ids, labels, label_count })
+        Ok(RecordRef {
+            kind,
+            created,
+            updated,
+            usage,
+            key,
+            parent,
+            parent_ids,
+            labels,
+            label_count,
+        })
     }
 
     /// Parent ids, nearest first.
     pub fn parent_ids(&self) -> impl ExactSizeIterator<Item = u64> + 'a {
-        self.parent_ids.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        self.parent_ids
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
     }
 
     pub fn labels(&self) -> Result<Labels> {
@@ -178,7 +193,10 @@ mod tests {
             kind: Kind::Committed,
             created: 5,
             updated: -7,
-            usage: Usage { size: 4096, inodes: 3 },
+            usage: Usage {
+                size: 4096,
+                inodes: 3,
+            },
             key: "k/ey",
             parent: "p",
             parent_ids: &[9, 3, 1],
@@ -188,7 +206,13 @@ mod tests {
         let r = RecordRef::decode(&buf).unwrap();
         assert_eq!(r.kind, Kind::Committed);
         assert_eq!((r.created, r.updated), (5, -7));
-        assert_eq!(r.usage, Usage { size: 4096, inodes: 3 });
+        assert_eq!(
+            r.usage,
+            Usage {
+                size: 4096,
+                inodes: 3
+            }
+        );
         assert_eq!((r.key, r.parent), ("k/ey", "p"));
         assert_eq!(r.parent_ids().collect::<Vec<_>>(), vec![9, 3, 1]);
         assert_eq!(r.labels().unwrap(), l);

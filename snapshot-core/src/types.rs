@@ -136,7 +136,11 @@ pub struct Mount {
 impl Mount {
     /// A mount of `kind` from `source` with `options`.
     pub fn new(kind: impl Into<String>, source: impl Into<String>, options: Vec<String>) -> Self {
-        Mount { kind: kind.into(), source: source.into(), options }
+        Mount {
+            kind: kind.into(),
+            source: source.into(),
+            options,
+        }
     }
 
     /// True if the options make this mount read-only.
@@ -173,11 +177,17 @@ pub struct CommitOptions {
 impl CommitOptions {
     /// Options that set `labels`.
     pub fn with_labels(labels: Labels) -> Self {
-        CommitOptions { labels, parent: String::new() }
+        CommitOptions {
+            labels,
+            parent: String::new(),
+        }
     }
 }
 
 /// Builds [`Labels`] from pairs: `labels([("a", "1")])`.
 pub fn labels<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Labels {
-    pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
 }
