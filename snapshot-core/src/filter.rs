@@ -15,6 +15,13 @@
 //! equal; `!=` matches when the value differs, so a missing field matches `!=`; `~=` is a
 //! regular-expression search. An empty string matches everything.
 //!
+//! Parse errors carry containerd's exact messages and position marker
+//! (`[labels. >|?|< "x"]: expected field or quoted`). Where Go and Rust strings differ,
+//! the filter is stricter rather than silently different: a regular expression that does
+//! not compile is InvalidArgument at parse time (containerd logs it and matches nothing),
+//! a quoted string whose escapes do not form UTF-8 (`"\xff"`) is a quote syntax error,
+//! and the position marker spans a whole character where Go cuts one byte.
+//!
 //! ```
 //! use snapshot_core::filter::{FilterSet, Fields};
 //! use std::borrow::Cow;
@@ -36,6 +43,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use regex::Regex;
 
@@ -217,6 +225,11 @@ impl<'a> Scanner<'a> {
             return Ch::Eof;
         };
         self.ppos += c.len_utf8();
+        // Go's scanner sees U+FFFD as a decoding error even when it is spelled out whole.
+        if c == char::REPLACEMENT_CHARACTER {
+            self.error("rune error");
+            return Ch::Illegal;
+        }
         if c == '\0' {
             self.error("unexpected null");
             return Ch::Illegal;
@@ -348,8 +361,18 @@ fn is_field(c: char) -> bool {
     c == '_' || c.is_ascii_alphanumeric()
 }
 
+/// Go's `isValueRune`: not a comma, not a space, and graphic (Unicode categories L, M, N,
+/// P, S); so format, private-use and unassigned code points end a value.
 fn is_value(c: char) -> bool {
-    c != ',' && !c.is_whitespace() && !c.is_control()
+    if c.is_ascii() {
+        return c != ',' && c.is_ascii_graphic();
+    }
+    static GRAPHIC: OnceLock<Regex> = OnceLock::new();
+    let graphic = GRAPHIC.get_or_init(|| {
+        Regex::new(r"^[\p{L}\p{M}\p{N}\p{P}\p{S}]$").expect("static character class")
+    });
+    let mut buf = [0u8; 4];
+    !c.is_whitespace() && graphic.is_match(c.encode_utf8(&mut buf))
 }
 
 struct Parser<'a> {
@@ -400,7 +423,13 @@ impl<'a> Parser<'a> {
                 Ch::C(c) => {
                     return Err(self.err(self.scanner.ppos, format!("unexpected input: {c}")))
                 }
-                Ch::Illegal => return Err(self.scanner_err(self.scanner.pos)),
+                // Go prints the illegal token as a rune, which renders as U+FFFD.
+                Ch::Illegal => {
+                    return Err(self.err(
+                        self.scanner.ppos,
+                        format!("unexpected input: {}", char::REPLACEMENT_CHARACTER),
+                    ))
+                }
             }
         }
     }
@@ -524,7 +553,11 @@ fn unquote(s: &str) -> Option<String> {
                 if e == 'x' {
                     out.push(v as u8);
                 } else {
-                    let c = char::from_u32(v)?;
+                    if v > u32::from(char::MAX) {
+                        return None;
+                    }
+                    // Go encodes a surrogate half as U+FFFD instead of refusing it.
+                    let c = char::from_u32(v).unwrap_or(char::REPLACEMENT_CHARACTER);
                     let mut buf = [0u8; 4];
                     out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                 }
