@@ -14,8 +14,8 @@
 //! The library holds the pieces the two binaries share: the generated protocol code
 //! ([`proto`]), conversions and the error-to-status mapping ([`convert`]), the service
 //! ([`service`]), configuration ([`config`]), the socket and serving loop ([`server`]),
-//! systemd readiness ([`notify`]), a client ([`client`]) and a small stderr logger
-//! ([`logger`]).
+//! systemd readiness ([`notify`]), a client ([`client`]), a small stderr logger
+//! ([`logger`]) and RFC 3339 times ([`time`]).
 #![warn(missing_docs)]
 
 pub mod client;
@@ -26,3 +26,4 @@ pub mod notify;
 pub mod proto;
 pub mod server;
 pub mod service;
+pub mod time;

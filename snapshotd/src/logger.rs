@@ -20,15 +20,11 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
-            "{}.{:03} {:<5} {}",
-            now.as_secs(),
-            now.subsec_millis(),
+            "{} {:<5} {}",
+            crate::time::rfc3339(SystemTime::now()),
             record.level(),
             record.args()
         );
