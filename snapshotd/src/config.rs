@@ -331,4 +331,32 @@ mod tests {
         .unwrap_err();
         assert!(e.contains(&missing.display().to_string()), "{e}");
     }
+
+    #[cfg(all(feature = "native", feature = "overlay"))]
+    #[test]
+    fn options_reach_the_backends() {
+        let c = Config::merge(
+            &flags(&[
+                "--sync-remove",
+                "--upperdir-label",
+                "--no-sync",
+                "--sync",
+                "--redirect-dir",
+            ]),
+            FileConfig::default(),
+        )
+        .unwrap();
+        let o = c.options.to_options();
+        assert!(!o.overlay.async_remove);
+        assert!(o.overlay.upperdir_label && o.overlay.redirect_dir && o.overlay.no_sync);
+        assert!(o.native.no_sync && o.native.sync);
+        let d = Config::merge(&flags(&[]), FileConfig::default())
+            .unwrap()
+            .options
+            .to_options();
+        assert!(
+            d.overlay.async_remove,
+            "overlay removes asynchronously by default"
+        );
+    }
 }

@@ -431,3 +431,85 @@ async fn eight_clients_at_once() {
     assert_eq!(list(&mut c, &[]).await.unwrap().concat().len(), 8 * 15);
     srv.stop().await;
 }
+
+/// A backend whose prepare takes a while, to catch a shutdown in the middle of a call.
+struct SlowPrepare(Box<dyn snapshots::Snapshotter>);
+
+impl snapshots::Snapshotter for SlowPrepare {
+    fn stat(&self, key: &str) -> snapshots::Result<snapshots::Info> {
+        self.0.stat(key)
+    }
+    fn update(
+        &self,
+        info: &snapshots::Info,
+        paths: &[String],
+    ) -> snapshots::Result<snapshots::Info> {
+        self.0.update(info, paths)
+    }
+    fn usage(&self, key: &str) -> snapshots::Result<snapshots::Usage> {
+        self.0.usage(key)
+    }
+    fn mounts(&self, key: &str) -> snapshots::Result<Vec<snapshots::Mount>> {
+        self.0.mounts(key)
+    }
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &snapshots::CreateOptions,
+    ) -> snapshots::Result<Vec<snapshots::Mount>> {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        self.0.prepare(key, parent, opts)
+    }
+    fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &snapshots::CreateOptions,
+    ) -> snapshots::Result<Vec<snapshots::Mount>> {
+        self.0.view(key, parent, opts)
+    }
+    fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        opts: &snapshots::CommitOptions,
+    ) -> snapshots::Result<()> {
+        self.0.commit(name, key, opts)
+    }
+    fn remove(&self, key: &str) -> snapshots::Result<()> {
+        self.0.remove(key)
+    }
+    fn walk(
+        &self,
+        filters: &[String],
+        f: &mut dyn FnMut(&snapshots::Info) -> snapshots::Result<()>,
+    ) -> snapshots::Result<()> {
+        self.0.walk(filters, f)
+    }
+    fn close(&self) -> snapshots::Result<()> {
+        self.0.close()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_call_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = snapshots::open(
+        snapshots::Backend::Native,
+        &dir.path().join("root"),
+        &snapshots::Options::default(),
+    )
+    .unwrap();
+    let srv = TestServer::with(dir, std::sync::Arc::new(SlowPrepare(inner))).await;
+    let mut c = srv.client().await;
+    let call = tokio::spawn(async move { prepare(&mut c, "slow", "").await });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let sn = std::sync::Arc::clone(&srv.sn);
+    let started = std::time::Instant::now();
+    srv.stop().await;
+    // The server waited for the prepare instead of cutting it off.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(call.await.unwrap().unwrap(), vec!["bind"]);
+    assert_eq!(sn.stat("slow").unwrap().kind, snapshots::Kind::Active);
+}

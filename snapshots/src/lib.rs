@@ -212,4 +212,21 @@ mod tests {
         assert_eq!(sn.stat("b").unwrap().kind, Kind::Committed);
         sn.close().unwrap();
     }
+
+    #[cfg(feature = "overlay")]
+    #[test]
+    fn overlay_opens_when_privileged() {
+        if std::env::var_os("SNAPSHOT_TEST_PRIVILEGED").is_none_or(|v| v != "1") {
+            println!("skipped: overlay_opens_when_privileged (set SNAPSHOT_TEST_PRIVILEGED=1)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let sn = open(Backend::Overlay, tmp.path(), &Options::default()).unwrap();
+        sn.prepare("a", "", &CreateOptions::default()).unwrap();
+        sn.commit("b", "a", &CommitOptions::default()).unwrap();
+        let mounts = sn.prepare("c", "b", &CreateOptions::default()).unwrap();
+        assert_eq!(mounts[0].kind, "overlay");
+        assert!(sn.as_cleaner().is_some());
+        sn.close().unwrap();
+    }
 }
