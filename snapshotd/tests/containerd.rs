@@ -23,6 +23,7 @@ const SNAPSHOTCTL: &str = env!("CARGO_BIN_EXE_snapshotctl");
 const PLUGIN: &str = "snaptest";
 const IMAGE: &str = "docker.io/library/snaptest:latest";
 const BUSYBOX: &str = "/bin/busybox";
+const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[test]
 #[serial_test::serial(containerd)]
@@ -537,14 +538,35 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         c
     }
 
+    /// Runs `ctr` against this containerd; a call that hangs is killed after
+    /// [`CTR_TIMEOUT`] and fails the test instead of hanging it.
     fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        let child = Command::new("ctr")
             .arg("--address")
             .arg(&self.address)
             .args(args)
             .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(CTR_TIMEOUT) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+                panic!(
+                    "ctr {args:?} did not finish in {CTR_TIMEOUT:?}\n{}",
+                    self.process.log()
+                );
+            }
+        }
     }
 
     fn remember_container(&self, id: &str) {

@@ -190,6 +190,29 @@ fn bad_configuration_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zfs"));
 
+    // A backend this build lacks is named with the feature that brings it.
+    if !snapshots::Backend::Btrfs.is_compiled() {
+        let root = dir.path().join("btrfs-root");
+        std::fs::write(dir.path().join("empty.toml"), "").unwrap();
+        let out = Command::new(SNAPSHOTD)
+            .args(["--backend", "btrfs", "--config"])
+            .arg(dir.path().join("empty.toml"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--address")
+            .arg(dir.path().join("b.sock"))
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            msg.contains("not compiled in") && msg.contains("btrfs"),
+            "{msg}"
+        );
+        assert!(!dir.path().join("b.sock").exists());
+    }
+
     let out = Command::new(SNAPSHOTD).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
