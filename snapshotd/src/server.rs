@@ -213,16 +213,28 @@ pub fn overlay_config(opts: &BackendOptions) -> snapshots::snapshot_overlay::Ove
 /// A message saying what failed (backend, socket, runtime); the socket is removed and
 /// the store closed on every path that opened them.
 pub fn run(config: Config) -> Result<(), String> {
-    let backend = choose_backend(config.backend, &config.root);
-    warn_unused_options(backend, &config.options);
-    let sn: Arc<dyn Snapshotter> = Arc::from(
-        snapshots::open(backend, &config.root, &config.options.to_options()).map_err(|e| {
-            format!(
-                "opening the {backend} snapshotter at {}: {e}",
+    let mut backend = choose_backend(config.backend, &config.root);
+    let options = config.options.to_options();
+    let opened = match snapshots::open(backend, &config.root, &options) {
+        // A detected overlay that still cannot open (say, a filesystem without d_type)
+        // falls back to native, which works anywhere; a configured one is an error.
+        Err(e) if config.backend.is_none() && backend == Backend::Overlay => {
+            log::warn!(
+                "overlay does not open at {}: {e}; using native",
                 config.root.display()
-            )
-        })?,
-    );
+            );
+            backend = Backend::Native;
+            snapshots::open(backend, &config.root, &options)
+        }
+        other => other,
+    };
+    warn_unused_options(backend, &config.options);
+    let sn: Arc<dyn Snapshotter> = Arc::from(opened.map_err(|e| {
+        format!(
+            "opening the {backend} snapshotter at {}: {e}",
+            config.root.display()
+        )
+    })?);
     let result = serve_until_signal(Arc::clone(&sn), &config.address, backend, &config.root);
     drain(&sn);
     if let Err(e) = sn.close() {
