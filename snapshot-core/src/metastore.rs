@@ -30,6 +30,7 @@
 //! assert_eq!(info.kind, Kind::Committed);
 //! ```
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -564,6 +565,7 @@ impl WriteTxn<'_> {
             )));
         }
         validate_labels(labels)?;
+        let labels = &*stored_labels(labels);
         let mut parent_ids = Vec::new();
         if !parent.is_empty() {
             validate_key("parent", parent)?;
@@ -645,6 +647,8 @@ impl WriteTxn<'_> {
                 )));
             }
         }
+        // An empty value deletes, whichever path set it (containerd's WriteLabels).
+        labels.retain(|_, v| !v.is_empty());
         validate_labels(&labels)?;
         let parent_ids: Vec<u64> = rec.parent_ids().collect();
         let (kind, created, usage) = (rec.kind, rec.created, rec.usage);
@@ -692,7 +696,11 @@ impl WriteTxn<'_> {
             )));
         }
         validate_key("key", key)?;
+        if !opts.parent.is_empty() {
+            validate_key("parent", &opts.parent)?;
+        }
         validate_labels(&opts.labels)?;
+        let labels = stored_labels(&opts.labels);
         let (id, rec) = lookup(self, key)?;
         if rec.kind != Kind::Active {
             return Err(Error::failed_precondition(format!(
@@ -731,7 +739,7 @@ impl WriteTxn<'_> {
             key: name,
             parent: &parent,
             parent_ids: &parent_ids,
-            labels: &opts.labels,
+            labels: &labels,
         };
         self.dbs
             .snapshots
@@ -783,6 +791,17 @@ impl WriteTxn<'_> {
             .meta
             .put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;
         Ok(id)
+    }
+}
+
+/// The labels as stored: containerd never stores a label with an empty value.
+fn stored_labels(labels: &Labels) -> Cow<'_, Labels> {
+    if labels.values().any(String::is_empty) {
+        let mut l = labels.clone();
+        l.retain(|_, v| !v.is_empty());
+        Cow::Owned(l)
+    } else {
+        Cow::Borrowed(labels)
     }
 }
 
