@@ -1,1 +1,479 @@
-//! snapshot-testsuite (in progress).
+//! The conformance suite every snapshot backend runs.
+//!
+//! It ports every case of containerd's `SnapshotterSuite` (containerd 1.6,
+//! `snapshots/testsuite/testsuite.go` and `issues.go`) and adds what containerd does not
+//! test: every error kind of the contract, restart persistence, concurrency, isolation
+//! between snapshots, that removal frees the files, and hostile keys.
+//!
+//! # Running the suite for a backend
+//!
+//! Implement [`Harness`] (how to open your snapshotter on an empty directory) and stamp
+//! out the tests in the backend's `tests/suite.rs`:
+//!
+//! ```ignore
+//! use std::path::Path;
+//! use snapshot_testsuite::{Harness, snapshotter_suite};
+//!
+//! struct Native;
+//!
+//! impl Harness for Native {
+//!     fn name(&self) -> &str {
+//!         "native"
+//!     }
+//!     fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn snapshot_core::Snapshotter>> {
+//!         Ok(Box::new(snapshot_native::NativeSnapshotter::new(root)?))
+//!     }
+//! }
+//!
+//! fn snapshot_native_harness() -> Native {
+//!     Native
+//! }
+//!
+//! snapshotter_suite!(native, snapshot_native_harness());
+//! ```
+//!
+//! [`snapshotter_suite!`] makes `mod native` with one `#[test]` per case of [`CASES`]
+//! (`native::basic`, `native::walk`, ...), so `cargo test -p snapshot-native native::walk`
+//! runs one case and each case reports on its own line. The harness expression is
+//! evaluated once per test.
+//!
+//! # What each case gets
+//!
+//! A fresh temporary directory under [`Harness::temp_base`] holding `root/` (given to
+//! [`Harness::open`]) and `work/` (mount points and scratch trees), both mode 0777. The
+//! process umask is 0, as in containerd's suite, so modes in the cases are exact. Every
+//! snapshot is created with the label `containerd.io/gc.root=<RFC3339 time>`, as
+//! containerd's suite does. After the case, the snapshotter is closed, any mount left
+//! under the temporary directory is taken off (and the case fails: a case must unmount
+//! what it mounts, which [`MountGuard`] does even when the case panics),
+//! [`Harness::teardown`] runs, and the directory is removed.
+//!
+//! # Privileged cases
+//!
+//! Cases that mount are privileged (see [`privileged`]): with `SNAPSHOT_TEST_PRIVILEGED`
+//! unset they print `skipped: <backend>::<case>: needs SNAPSHOT_TEST_PRIVILEGED=1 and root`
+//! and pass; with it set to `1` they run, and fail when the process is not root or
+//! [`Harness::check_available`] says the backend cannot run here. The other cases (error
+//! kinds, stat, update, walk, restart metadata, concurrency, hostile keys) run everywhere.
+//!
+//! # Backend differences
+//!
+//! [`Capabilities`] states what a backend legitimately does differently: deferred removal
+//! (the files go in [`Cleaner::cleanup`](snapshot_core::Cleaner::cleanup)) and renaming
+//! lower directories (overlay without `redirect_dir=on` refuses it with EXDEV, and the
+//! `rename` case then asserts exactly that).
+#![warn(missing_docs)]
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use snapshot_core::{Mount, Snapshotter};
+
+pub mod cases;
+pub mod fstest;
+pub mod privileged;
+
+pub use cases::{Case, CASES};
+
+/// What a backend legitimately does differently; the cases adapt their assertions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Remove leaves the files until `Cleaner::cleanup` (overlay async mode).
+    pub deferred_remove: bool,
+    /// Renaming a directory that comes from a lower layer works (overlay needs redirect_dir=on).
+    pub rename_lower_dir: bool,
+}
+
+impl Default for Capabilities {
+    /// Removal is immediate and lower directories can be renamed.
+    fn default() -> Self {
+        Capabilities {
+            deferred_remove: false,
+            rename_lower_dir: true,
+        }
+    }
+}
+
+/// How the suite makes and disposes of a backend's snapshotter.
+///
+/// Only [`name`](Self::name) and [`open`](Self::open) are required. A harness is shared
+/// by nothing: [`snapshotter_suite!`] evaluates the harness expression once per test.
+pub trait Harness: Send + Sync {
+    /// The backend's name, used in skip lines and temporary directory names.
+    fn name(&self) -> &str;
+
+    /// Where each case makes its temp dir; None = std::env::temp_dir(). btrfs returns its mounted image.
+    fn temp_base(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Ok when the harness can run here; Err(reason) makes privileged cases fail (when SNAPSHOT_TEST_PRIVILEGED=1) or skip (unset).
+    ///
+    /// Unprivileged cases consult it too: a backend that cannot open at all here (no
+    /// kernel module, no image) skips them when privileged runs are off and fails them
+    /// when they are on.
+    fn check_available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Opens a snapshotter on `root` (empty the first time; the same root again for restart tests).
+    ///
+    /// # Errors
+    /// Whatever the backend's constructor returns; the case then fails with it.
+    fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn Snapshotter>>;
+
+    /// What the backend does differently from the default; see [`Capabilities`].
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// Called after each case, after the snapshotter is closed.
+    fn teardown(&self, _root: &Path) {}
+}
+
+impl<T: Harness + ?Sized> Harness for Box<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn temp_base(&self) -> Option<PathBuf> {
+        (**self).temp_base()
+    }
+    fn check_available(&self) -> Result<(), String> {
+        (**self).check_available()
+    }
+    fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn Snapshotter>> {
+        (**self).open(root)
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn teardown(&self, root: &Path) {
+        (**self).teardown(root)
+    }
+}
+
+/// Stamps out one #[test] per case inside `mod $name`, so `cargo test -p snapshot-native native::walk` runs one case.
+///
+/// `$harness` is an expression whose value implements [`Harness`]; it is evaluated once
+/// per test, in the scope of the invoking module (the generated module does
+/// `use super::*`). The module also holds `CASE_NAMES`, the cases it stamped out.
+#[macro_export]
+macro_rules! snapshotter_suite {
+    ($name:ident, $harness:expr) => {
+        $crate::__snapshotter_suite_cases!(
+            $name, $harness;
+            basic,
+            stat_active,
+            stat_committed,
+            transitivity,
+            prepare_view_failing,
+            update,
+            remove,
+            walk,
+            layer_file_update,
+            remove_directory_in_lower_layer,
+            chown,
+            directory_permission_on_commit,
+            remove_intermediate_snapshot,
+            deleted_files_in_child_snapshot,
+            move_file_from_lower_layer,
+            rename,
+            view_readonly,
+            stat_in_walk,
+            close_twice,
+            root_permission,
+            layers_128_mount,
+            errors_not_found,
+            errors_already_exists,
+            errors_failed_precondition,
+            errors_invalid_argument,
+            errors_unavailable_after_close,
+            restart_persistence,
+            restart_mounts,
+            concurrent_prepare_commit,
+            concurrent_same_key,
+            concurrent_commit_same_name,
+            isolation,
+            remove_frees_files,
+            hostile_keys,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __snapshotter_suite_cases {
+    ($name:ident, $harness:expr; $($case:ident),* $(,)?) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The cases stamped out in this module, in suite order.
+            #[allow(dead_code)]
+            pub const CASE_NAMES: &[&str] = &[$(stringify!($case)),*];
+
+            $(
+                #[test]
+                fn $case() {
+                    let harness = $harness;
+                    $crate::run_case(&harness, stringify!($case));
+                }
+            )*
+        }
+    };
+}
+
+/// Runs the case named `case` (one of [`CASES`]) against `harness`: gates it, makes its
+/// directories, runs it, and cleans up. [`snapshotter_suite!`] calls this.
+///
+/// # Panics
+/// When the case fails, when it leaves a mount behind, when `case` is unknown, and when a
+/// privileged run is requested but impossible (see [`privileged`]).
+pub fn run_case(harness: &dyn Harness, case: &str) {
+    let c = CASES.iter().find(|c| c.name == case).unwrap_or_else(|| {
+        panic!(
+            "unknown case {case:?}: the suite has {:?}",
+            CASES.iter().map(|c| c.name).collect::<Vec<_>>()
+        )
+    });
+    let test = format!("{}::{}", harness.name(), case);
+    if c.privileged && !privileged::require_privileged(&test) {
+        return;
+    }
+    if let Err(reason) = harness.check_available() {
+        if !privileged::unavailable(&test, &reason) {
+            return;
+        }
+    }
+    clear_umask();
+    let mut ctx = Ctx::new(harness, test);
+    let outcome = catch_unwind(AssertUnwindSafe(|| (c.run)(&mut ctx)));
+    let problems = ctx.finish();
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
+    }
+    if !problems.is_empty() {
+        panic!("{}: {}", ctx.test, problems.join("; "));
+    }
+}
+
+/// Sets the umask to 0 once per process, as containerd's suite does. It is never
+/// restored: cases run in parallel threads and the umask is process-wide.
+fn clear_umask() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        rustix::process::umask(rustix::fs::Mode::empty());
+    });
+}
+
+/// What a running case works with: the snapshotter, its `root/` and the `work/` area.
+pub struct Ctx<'h> {
+    harness: &'h dyn Harness,
+    test: String,
+    tmp: Option<tempfile::TempDir>,
+    root: PathBuf,
+    work: PathBuf,
+    sn: Option<Box<dyn Snapshotter>>,
+}
+
+impl<'h> Ctx<'h> {
+    fn new(harness: &'h dyn Harness, test: String) -> Ctx<'h> {
+        let base = harness.temp_base().unwrap_or_else(std::env::temp_dir);
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("snapshot-suite-{}-", harness.name()))
+            .tempdir_in(&base)
+            .unwrap_or_else(|e| panic!("{test}: creating a temp dir in {}: {e}", base.display()));
+        let root = tmp.path().join("root");
+        let work = tmp.path().join("work");
+        for d in [&root, &work] {
+            std::fs::create_dir_all(d)
+                .unwrap_or_else(|e| panic!("{test}: mkdir {}: {e}", d.display()));
+        }
+        let sn = harness.open(&root).unwrap_or_else(|e| {
+            panic!(
+                "{test}: failed to open the snapshotter on {}: {e}",
+                root.display()
+            )
+        });
+        Ctx {
+            harness,
+            test,
+            tmp: Some(tmp),
+            root,
+            work,
+            sn: Some(sn),
+        }
+    }
+
+    /// The snapshotter under test.
+    pub fn sn(&self) -> &dyn Snapshotter {
+        self.sn.as_deref().expect("the snapshotter is open")
+    }
+
+    /// `<backend>::<case>`, for messages.
+    pub fn test(&self) -> &str {
+        &self.test
+    }
+
+    /// The snapshotter's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The case's play area for mount points and scratch trees.
+    pub fn work(&self) -> &Path {
+        &self.work
+    }
+
+    /// The temporary directory holding `root/` and `work/`.
+    pub fn tmp(&self) -> &Path {
+        self.tmp
+            .as_ref()
+            .expect("the temp dir exists during the case")
+            .path()
+    }
+
+    /// The backend's capabilities.
+    pub fn capabilities(&self) -> Capabilities {
+        self.harness.capabilities()
+    }
+
+    /// The harness.
+    pub fn harness(&self) -> &dyn Harness {
+        self.harness
+    }
+
+    /// Closes the snapshotter and opens a new one on the same root (a restart).
+    ///
+    /// # Panics
+    /// When close or open fails.
+    pub fn reopen(&mut self) {
+        if let Some(sn) = self.sn.take() {
+            sn.close()
+                .unwrap_or_else(|e| panic!("{}: close before reopening: {e}", self.test));
+        }
+        let sn = self
+            .harness
+            .open(&self.root)
+            .unwrap_or_else(|e| panic!("{}: reopening {}: {e}", self.test, self.root.display()));
+        self.sn = Some(sn);
+    }
+
+    /// Mounts `mounts` at `target` (created if missing) and returns a guard that unmounts
+    /// it when dropped.
+    ///
+    /// # Panics
+    /// When the directory cannot be made or the mount fails.
+    pub fn mount(&self, mounts: &[Mount], target: &Path) -> MountGuard {
+        std::fs::create_dir_all(target)
+            .unwrap_or_else(|e| panic!("{}: mkdir {}: {e}", self.test, target.display()));
+        assert!(
+            !mounts.is_empty(),
+            "{}: expected mounts to have entries",
+            self.test
+        );
+        snapshot_core::mount::mount_all(mounts, target).unwrap_or_else(|e| {
+            panic!(
+                "{}: mount {mounts:?} at {}: {e}",
+                self.test,
+                target.display()
+            )
+        });
+        MountGuard {
+            target: target.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Closes the snapshotter, takes off leftover mounts, runs the teardown and removes
+    /// the directory. Returns what went wrong.
+    fn finish(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(sn) = self.sn.take() {
+            if let Err(e) = sn.close() {
+                problems.push(format!("close after the case: {e}"));
+            }
+        }
+        let Some(tmp) = self.tmp.take() else {
+            return problems;
+        };
+        for m in mounts_under(tmp.path()).into_iter().rev() {
+            problems.push(format!("{} was left mounted", m.display()));
+            if let Err(e) = rustix::mount::unmount(&m, rustix::mount::UnmountFlags::DETACH) {
+                problems.push(format!("detaching {}: {e}", m.display()));
+            }
+        }
+        self.harness.teardown(&self.root);
+        let path = tmp.path().to_path_buf();
+        if let Err(e) = tmp.close() {
+            eprintln!("{}: removing {}: {e}", self.test, path.display());
+        }
+        problems
+    }
+}
+
+/// Mount points at or below `dir`, in mount order, from `/proc/self/mountinfo`.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A mount made by [`Ctx::mount`]; unmounts when dropped, also while a failing case
+/// unwinds, so no case leaves a mount behind.
+pub struct MountGuard {
+    target: PathBuf,
+    mounted: bool,
+}
+
+impl MountGuard {
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts now (containerd's suite unmounts before committing).
+    ///
+    /// # Panics
+    /// When the unmount fails (EBUSY: something still uses the mount).
+    pub fn unmount(mut self) {
+        self.mounted = false;
+        snapshot_core::mount::unmount_all(&self.target)
+            .unwrap_or_else(|e| panic!("unmount {}: {e}", self.target.display()));
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if self.mounted && snapshot_core::mount::unmount_all(&self.target).is_err() {
+            // Lazy detach: the mount disappears once its last user is gone.
+            let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
