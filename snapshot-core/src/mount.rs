@@ -224,7 +224,7 @@ fn mount_overlay(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()>
     if overlay_supports_lowerdir_plus() {
         return mount_overlay_fsconfig(m, target, parsed.flags, &parts);
     }
-    mount_overlay_legacy(m, target, parsed)
+    legacy_overlay(m, target, parsed)
 }
 
 fn open_path(p: &str) -> std::io::Result<OwnedFd> {
@@ -247,6 +247,11 @@ fn mount_overlay_fsconfig(
     };
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| fail("fsopen", e.into()))?;
+    // The source only names the mount in /proc/self/mountinfo, as mount(2)'s does.
+    if !m.source.is_empty() {
+        rustix::mount::fsconfig_set_string(&fs, "source", m.source.as_str())
+            .map_err(|e| fail("source", e.into()))?;
+    }
     let set_path = |key: &str, value: &str| -> std::io::Result<()> {
         if value.len() <= FSCONFIG_VALUE_MAX {
             rustix::mount::fsconfig_set_string(&fs, key, value)?;
@@ -300,27 +305,65 @@ fn mount_overlay_fsconfig(
     .map_err(|e| mount_err(m, target, e))
 }
 
-/// The legacy mount(2) route, with containerd's relative-path fallback for long options.
-fn mount_overlay_legacy(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
+/// Mounts one overlay with the legacy mount(2) call alone, never the new mount API: the
+/// route [`mount_all`] takes on kernels without `lowerdir+` (before Linux 6.8).
+///
+/// mount(2) takes one page of options. From a page minus 512 bytes on (containerd's
+/// threshold), the layer paths are rewritten relative to their common directory
+/// ([`relative_overlay_data`]) and mounted from a thread whose working directory is that
+/// directory, so the process's working directory never changes.
+///
+/// # Errors
+/// InvalidArgument when `m` is not an overlay, or when the option string is longer than
+/// [`LEGACY_OPTIONS_MAX`] bytes even with relative paths: the kernel would cut it and could
+/// mount a truncated stack of layers. Unknown with the OS error when the mount fails.
+pub fn mount_overlay_legacy(m: &Mount, target: &Path) -> Result<()> {
+    if m.kind != "overlay" {
+        return Err(Error::invalid_argument(format!(
+            "mount {} {:?} at {}: not an overlay mount",
+            m.kind,
+            m.source,
+            target.display()
+        )));
+    }
+    legacy_overlay(m, target, &parse_options(&m.options))
+}
+
+fn legacy_overlay(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
     let data = parsed.data.join(",");
     let page = rustix::param::page_size();
-    if data.len() < page.saturating_sub(512) {
-        let c = CString::new(data).map_err(|_| nul(m))?;
-        return rustix::mount::mount("overlay", target, "overlay", parsed.flags, &*c)
-            .map_err(|e| mount_err(m, target, e));
+    let max = LEGACY_OPTIONS_MAX.min(page - 1);
+    if data.len() >= page.saturating_sub(512) {
+        if let Some((dir, relative)) = relative_overlay_data(&parsed.data) {
+            if relative.len() <= max {
+                return mount_overlay_from(m, target, parsed.flags, &dir, relative);
+            }
+        }
     }
-    let (dir, relative) = relative_overlay_data(&parsed.data).ok_or_else(|| too_long(m, target))?;
-    if relative.len() > LEGACY_OPTIONS_MAX.min(page - 1) {
-        return Err(too_long(m, target));
+    if data.len() > max {
+        return Err(too_long(m, target, data.len(), max));
     }
+    let c = CString::new(data).map_err(|_| nul(m))?;
+    rustix::mount::mount(m.source.as_str(), target, "overlay", parsed.flags, &*c)
+        .map_err(|e| mount_err(m, target, e))
+}
+
+/// mount(2) of an overlay whose layer paths are relative to `dir`, from a thread that has
+/// its own working directory.
+fn mount_overlay_from(
+    m: &Mount,
+    target: &Path,
+    flags: MountFlags,
+    dir: &Path,
+    relative: String,
+) -> Result<()> {
     let c = CString::new(relative).map_err(|_| nul(m))?;
     let target = std::path::absolute(target).map_err(|e| Error::io("resolve", target, e))?;
-    let flags = parsed.flags;
     let res = std::thread::scope(|s| {
         s.spawn(|| -> std::result::Result<(), Errno> {
             unshare_fs()?;
-            rustix::process::chdir(&dir)?;
-            rustix::mount::mount("overlay", &target, "overlay", flags, &*c)
+            rustix::process::chdir(dir)?;
+            rustix::mount::mount(m.source.as_str(), &target, "overlay", flags, &*c)
         })
         .join()
         .unwrap_or(Err(Errno::IO))
@@ -386,10 +429,11 @@ fn nul(m: &Mount) -> Error {
     Error::invalid_argument(format!("mount options {:?} hold a NUL byte", m.options))
 }
 
-fn too_long(m: &Mount, target: &Path) -> Error {
+fn too_long(m: &Mount, target: &Path, len: usize, max: usize) -> Error {
     Error::invalid_argument(format!(
-        "mount {} at {}: the option string is longer than one page even with relative \
-         lowerdirs, and this kernel has no lowerdir+ (Linux 6.8+): use fewer layers",
+        "mount {} at {}: the option string is {len} bytes, relative layer paths included, \
+         more than the {max} mount(2) takes whole (the kernel would cut it and mount a truncated \
+         stack): use fewer layers, shorter paths, or a kernel with lowerdir+ (Linux 6.8+)",
         m.kind,
         target.display()
     ))

@@ -1,0 +1,519 @@
+//! The mount helpers against the real kernel: deep overlays through the new mount API
+//! (with layer paths longer than one `fsconfig` value), read-only overlays and binds, the
+//! legacy mount(2) route with relative layer paths, and the refusal of option strings that
+//! mount(2) would cut.
+//!
+//! The mounting tests are privileged: they run when `SNAPSHOT_TEST_PRIVILEGED=1`, print a
+//! skip line when it is unset, and fail when it is set but the process is not root or the
+//! kernel has no overlayfs. Every mount is taken off by a guard, also when a test fails.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use snapshot_core::mount::{
+    mount_all, mount_overlay_legacy, overlay_supports_lowerdir_plus, relative_overlay_data,
+    unmount, unmount_all, LEGACY_OPTIONS_MAX,
+};
+use snapshot_core::{ErrorKind, Mount};
+use tempfile::TempDir;
+
+const EROFS: i32 = 30;
+
+/// True if the privileged tests are to run; panics when they are asked for but cannot.
+fn privileged(test: &str, needs_overlay: bool) -> bool {
+    if std::env::var("SNAPSHOT_TEST_PRIVILEGED").as_deref() != Ok("1") {
+        println!("skipped: {test} needs SNAPSHOT_TEST_PRIVILEGED=1 and root");
+        return false;
+    }
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "{test}: SNAPSHOT_TEST_PRIVILEGED=1 is set but the test does not run as root"
+    );
+    if needs_overlay {
+        let fss = fs::read_to_string("/proc/filesystems").unwrap();
+        assert!(
+            fss.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay")),
+            "{test}: SNAPSHOT_TEST_PRIVILEGED=1 is set but the kernel has no overlayfs \
+             (modprobe overlay)"
+        );
+    }
+    true
+}
+
+/// Unmounts everything at its target when dropped, so a failing test leaves no mount.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(e) = unmount_all(&self.0) {
+            eprintln!("cleanup: unmounting {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Mount points in /proc/self/mountinfo equal to `target`, with their fs types.
+fn mounts_at(target: &Path) -> Vec<String> {
+    let target = fs::canonicalize(target).unwrap();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (Path::new(&unescape(f[4])) == target).then(|| f[sep + 1].to_string())
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// `n` layer directories under `base`, bottom (0) first. Every `long_every`th one sits
+/// under a path longer than 255 bytes. Layer `i` holds `layer-<i>` and `top` = "layer-<i>".
+fn make_layers(base: &Path, n: usize, long_every: usize) -> Vec<PathBuf> {
+    let long = base
+        .join(format!("long-{}", "x".repeat(200)))
+        .join("y".repeat(100));
+    (0..n)
+        .map(|i| {
+            let dir = if long_every > 0 && i % long_every == 0 {
+                long.join(i.to_string())
+            } else {
+                base.join("l").join(i.to_string())
+            };
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(format!("layer-{i}")), i.to_string()).unwrap();
+            fs::write(dir.join("top"), format!("layer-{i}")).unwrap();
+            dir
+        })
+        .collect()
+}
+
+/// `lowerdir=` nearest first: the last layer made is the nearest.
+fn lowerdir(layers: &[PathBuf]) -> String {
+    let l: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!("lowerdir={}", l.join(":"))
+}
+
+fn index_off() -> Vec<String> {
+    if Path::new("/sys/module/overlay/parameters/index").exists() {
+        vec!["index=off".to_string()]
+    } else {
+        vec![]
+    }
+}
+
+fn assert_layers_visible(target: &Path, n: usize) {
+    for i in 0..n {
+        let got = fs::read_to_string(target.join(format!("layer-{i}")))
+            .unwrap_or_else(|e| panic!("layer-{i} missing from the overlay: {e}"));
+        assert_eq!(got, i.to_string());
+    }
+    assert_eq!(
+        fs::read_to_string(target.join("top")).unwrap(),
+        format!("layer-{}", n - 1)
+    );
+}
+
+fn write_error(target: &Path) -> std::io::Error {
+    fs::write(target.join("new-file"), b"x").expect_err("write to a read-only mount")
+}
+
+struct Fixture {
+    tmp: TempDir,
+    target: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    Fixture { tmp, target }
+}
+
+#[test]
+fn overlay_of_200_layers_with_upper_and_long_paths() {
+    if !privileged("overlay_of_200_layers_with_upper_and_long_paths", true) {
+        return;
+    }
+    assert!(
+        overlay_supports_lowerdir_plus(),
+        "Linux 6.8+ expected on this machine"
+    );
+    let fx = fixture();
+    let layers = make_layers(fx.tmp.path(), 200, 10);
+    assert!(
+        layers[0].as_os_str().len() > 255,
+        "some lower paths exceed one fsconfig value"
+    );
+    // upper and work sit under long paths too (the descriptor route for them).
+    let rw = fx.tmp.path().join("z".repeat(250));
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    fs::create_dir_all(&upper).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    assert!(upper.as_os_str().len() > 255);
+    let mut options = index_off();
+    options.push(format!("workdir={}", work.display()));
+    options.push(format!("upperdir={}", upper.display()));
+    options.push(lowerdir(&layers));
+    assert!(
+        options.join(",").len() > 2 * LEGACY_OPTIONS_MAX,
+        "far beyond one page"
+    );
+    let m = Mount::new("overlay", "overlay", options);
+    mount_all(std::slice::from_ref(&m), &fx.target).unwrap();
+    let _guard = Mounted(fx.target.clone());
+    assert_eq!(mounts_at(&fx.target), ["overlay"]);
+    assert_layers_visible(&fx.target, 200);
+    // Writes land in the upper directory; the layers stay untouched.
+    fs::write(fx.target.join("top"), "changed").unwrap();
+    fs::write(fx.target.join("new-file"), "new").unwrap();
+    assert_eq!(fs::read_to_string(upper.join("top")).unwrap(), "changed");
+    assert_eq!(fs::read_to_string(upper.join("new-file")).unwrap(), "new");
+    assert_eq!(
+        fs::read_to_string(layers[199].join("top")).unwrap(),
+        "layer-199"
+    );
+    drop(_guard);
+    assert!(mounts_at(&fx.target).is_empty());
+}
+
+#[test]
+fn read_only_overlay_of_200_lower_layers() {
+    if !privileged("read_only_overlay_of_200_lower_layers", true) {
+        return;
+    }
+    let fx = fixture();
+    let layers = make_layers(fx.tmp.path(), 200, 7);
+    let mut options = index_off();
+    options.push(lowerdir(&layers));
+    mount_all(&[Mount::new("overlay", "overlay", options)], &fx.target).unwrap();
+    let _guard = Mounted(fx.target.clone());
+    assert_layers_visible(&fx.target, 200);
+    assert_eq!(write_error(&fx.target).raw_os_error(), Some(EROFS));
+    // An explicit "ro" makes the mount itself read-only as well.
+    drop(_guard);
+    let mut options = index_off();
+    options.push("ro".into());
+    options.push(lowerdir(&layers[..2]));
+    mount_all(&[Mount::new("overlay", "overlay", options)], &fx.target).unwrap();
+    let _guard = Mounted(fx.target.clone());
+    assert_layers_visible(&fx.target, 2);
+    assert_eq!(write_error(&fx.target).raw_os_error(), Some(EROFS));
+}
+
+#[test]
+fn bind_mounts_ro_and_rw() {
+    if !privileged("bind_mounts_ro_and_rw", false) {
+        return;
+    }
+    let fx = fixture();
+    let src = fx.tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "content").unwrap();
+    let ro = Mount::new(
+        "bind",
+        src.display().to_string(),
+        vec!["ro".into(), "rbind".into()],
+    );
+    mount_all(&[ro], &fx.target).unwrap();
+    let guard = Mounted(fx.target.clone());
+    assert_eq!(fs::read_to_string(fx.target.join("f")).unwrap(), "content");
+    assert_eq!(write_error(&fx.target).raw_os_error(), Some(EROFS));
+    assert_eq!(mounts_at(&fx.target).len(), 1);
+    // The source itself stays writable: only the bind is read-only.
+    fs::write(src.join("g"), "still writable").unwrap();
+    drop(guard);
+    let rw = Mount::new(
+        "bind",
+        src.display().to_string(),
+        vec!["rbind".into(), "rw".into()],
+    );
+    mount_all(&[rw], &fx.target).unwrap();
+    let _guard = Mounted(fx.target.clone());
+    fs::write(fx.target.join("h"), "through the bind").unwrap();
+    assert_eq!(
+        fs::read_to_string(src.join("h")).unwrap(),
+        "through the bind"
+    );
+    // A plain (non-recursive) bind given as type "none" with the "bind" option.
+    let plain = Mount::new(
+        "none",
+        src.display().to_string(),
+        vec!["bind".into(), "ro".into()],
+    );
+    let t2 = fx.tmp.path().join("t2");
+    fs::create_dir(&t2).unwrap();
+    mount_all(&[plain], &t2).unwrap();
+    let _g2 = Mounted(t2.clone());
+    assert_eq!(write_error(&t2).raw_os_error(), Some(EROFS));
+}
+
+#[test]
+fn unmount_all_leaves_nothing_mounted() {
+    if !privileged("unmount_all_leaves_nothing_mounted", false) {
+        return;
+    }
+    let fx = fixture();
+    let (a, b) = (fx.tmp.path().join("a"), fx.tmp.path().join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    fs::write(b.join("from-b"), "").unwrap();
+    let stack = [
+        Mount::new("bind", a.display().to_string(), vec!["rbind".into()]),
+        Mount::new(
+            "bind",
+            b.display().to_string(),
+            vec!["ro".into(), "rbind".into()],
+        ),
+        Mount::new("tmpfs", "tmpfs", vec!["size=1m".into(), "mode=0755".into()]),
+    ];
+    mount_all(&stack, &fx.target).unwrap();
+    let guard = Mounted(fx.target.clone());
+    assert_eq!(
+        mounts_at(&fx.target).len(),
+        3,
+        "later mounts stack on earlier ones"
+    );
+    assert_eq!(mounts_at(&fx.target)[2], "tmpfs");
+    unmount(&fx.target).unwrap();
+    assert!(
+        fx.target.join("from-b").exists(),
+        "the bind of b is on top again"
+    );
+    unmount_all(&fx.target).unwrap();
+    assert!(mounts_at(&fx.target).is_empty());
+    // Fine when nothing is mounted; a single unmount then says so.
+    unmount_all(&fx.target).unwrap();
+    assert_eq!(unmount(&fx.target).unwrap_err().kind(), ErrorKind::Unknown);
+    drop(guard);
+}
+
+#[test]
+fn a_failing_mount_takes_the_earlier_ones_off() {
+    if !privileged("a_failing_mount_takes_the_earlier_ones_off", false) {
+        return;
+    }
+    let fx = fixture();
+    let a = fx.tmp.path().join("a");
+    fs::create_dir(&a).unwrap();
+    let missing = fx.tmp.path().join("missing");
+    let stack = [
+        Mount::new("bind", a.display().to_string(), vec!["rbind".into()]),
+        Mount::new("bind", a.display().to_string(), vec!["rbind".into()]),
+        Mount::new("bind", missing.display().to_string(), vec!["rbind".into()]),
+    ];
+    let _guard = Mounted(fx.target.clone());
+    let e = mount_all(&stack, &fx.target).unwrap_err();
+    assert!(e.message().contains(&missing.display().to_string()), "{e}");
+    assert!(
+        mounts_at(&fx.target).is_empty(),
+        "{:?}",
+        mounts_at(&fx.target)
+    );
+}
+
+#[test]
+fn overlay_beyond_the_kernel_layer_limit_is_refused_not_truncated() {
+    if !privileged(
+        "overlay_beyond_the_kernel_layer_limit_is_refused_not_truncated",
+        true,
+    ) {
+        return;
+    }
+    let fx = fixture();
+    let layers = make_layers(fx.tmp.path(), 501, 0);
+    let mut options = index_off();
+    options.push(lowerdir(&layers));
+    let _guard = Mounted(fx.target.clone());
+    let e = mount_all(&[Mount::new("overlay", "overlay", options)], &fx.target).unwrap_err();
+    assert!(e.message().contains("overlay"), "{e}");
+    assert!(mounts_at(&fx.target).is_empty());
+    // 500 is the kernel's limit and mounts whole.
+    let mut options = index_off();
+    options.push(lowerdir(&layers[1..]));
+    mount_all(&[Mount::new("overlay", "overlay", options)], &fx.target).unwrap();
+    for i in 1..501 {
+        assert!(fx.target.join(format!("layer-{i}")).exists(), "layer-{i}");
+    }
+    assert!(!fx.target.join("layer-0").exists());
+}
+
+/// Snapshot-style layers `<base>/snapshots/<id>/fs`, ids 1..=n, bottom first.
+fn snapshot_layers(base: &Path, n: usize) -> Vec<PathBuf> {
+    (1..=n)
+        .map(|id| {
+            let fs_dir = base.join("snapshots").join(id.to_string()).join("fs");
+            fs::create_dir_all(&fs_dir).unwrap();
+            fs::write(
+                fs_dir.join(format!("layer-{}", id - 1)),
+                (id - 1).to_string(),
+            )
+            .unwrap();
+            fs::write(fs_dir.join("top"), format!("layer-{}", id - 1)).unwrap();
+            fs_dir
+        })
+        .collect()
+}
+
+#[test]
+fn legacy_route_mounts_long_stacks_with_relative_paths() {
+    if !privileged("legacy_route_mounts_long_stacks_with_relative_paths", true) {
+        return;
+    }
+    let fx = fixture();
+    let layers = snapshot_layers(fx.tmp.path(), 200);
+    let own = fx.tmp.path().join("snapshots").join("201");
+    fs::create_dir_all(own.join("fs")).unwrap();
+    fs::create_dir_all(own.join("work")).unwrap();
+    let mut options = index_off();
+    options.push(format!("workdir={}", own.join("work").display()));
+    options.push(format!("upperdir={}", own.join("fs").display()));
+    options.push(lowerdir(&layers));
+    let data_len = options.join(",").len();
+    assert!(
+        data_len > LEGACY_OPTIONS_MAX,
+        "{data_len} bytes: only relative paths fit"
+    );
+    let cwd = std::env::current_dir().unwrap();
+    mount_overlay_legacy(&Mount::new("overlay", "overlay", options), &fx.target).unwrap();
+    let _guard = Mounted(fx.target.clone());
+    assert_eq!(
+        std::env::current_dir().unwrap(),
+        cwd,
+        "the process cwd is untouched"
+    );
+    assert_eq!(mounts_at(&fx.target), ["overlay"]);
+    assert_layers_visible(&fx.target, 200);
+    fs::write(fx.target.join("written"), "up").unwrap();
+    assert!(own.join("fs/written").exists());
+    drop(_guard);
+
+    // A short stack goes straight through mount(2).
+    let mut options = index_off();
+    options.push(lowerdir(&layers[..3]));
+    mount_overlay_legacy(&Mount::new("overlay", "overlay", options), &fx.target).unwrap();
+    let _guard = Mounted(fx.target.clone());
+    assert_layers_visible(&fx.target, 3);
+    assert_eq!(write_error(&fx.target).raw_os_error(), Some(EROFS));
+}
+
+#[test]
+fn legacy_route_refuses_what_mount2_would_cut() {
+    if !privileged("legacy_route_refuses_what_mount2_would_cut", true) {
+        return;
+    }
+    let fx = fixture();
+    // Long directory names: even relative to their common directory the option string is
+    // longer than a page.
+    let layers: Vec<PathBuf> = (0..60)
+        .map(|i| {
+            let d = fx
+                .tmp
+                .path()
+                .join("snapshots")
+                .join(format!("{i}-{}", "p".repeat(90)));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(format!("layer-{i}")), "").unwrap();
+            d
+        })
+        .collect();
+    let m = Mount::new("overlay", "overlay", vec![lowerdir(&layers)]);
+    let _guard = Mounted(fx.target.clone());
+    let e = mount_overlay_legacy(&m, &fx.target).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.message().contains("truncated"), "{e}");
+    assert!(mounts_at(&fx.target).is_empty(), "nothing was mounted");
+    // The new mount API takes the same stack whole.
+    mount_all(&[m], &fx.target).unwrap();
+    for i in 0..60 {
+        assert!(fx.target.join(format!("layer-{i}")).exists());
+    }
+}
+
+// ---- Pure functions: no privileges needed -------------------------------------------------
+
+#[test]
+fn relative_data_of_500_layers_fits_one_page() {
+    let root = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+    let lower: Vec<String> = (1..=500).rev().map(|i| format!("{root}/{i}/fs")).collect();
+    let data = vec![
+        "index=off".to_string(),
+        format!("workdir={root}/501/work"),
+        format!("upperdir={root}/501/fs"),
+        format!("lowerdir={}", lower.join(":")),
+    ];
+    assert!(data.join(",").len() > 8 * LEGACY_OPTIONS_MAX);
+    let (dir, rel) = relative_overlay_data(&data).unwrap();
+    assert_eq!(dir, Path::new(root));
+    assert!(rel.len() <= LEGACY_OPTIONS_MAX, "{} bytes", rel.len());
+    assert!(rel.starts_with("index=off,workdir=501/work,upperdir=501/fs,lowerdir=500/fs:499/fs:"));
+    assert!(rel.ends_with(":2/fs:1/fs"));
+    assert_eq!(rel.matches("/fs").count(), 501);
+}
+
+#[test]
+fn relative_data_edge_cases() {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // Ids sharing a textual prefix still split at a directory boundary.
+    let (dir, rel) =
+        relative_overlay_data(&s(&["lowerdir=/s/snapshots/1/fs:/s/snapshots/10/fs"])).unwrap();
+    assert_eq!(
+        (dir.as_path(), rel.as_str()),
+        (Path::new("/s/snapshots"), "lowerdir=1/fs:10/fs")
+    );
+    // A layer that is the common directory itself keeps a name (containerd's path.Dir).
+    let (dir, rel) = relative_overlay_data(&s(&["lowerdir=/x/a:/x/a/b"])).unwrap();
+    assert_eq!(
+        (dir.as_path(), rel.as_str()),
+        (Path::new("/x"), "lowerdir=a:a/b")
+    );
+    // Nothing in common but the root: no relative form.
+    assert!(relative_overlay_data(&s(&["lowerdir=/a/x:/b/y"])).is_none());
+    assert!(relative_overlay_data(&s(&["index=off"])).is_none());
+}
+
+#[test]
+fn legacy_route_refuses_overlong_options_without_a_syscall() {
+    // No common directory and more than a page: refused before mount(2) is called, so
+    // this runs unprivileged and the target need not exist.
+    let lower: Vec<String> = (0..300).map(|i| format!("/top-{i}/layer/fs")).collect();
+    let m = Mount::new(
+        "overlay",
+        "overlay",
+        vec![format!("lowerdir={}", lower.join(":"))],
+    );
+    let e = mount_overlay_legacy(&m, Path::new("/nonexistent-target")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("/nonexistent-target"), "{e}");
+    // Other mount types are not the legacy overlay route's business.
+    let bind = Mount::new("bind", "/x", vec!["rbind".into()]);
+    let e = mount_overlay_legacy(&bind, Path::new("/t")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn unescape_mountinfo() {
+    assert_eq!(unescape(r"/tmp/with\040space"), "/tmp/with space");
+    assert_eq!(unescape("/plain"), "/plain");
+}
