@@ -1,0 +1,52 @@
+//! containerd's snapshotter conformance suite, run twice on overlay: with synchronous and
+//! with asynchronous remove. Both open with `redirect_dir` on, so the suite's Rename case
+//! (renaming a directory from a lower layer) works; `tests/overlay.rs` pins EXDEV without
+//! it.
+#![cfg(target_os = "linux")]
+
+use std::path::Path;
+
+use snapshot_overlay::{OverlayConfig, OverlaySnapshotter};
+use snapshot_testsuite::{snapshotter_suite, Capabilities, Harness};
+
+struct Overlay {
+    async_remove: bool,
+}
+
+impl Harness for Overlay {
+    fn name(&self) -> &str {
+        if self.async_remove {
+            "overlay (asynchronous remove)"
+        } else {
+            "overlay (synchronous remove)"
+        }
+    }
+
+    fn check_available(&self) -> Result<(), String> {
+        snapshot_overlay::probe::check_overlay_available().map_err(|e| e.to_string())
+    }
+
+    fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn snapshot_core::Snapshotter>> {
+        let config = OverlayConfig {
+            async_remove: self.async_remove,
+            redirect_dir: true,
+            ..OverlayConfig::default()
+        };
+        Ok(Box::new(OverlaySnapshotter::open(root, config)?))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            deferred_remove: self.async_remove,
+            rename_lower_dir: true,
+        }
+    }
+}
+
+snapshotter_suite!(
+    overlay_sync,
+    Overlay {
+        async_remove: false
+    }
+);
+snapshotter_suite!(overlay_async, Overlay { async_remove: true });
