@@ -1,0 +1,344 @@
+//! Checks of the suite itself: the fstest helpers find every kind of difference, the
+//! privileged gating behaves as documented, the macro stamps out every case, and the
+//! unprivileged cases pass on a minimal correct backend (and catch a broken one).
+//!
+//! The minimal backend keeps metadata in core's metastore and gives each snapshot an
+//! empty directory bound as its mount: enough for every case that does not mount.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
+use snapshot_core::{
+    CommitOptions, CreateOptions, Error, Info, Kind, Mount, Result, Snapshotter, Usage,
+};
+use snapshot_testsuite::fstest::{self, apply};
+use snapshot_testsuite::{run_case, Harness, CASES};
+
+struct MetaOnly {
+    dir: PathBuf,
+    store: MetaStore,
+}
+
+impl MetaOnly {
+    fn open(root: &Path) -> Result<MetaOnly> {
+        let store = MetaStore::open(&root.join("metadata"), &StoreOptions::default())?;
+        let dir = root.join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        Ok(MetaOnly { dir, store })
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        opts: &CreateOptions,
+    ) -> Result<Vec<Mount>> {
+        let s = self
+            .store
+            .write(|tx| tx.create(kind, key, parent, &opts.labels))?;
+        let d = self.dir.join(s.id.to_string());
+        std::fs::create_dir(&d).map_err(|e| Error::io("mkdir", &d, e))?;
+        self.mounts(key)
+    }
+}
+
+impl Snapshotter for MetaOnly {
+    fn stat(&self, key: &str) -> Result<Info> {
+        self.store.read(|tx| tx.info(key))
+    }
+    fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
+        self.store.write(|tx| tx.update_info(info, fieldpaths))
+    }
+    fn usage(&self, key: &str) -> Result<Usage> {
+        let (kind, usage) = self.store.read(|tx| tx.stored_usage(key))?;
+        if kind != Kind::Active {
+            return Ok(usage);
+        }
+        let id = self.store.read(|tx| tx.snapshot(key))?.id;
+        snapshot_core::usage::disk_usage(&self.dir.join(id.to_string()))
+    }
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let s = self.store.read(|tx| tx.snapshot(key))?;
+        let ro = match s.kind {
+            Kind::Committed => {
+                return Err(Error::failed_precondition(format!(
+                    "snapshot {key:?} is committed"
+                )))
+            }
+            Kind::View => "ro",
+            Kind::Active => "rw",
+        };
+        let src = self.dir.join(s.id.to_string());
+        Ok(vec![Mount::new(
+            "bind",
+            src.to_string_lossy(),
+            vec!["rbind".into(), ro.into()],
+        )])
+    }
+    fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
+        self.create(Kind::Active, key, parent, opts)
+    }
+    fn view(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
+        self.create(Kind::View, key, parent, opts)
+    }
+    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        self.store
+            .write(|tx| tx.commit_active(key, name, Usage::default(), opts))
+            .map(|_| ())
+    }
+    fn remove(&self, key: &str) -> Result<()> {
+        let (id, _) = self.store.write(|tx| tx.remove(key))?;
+        let d = self.dir.join(id.to_string());
+        std::fs::remove_dir_all(&d).map_err(|e| Error::io("remove", &d, e))
+    }
+    fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        self.store.walk(filters, f)
+    }
+    fn close(&self) -> Result<()> {
+        self.store.close()
+    }
+}
+
+struct MetaOnlyHarness;
+
+impl Harness for MetaOnlyHarness {
+    fn name(&self) -> &str {
+        "metaonly"
+    }
+    fn open(&self, root: &Path) -> Result<Box<dyn Snapshotter>> {
+        Ok(Box::new(MetaOnly::open(root)?))
+    }
+}
+
+/// A backend that wrongly lets a snapshot with children be removed.
+struct RemovesParents(MetaOnly);
+
+impl Snapshotter for RemovesParents {
+    fn stat(&self, key: &str) -> Result<Info> {
+        self.0.stat(key)
+    }
+    fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
+        self.0.update(info, fieldpaths)
+    }
+    fn usage(&self, key: &str) -> Result<Usage> {
+        self.0.usage(key)
+    }
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.0.mounts(key)
+    }
+    fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
+        self.0.prepare(key, parent, opts)
+    }
+    fn view(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
+        self.0.view(key, parent, opts)
+    }
+    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        self.0.commit(name, key, opts)
+    }
+    fn remove(&self, key: &str) -> Result<()> {
+        match self.0.remove(key) {
+            Err(e) if e.kind() == snapshot_core::ErrorKind::FailedPrecondition => Ok(()),
+            other => other,
+        }
+    }
+    fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        self.0.walk(filters, f)
+    }
+    fn close(&self) -> Result<()> {
+        self.0.close()
+    }
+}
+
+struct BrokenHarness;
+
+impl Harness for BrokenHarness {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn open(&self, root: &Path) -> Result<Box<dyn Snapshotter>> {
+        Ok(Box::new(RemovesParents(MetaOnly::open(root)?)))
+    }
+}
+
+fn metaonly() -> MetaOnlyHarness {
+    MetaOnlyHarness
+}
+
+// Every case of the suite as a test; the mounting ones skip without privileges (and
+// would fail with them: this backend has no layers).
+mod stamped {
+    snapshot_testsuite::snapshotter_suite!(metaonly_suite, crate::metaonly());
+
+    #[test]
+    fn the_macro_stamps_out_every_case() {
+        let listed: Vec<&str> = snapshot_testsuite::CASES.iter().map(|c| c.name).collect();
+        assert_eq!(metaonly_suite::CASE_NAMES, listed.as_slice());
+    }
+}
+
+/// The cases that do not mount, run for real on the minimal backend.
+#[test]
+fn unprivileged_cases_pass_on_a_correct_backend() {
+    let unprivileged: Vec<_> = CASES.iter().filter(|c| !c.privileged).collect();
+    assert!(unprivileged.len() >= 14, "{unprivileged:?}");
+    for c in unprivileged {
+        run_case(&MetaOnlyHarness, c.name);
+    }
+}
+
+#[test]
+fn a_backend_that_removes_parents_fails_the_precondition_case() {
+    let r = std::panic::catch_unwind(|| run_case(&BrokenHarness, "errors_failed_precondition"));
+    let msg = r.expect_err("the case must fail on the broken backend");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("FailedPrecondition"), "{msg}");
+    // The same backend passes cases that do not remove parents.
+    run_case(&BrokenHarness, "walk");
+}
+
+#[test]
+fn unknown_case_panics() {
+    assert!(std::panic::catch_unwind(|| run_case(&MetaOnlyHarness, "no_such_case")).is_err());
+}
+
+#[test]
+fn case_count() {
+    assert_eq!(CASES.len(), 34);
+    assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 19);
+}
+
+// fstest: each kind of difference is found and named.
+
+fn two_trees(a: &fstest::Applier) -> (tempfile::TempDir, tempfile::TempDir) {
+    let (x, y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    a.apply(x.path()).unwrap();
+    a.apply(y.path()).unwrap();
+    fstest::check_directory_equal(x.path(), y.path()).unwrap();
+    (x, y)
+}
+
+fn base_tree() -> fstest::Applier {
+    apply([
+        fstest::create_dir("/d", 0o755),
+        fstest::create_file("/d/f", b"content", 0o644),
+        fstest::create_file("/g", b"g", 0o600),
+        fstest::symlink("d/f", "/l"),
+        fstest::hardlink("/d/f", "/d/f2"),
+        fstest::set_xattr("/g", "user.k", b"v"),
+    ])
+}
+
+fn diff_after(change: fstest::Applier) -> fstest::Difference {
+    let (x, y) = two_trees(&base_tree());
+    change.apply(y.path()).unwrap();
+    fstest::check_directory_equal(x.path(), y.path()).unwrap_err()
+}
+
+#[test]
+fn fstest_finds_each_difference() {
+    let d = diff_after(fstest::create_file("/g", b"G", 0o600));
+    assert_eq!(
+        (d.path.as_str(), d.what.starts_with("content")),
+        ("/g", true),
+        "{d}"
+    );
+    let d = diff_after(fstest::chmod("/g", 0o640));
+    assert_eq!(d.what, "mode: expected 0600, got 0640");
+    let d = diff_after(fstest::chown("/g", 1, 2));
+    assert_eq!(
+        (d.path.as_str(), d.what.as_str()),
+        ("/g", "owner: expected 0:0, got 1:2"),
+        "{d}"
+    );
+    let d = diff_after(apply([fstest::remove("/l"), fstest::symlink("g", "/l")]));
+    assert!(d.what.starts_with("link target"), "{d}");
+    let d = diff_after(fstest::set_xattr("/g", "user.k", b"w"));
+    assert!(d.what.starts_with("xattrs"), "{d}");
+    let d = diff_after(fstest::create_file("/new", b"", 0o644));
+    assert_eq!(
+        (d.path.as_str(), d.what.as_str()),
+        ("/new", "unexpected file")
+    );
+    let d = diff_after(fstest::remove_all("/d"));
+    assert_eq!(
+        (d.path.as_str(), d.what.as_str()),
+        ("/d", "missing (dir expected)")
+    );
+    // Same content, but no longer one file under two names.
+    let d = diff_after(apply([
+        fstest::remove("/d/f2"),
+        fstest::create_file("/d/f2", b"content", 0o644),
+    ]));
+    assert_eq!(d.path, "/d/f");
+    assert!(d.what.starts_with("hard links"), "{d}");
+    let d = diff_after(apply([
+        fstest::remove("/g"),
+        fstest::create_dir("/g", 0o600),
+    ]));
+    assert_eq!(d.what, "type: expected file, got dir");
+}
+
+#[test]
+fn fstest_applier_semantics() {
+    let t = tempfile::tempdir().unwrap();
+    let a = apply([
+        fstest::create_dir("/x/y", 0o711),
+        fstest::create_file("x/y/z", b"1", 0o4755),
+    ]);
+    a.apply(t.path()).unwrap();
+    let m = std::fs::metadata(t.path().join("x/y/z")).unwrap();
+    assert_eq!(
+        m.mode() & 0o7777,
+        0o4755,
+        "chmod after create ignores the umask"
+    );
+    assert_eq!(
+        std::fs::metadata(t.path().join("x/y")).unwrap().mode() & 0o7777,
+        0o711
+    );
+    fstest::remove_all("/absent").apply(t.path()).unwrap();
+    assert!(fstest::remove("/absent").apply(t.path()).is_err());
+    let e = fstest::create_file("../escape", b"", 0o644)
+        .apply(t.path())
+        .unwrap_err();
+    assert_eq!(e.source.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(!t.path().parent().unwrap().join("escape").exists());
+    let e = fstest::rename("/nope", "/x/nope")
+        .apply(t.path())
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(2), "{e}");
+}
+
+#[test]
+fn gating_matches_the_environment() {
+    use snapshot_testsuite::privileged;
+    assert_eq!(
+        privileged::skip_line("native::basic"),
+        "skipped: native::basic: needs SNAPSHOT_TEST_PRIVILEGED=1 and root"
+    );
+    let requested = privileged::privileged_requested();
+    if !requested {
+        assert!(!privileged::require_privileged("selftest::gating"));
+        assert!(!privileged::unavailable(
+            "selftest::gating",
+            "no such thing"
+        ));
+    } else if privileged::is_root() {
+        assert!(privileged::require_privileged("selftest::gating"));
+        assert!(
+            std::panic::catch_unwind(|| privileged::unavailable("selftest::gating", "x")).is_err()
+        );
+        let r = std::panic::catch_unwind(|| {
+            privileged::require_privileged_with_tools("selftest::gating", &["no-such-tool-xyz"])
+        });
+        assert!(r.is_err(), "a missing tool must fail a privileged run");
+    } else {
+        assert!(
+            std::panic::catch_unwind(|| privileged::require_privileged("selftest::gating"))
+                .is_err()
+        );
+    }
+    assert!(privileged::has_tool("sh"));
+}
