@@ -143,7 +143,7 @@ impl Layout {
                 // An id handed out before a crash that never committed: its directory is
                 // an orphan that a sweep has not reached yet.
                 log::warn!("retiring orphan {} left by an earlier crash", dst.display());
-                rename_noreplace(&dst, &self.retired_dir(id))
+                self.retire_as(&dst, &format!("orphan-{id}"))
                     .and_then(|()| rename_noreplace(&staging.path, &dst))
             }
             other => other,
@@ -217,11 +217,9 @@ impl Layout {
             };
             if orphan {
                 let src = entry.path();
-                let dst = self
-                    .snapshots
-                    .join(format!("{RETIRED_PREFIX}orphan-{name}"));
                 log::info!("retiring orphan snapshot directory {}", src.display());
-                std::fs::rename(&src, &dst).map_err(|e| Error::io("retire orphan", &src, e))?;
+                self.retire_as(&src, &format!("orphan-{name}"))
+                    .map_err(|e| Error::io("retire orphan", &src, e))?;
                 n += 1;
             }
         }
@@ -266,6 +264,24 @@ impl Layout {
     pub fn purge_one(&self, id: u64) -> Result<()> {
         let d = self.retired_dir(id);
         remove_tree(&d).map_err(|e| Error::io("delete", &d, e))
+    }
+
+    /// Renames `src` to `rm-<stem>`, or to a fresh variant of that name when an older
+    /// retired tree still holds it: a retired tree is never replaced or merged into.
+    fn retire_as(&self, src: &Path, stem: &str) -> io::Result<()> {
+        let mut dst = self.snapshots.join(format!("{RETIRED_PREFIX}{stem}"));
+        loop {
+            match rename_noreplace(src, &dst) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let n = self.counter.fetch_add(1, Ordering::Relaxed);
+                    let pid = std::process::id();
+                    dst = self
+                        .snapshots
+                        .join(format!("{RETIRED_PREFIX}{stem}-{pid}-{n}"));
+                }
+                r => return r,
+            }
+        }
     }
 }
 

@@ -94,4 +94,29 @@ mod tests {
         let err = disk_usage(&dir.path().join("missing")).unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::NotFound);
     }
+
+    #[test]
+    fn counts_allocated_blocks_not_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = std::fs::File::create(dir.path().join("sparse")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        let empty = disk_usage(dir.path()).unwrap();
+        assert_eq!(empty.inodes, 2);
+        assert!(
+            empty.size < 1 << 20,
+            "a 1 GiB hole allocates nothing: {}",
+            empty.size
+        );
+        // A regular file, a nested tree and a symlink (not followed) each count once.
+        std::fs::create_dir_all(dir.path().join("a/b/c")).unwrap();
+        std::fs::write(dir.path().join("a/b/c/f"), vec![1u8; 64 << 10]).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("a/loop")).unwrap();
+        let u = disk_usage(dir.path()).unwrap();
+        assert_eq!(u.inodes, 7, "root, sparse, a, b, c, f, loop");
+        assert!(u.size >= empty.size + (64 << 10));
+        // The usage of a file itself is that file.
+        let f = disk_usage(&dir.path().join("a/b/c/f")).unwrap();
+        assert_eq!(f.inodes, 1);
+        assert!(f.size >= 64 << 10);
+    }
 }
