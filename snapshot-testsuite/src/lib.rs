@@ -281,7 +281,7 @@ impl<'h> Ctx<'h> {
     fn new(harness: &'h dyn Harness, test: String) -> Ctx<'h> {
         let base = harness.temp_base().unwrap_or_else(std::env::temp_dir);
         let tmp = tempfile::Builder::new()
-            .prefix(&format!("snapshot-suite-{}-", harness.name()))
+            .prefix(&format!("snapshot-suite-{}-", dir_safe(harness.name())))
             .tempdir_in(&base)
             .unwrap_or_else(|e| panic!("{test}: creating a temp dir in {}: {e}", base.display()));
         let root = tmp.path().join("root");
@@ -411,6 +411,20 @@ impl<'h> Ctx<'h> {
         }
         problems
     }
+}
+
+/// `name` with every character but ASCII letters, digits, `-` and `_` replaced by `-`,
+/// so a harness name like "overlay (async)" makes a plain directory name.
+fn dir_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Mount points at or below `dir`, in mount order, from `/proc/self/mountinfo`.

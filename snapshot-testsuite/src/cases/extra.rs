@@ -521,7 +521,8 @@ pub fn restart_mounts(ctx: &mut Ctx<'_>) {
             .or_fail("commit base");
         let m = sn.prepare("a", "base", &opt()).or_fail("prepare a");
         let g = ctx.mount(&m, &mnt);
-        std::fs::write(g.path().join("a-data"), b"written before the restart\n")
+        create_file("/a-data", b"written before the restart\n", 0o644)
+            .apply(g.path())
             .or_fail("write a-data");
         g.unmount();
         sn.view("v", "base", &opt()).or_fail("view v");
@@ -538,7 +539,9 @@ pub fn restart_mounts(ctx: &mut Ctx<'_>) {
         "base\n",
         "the active shows its parent after restart"
     );
-    std::fs::write(g.path().join("after"), b"after\n").or_fail("write after the restart");
+    create_file("/after", b"after\n", 0o644)
+        .apply(g.path())
+        .or_fail("write after the restart");
     g.unmount();
     let g = ctx.mount(
         &sn.mounts("v").or_fail("mounts v after restart"),
