@@ -54,9 +54,11 @@ pub fn parse_options(options: &[String]) -> ParsedOptions {
             "diratime" => (false, MountFlags::NODIRATIME),
             "dirsync" => (true, MountFlags::DIRSYNC),
             "exec" => (false, MountFlags::NOEXEC),
+            "mand" => (true, MountFlags::PERMIT_MANDATORY_FILE_LOCKING),
             "noatime" => (true, MountFlags::NOATIME),
             "nodev" => (true, MountFlags::NODEV),
             "nodiratime" => (true, MountFlags::NODIRATIME),
+            "nomand" => (false, MountFlags::PERMIT_MANDATORY_FILE_LOCKING),
             "noexec" => (true, MountFlags::NOEXEC),
             "norelatime" => (false, MountFlags::RELATIME),
             "nostrictatime" => (false, MountFlags::STRICTATIME),
@@ -277,8 +279,15 @@ fn mount_overlay_fsconfig(
         };
         r.map_err(|e| fail(&format!("option {o}"), e.into()))?;
     }
-    if flags.contains(MountFlags::RDONLY) {
-        rustix::mount::fsconfig_set_flag(&fs, "ro").map_err(|e| fail("ro", e.into()))?;
+    // Superblock flags travel in the filesystem context, mount flags as attributes.
+    for (flag, key) in [
+        (MountFlags::RDONLY, "ro"),
+        (MountFlags::SYNCHRONOUS, "sync"),
+        (MountFlags::DIRSYNC, "dirsync"),
+    ] {
+        if flags.contains(flag) {
+            rustix::mount::fsconfig_set_flag(&fs, key).map_err(|e| fail(key, e.into()))?;
+        }
     }
     rustix::mount::fsconfig_create(&fs).map_err(|e| fail("create", e.into()))?;
     let mut attrs = MountAttrFlags::empty();
@@ -288,6 +297,14 @@ fn mount_overlay_fsconfig(
         (MountFlags::NODEV, MountAttrFlags::MOUNT_ATTR_NODEV),
         (MountFlags::NOEXEC, MountAttrFlags::MOUNT_ATTR_NOEXEC),
         (MountFlags::NOATIME, MountAttrFlags::MOUNT_ATTR_NOATIME),
+        (
+            MountFlags::STRICTATIME,
+            MountAttrFlags::MOUNT_ATTR_STRICTATIME,
+        ),
+        (
+            MountFlags::NODIRATIME,
+            MountAttrFlags::MOUNT_ATTR_NODIRATIME,
+        ),
     ] {
         if flags.contains(flag) {
             attrs |= attr;
@@ -462,6 +479,21 @@ mod tests {
         assert_eq!(p.flags, MountFlags::empty());
         let p = parse_options(&s(&["subvolid=256", "ro"]));
         assert_eq!(p.data, s(&["subvolid=256"]));
+        // containerd's table: later words win, "defaults" is nothing, unknown words are data.
+        let p = parse_options(&s(&["defaults", "mand", "nosuid", "suid", "sync", "async"]));
+        assert_eq!(p.flags, MountFlags::PERMIT_MANDATORY_FILE_LOCKING);
+        assert!(p.data.is_empty());
+        let p = parse_options(&s(&[
+            "mand",
+            "nomand",
+            "noatime",
+            "strictatime",
+            "userxattr",
+        ]));
+        assert_eq!(p.flags, MountFlags::NOATIME | MountFlags::STRICTATIME);
+        assert_eq!(p.data, s(&["userxattr"]));
+        let p = parse_options(&s(&["nodev", "dev", "noexec", "exec", "dirsync", "bind"]));
+        assert_eq!(p.flags, MountFlags::DIRSYNC | MountFlags::BIND);
     }
 
     #[test]

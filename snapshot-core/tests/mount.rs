@@ -66,6 +66,23 @@ fn mounts_at(target: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The per-mount options (mountinfo's sixth field) of the topmost mount at `target`.
+fn mount_options_at(target: &Path) -> Vec<String> {
+    let target = fs::canonicalize(target).unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .filter(|l| Path::new(&unescape(l.split(' ').nth(4).unwrap())) == target)
+        .last()
+        .unwrap_or_else(|| panic!("nothing mounted at {}", target.display()));
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space).
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
@@ -173,6 +190,11 @@ fn overlay_of_200_layers_with_upper_and_long_paths() {
     fs::create_dir_all(&work).unwrap();
     assert!(upper.as_os_str().len() > 255);
     let mut options = index_off();
+    options.extend([
+        "nosuid".to_string(),
+        "nodev".to_string(),
+        "noatime".to_string(),
+    ]);
     options.push(format!("workdir={}", work.display()));
     options.push(format!("upperdir={}", upper.display()));
     options.push(lowerdir(&layers));
@@ -184,6 +206,10 @@ fn overlay_of_200_layers_with_upper_and_long_paths() {
     mount_all(std::slice::from_ref(&m), &fx.target).unwrap();
     let _guard = Mounted(fx.target.clone());
     assert_eq!(mounts_at(&fx.target), ["overlay"]);
+    let flags = mount_options_at(&fx.target);
+    for f in ["rw", "nosuid", "nodev", "noatime"] {
+        assert!(flags.iter().any(|x| x == f), "{f} missing from {flags:?}");
+    }
     assert_layers_visible(&fx.target, 200);
     // Writes land in the upper directory; the layers stay untouched.
     fs::write(fx.target.join("top"), "changed").unwrap();
@@ -218,6 +244,7 @@ fn read_only_overlay_of_200_lower_layers() {
     options.push(lowerdir(&layers[..2]));
     mount_all(&[Mount::new("overlay", "overlay", options)], &fx.target).unwrap();
     let _guard = Mounted(fx.target.clone());
+    assert!(mount_options_at(&fx.target).contains(&"ro".to_string()));
     assert_layers_visible(&fx.target, 2);
     assert_eq!(write_error(&fx.target).raw_os_error(), Some(EROFS));
 }
