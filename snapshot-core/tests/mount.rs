@@ -72,8 +72,7 @@ fn mount_options_at(target: &Path) -> Vec<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info
         .lines()
-        .filter(|l| Path::new(&unescape(l.split(' ').nth(4).unwrap())) == target)
-        .last()
+        .rfind(|l| Path::new(&unescape(l.split(' ').nth(4).unwrap())) == target)
         .unwrap_or_else(|| panic!("nothing mounted at {}", target.display()));
     line.split(' ')
         .nth(5)
