@@ -39,7 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     sn.walk(&[], &mut |info| {
         println!(
             "{:<10} {:<10} parent={:?}",
-            info.name, info.kind, info.parent
+            info.name,
+            info.kind.to_string(),
+            info.parent
         );
         Ok(())
     })?;
