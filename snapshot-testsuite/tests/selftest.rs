@@ -2,10 +2,15 @@
 //! privileged gating behaves as documented, the macro stamps out every case, and the
 //! unprivileged cases pass on a minimal correct backend (and catch a broken one).
 //!
-//! The minimal backend keeps metadata in core's metastore and gives each snapshot an
-//! empty directory bound as its mount: enough for every case that does not mount.
+//! The minimal backend keeps metadata in core's metastore and each snapshot in a
+//! directory: an active snapshot starts as a full copy of its parent (mode, owner,
+//! `user.*` xattrs, symlinks and hard links kept) and is bind-mounted read-write; a view
+//! is a read-only bind of its parent. Simple and correct, so every case must pass on it,
+//! the privileged ones too when `SNAPSHOT_TEST_PRIVILEGED=1`.
 
-use std::os::unix::fs::MetadataExt;
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
@@ -40,8 +45,66 @@ impl MetaOnly {
             .write(|tx| tx.create(kind, key, parent, &opts.labels))?;
         let d = self.dir.join(s.id.to_string());
         std::fs::create_dir(&d).map_err(|e| Error::io("mkdir", &d, e))?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("chmod", &d, e))?;
+        if let (Kind::Active, Some(p)) = (kind, s.parent_ids.first()) {
+            let src = self.dir.join(p.to_string());
+            copy_tree(&src, &d, &mut HashMap::new()).map_err(|e| Error::io("copy", &src, e))?;
+        }
         self.mounts(key)
     }
+}
+
+/// Copies the contents of `src` into the existing directory `dst`.
+fn copy_tree(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
+    for ent in std::fs::read_dir(src)? {
+        let ent = ent?;
+        let (s, d) = (ent.path(), dst.join(ent.file_name()));
+        let m = std::fs::symlink_metadata(&s)?;
+        let ft = m.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir(&d)?;
+            copy_tree(&s, &d, links)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&s)?, &d)?;
+        } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    std::fs::hard_link(first, &d)?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), d.clone());
+            }
+            std::fs::copy(&s, &d)?;
+        } else {
+            return Err(io::Error::other(format!(
+                "{}: special files are not copied",
+                s.display()
+            )));
+        }
+        std::os::unix::fs::lchown(&d, Some(m.uid()), Some(m.gid()))?;
+        if !ft.is_symlink() {
+            // After chown, which clears set-id bits.
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        }
+        let mut names = vec![0u8; 65536];
+        let n = rustix::fs::llistxattr(&s, &mut names[..])?;
+        for name in names[..n]
+            .split(|b| *b == 0)
+            .filter(|n| n.starts_with(b"user."))
+        {
+            let name = String::from_utf8_lossy(name).into_owned();
+            let mut value = vec![0u8; 65536];
+            let len = rustix::fs::lgetxattr(&s, name.as_str(), &mut value[..])?;
+            rustix::fs::lsetxattr(
+                &d,
+                name.as_str(),
+                &value[..len],
+                rustix::fs::XattrFlags::empty(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 impl Snapshotter for MetaOnly {
@@ -61,16 +124,17 @@ impl Snapshotter for MetaOnly {
     }
     fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let s = self.store.read(|tx| tx.snapshot(key))?;
-        let ro = match s.kind {
-            Kind::Committed => {
+        let (ro, id) = match (s.kind, s.parent_ids.first()) {
+            (Kind::Committed, _) => {
                 return Err(Error::failed_precondition(format!(
                     "snapshot {key:?} is committed"
                 )))
             }
-            Kind::View => "ro",
-            Kind::Active => "rw",
+            (Kind::View, Some(p)) => ("ro", *p),
+            (Kind::View, None) => ("ro", s.id),
+            (Kind::Active, _) => ("rw", s.id),
         };
-        let src = self.dir.join(s.id.to_string());
+        let src = self.dir.join(id.to_string());
         Ok(vec![Mount::new(
             "bind",
             src.to_string_lossy(),
@@ -84,8 +148,13 @@ impl Snapshotter for MetaOnly {
         self.create(Kind::View, key, parent, opts)
     }
     fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        // A missing key is left to commit_active, which checks the name first.
+        let usage = match self.store.read(|tx| tx.snapshot(key)) {
+            Ok(s) => snapshot_core::usage::disk_usage(&self.dir.join(s.id.to_string()))?,
+            Err(_) => Usage::default(),
+        };
         self.store
-            .write(|tx| tx.commit_active(key, name, Usage::default(), opts))
+            .write(|tx| tx.commit_active(key, name, usage, opts))
             .map(|_| ())
     }
     fn remove(&self, key: &str) -> Result<()> {
@@ -166,8 +235,7 @@ fn metaonly() -> MetaOnlyHarness {
     MetaOnlyHarness
 }
 
-// Every case of the suite as a test; the mounting ones skip without privileges (and
-// would fail with them: this backend has no layers).
+// Every case of the suite as a test; the mounting ones skip without privileges.
 mod stamped {
     snapshot_testsuite::snapshotter_suite!(metaonly_suite, crate::metaonly());
 
