@@ -97,8 +97,9 @@ impl Default for Capabilities {
 
 /// How the suite makes and disposes of a backend's snapshotter.
 ///
-/// Only [`name`](Self::name) and [`open`](Self::open) are required. A harness is shared
-/// by nothing: [`snapshotter_suite!`] evaluates the harness expression once per test.
+/// Only [`name`](Self::name) and [`open`](Self::open) are required.
+/// [`snapshotter_suite!`] evaluates the harness expression once per test, so a harness
+/// may hold per-test state (a loop device, a mounted image) and release it in `Drop`.
 pub trait Harness: Send + Sync {
     /// The backend's name, used in skip lines and temporary directory names.
     fn name(&self) -> &str;

@@ -410,3 +410,57 @@ fn gating_matches_the_environment() {
     }
     assert!(privileged::has_tool("sh"));
 }
+
+/// A copy backend described with the wrong capabilities.
+struct Misdescribed(snapshot_testsuite::Capabilities);
+
+impl Harness for Misdescribed {
+    fn name(&self) -> &str {
+        "misdescribed"
+    }
+    fn open(&self, root: &Path) -> Result<Box<dyn Snapshotter>> {
+        Ok(Box::new(MetaOnly::open(root)?))
+    }
+    fn capabilities(&self) -> snapshot_testsuite::Capabilities {
+        self.0
+    }
+}
+
+fn panic_message(r: std::thread::Result<()>) -> String {
+    let p = r.expect_err("the case must fail");
+    match p.downcast_ref::<String>() {
+        Some(s) => s.clone(),
+        None => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+#[test]
+fn capabilities_are_checked_not_trusted() {
+    if !snapshot_testsuite::privileged::require_privileged("selftest::capabilities") {
+        return;
+    }
+    let no_rename = Misdescribed(snapshot_testsuite::Capabilities {
+        rename_lower_dir: false,
+        ..Default::default()
+    });
+    let msg = panic_message(std::panic::catch_unwind(|| run_case(&no_rename, "rename")));
+    assert!(msg.contains("rename_lower_dir is false"), "{msg}");
+    let deferred = Misdescribed(snapshot_testsuite::Capabilities {
+        deferred_remove: true,
+        ..Default::default()
+    });
+    let msg = panic_message(std::panic::catch_unwind(|| {
+        run_case(&deferred, "remove_frees_files")
+    }));
+    assert!(msg.contains("no Cleaner"), "{msg}");
+    // Neither failure leaves a mount behind.
+    let tmp = std::env::temp_dir();
+    let left: Vec<_> = snapshot_testsuite::mounts_under(&tmp)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("snapshot-suite-misdescribed-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
