@@ -223,10 +223,29 @@ fn overlay_parts(data: &[String]) -> OverlayParts<'_> {
 
 fn mount_overlay(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
     let parts = overlay_parts(&parsed.data);
-    if overlay_supports_lowerdir_plus() {
+    // Paths over 255 bytes only pass through fsconfig as descriptors, which overlay takes
+    // from Linux 6.13; between 6.8 and 6.12 such stacks go through mount(2) instead.
+    let long_path = parts
+        .lower
+        .iter()
+        .chain(parts.upper.iter())
+        .chain(parts.work.iter())
+        .any(|p| p.len() > FSCONFIG_VALUE_MAX);
+    if overlay_supports_lowerdir_plus() && (!long_path || kernel_at_least(6, 13)) {
         return mount_overlay_fsconfig(m, target, parsed.flags, &parts);
     }
     legacy_overlay(m, target, parsed)
+}
+
+/// True if the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
 }
 
 fn open_path(p: &str) -> std::io::Result<OwnedFd> {
@@ -462,6 +481,12 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn kernel_version_compare() {
+        assert!(kernel_at_least(0, 0));
+        assert!(!kernel_at_least(u32::MAX, 0));
     }
 
     #[test]
