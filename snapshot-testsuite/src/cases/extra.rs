@@ -426,8 +426,9 @@ pub fn restart_persistence(ctx: &mut Ctx<'_>) {
     let sn = ctx.sn();
     commit_base(sn, "c1", "");
     commit_base(sn, "c2", "c1");
-    sn.prepare("a", "c2", &CreateOptions::with_labels(labels([("l", "1")])))
-        .or_fail("prepare a");
+    let mut with_l = opt();
+    with_l.labels.insert("l".into(), "1".into());
+    sn.prepare("a", "c2", &with_l).or_fail("prepare a");
     sn.view("v", "c2", &opt()).or_fail("view v");
     sn.prepare("a-np", "", &opt()).or_fail("prepare a-np");
     let mut a = sn.stat("a").or_fail("stat a");
