@@ -1,7 +1,9 @@
-//! containerd's snapshotter conformance suite, run twice on overlay: with synchronous and
-//! with asynchronous remove. Both open with `redirect_dir` on, so the suite's Rename case
-//! (renaming a directory from a lower layer) works; `tests/overlay.rs` pins EXDEV without
-//! it.
+//! containerd's snapshotter conformance suite, run twice on overlay:
+//! - `overlay_sync`: synchronous remove and the default options (`redirect_dir` off, as
+//!   containerd), so the suite's Rename case checks that renaming a lower directory fails
+//!   with EXDEV;
+//! - `overlay_async`: asynchronous remove (the default) with the `redirect_dir` opt-in, so
+//!   the Rename case renames a lower directory for real.
 #![cfg(target_os = "linux")]
 
 use std::path::Path;
@@ -29,7 +31,7 @@ impl Harness for Overlay {
     fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn snapshot_core::Snapshotter>> {
         let config = OverlayConfig {
             async_remove: self.async_remove,
-            redirect_dir: true,
+            redirect_dir: self.async_remove,
             ..OverlayConfig::default()
         };
         Ok(Box::new(OverlaySnapshotter::open(root, config)?))
@@ -38,7 +40,7 @@ impl Harness for Overlay {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             deferred_remove: self.async_remove,
-            rename_lower_dir: true,
+            rename_lower_dir: self.async_remove,
         }
     }
 }
