@@ -1,24 +1,51 @@
-//! `cargo xtask <command>`: project automation.
+//! `cargo xtask <command>`: project automation (matklad's xtask pattern). One file per
+//! subcommand; `util` holds what they share.
 
-use std::process::{Command, ExitCode};
+mod clean;
+mod images;
+mod test;
+mod test_btrfs;
+mod util;
+
+use std::process::ExitCode;
+
+const COMMANDS: &[(&str, &str)] = &[
+    ("test", "run every test of the workspace, btrfs on a loop-device image (the README's test command)"),
+    ("test-btrfs", "build and mount the btrfs image, run snapshot-btrfs's tests on it (quotas off, then on), unmount"),
+    ("images", "build the test images under target/test-images/"),
+    ("clean", "unmount and detach leftover test mounts and loop devices of this project"),
+    ("help", "print this list"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("test") => test(),
-        _ => {
-            eprintln!("usage: cargo xtask test\n\n  test   run every test of the workspace");
-            ExitCode::from(2)
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(),
+        Some("test-btrfs") => test_btrfs::run(),
+        Some("images") => images::run(),
+        Some("clean") => clean::run(),
+        None | Some("help" | "-h" | "--help") => {
+            print_help();
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command {other:?}\n");
+            print_help();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-fn test() -> ExitCode {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--workspace"])
-        .status();
-    match status {
-        Ok(s) if s.success() => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
+fn print_help() {
+    println!("usage: cargo xtask <command>\n\ncommands:");
+    for (name, what) in COMMANDS {
+        println!("  {name:<11} {what}");
     }
 }
