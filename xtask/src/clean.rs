@@ -21,6 +21,12 @@ pub fn clean_all() -> Result<(usize, usize)> {
         println!("unmounted {}", m.display());
         n_mounts += 1;
     }
+    // The mount points xtask made (btrfs-<pid>), now empty.
+    if let Ok(entries) = std::fs::read_dir(util::mounts_dir()) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
     let mut n_loops = 0;
     for dev in project_loop_devices() {
         // Mounts of it elsewhere are not ours to take off: only the device is.
