@@ -121,8 +121,8 @@ impl BtrfsSnapshotter {
 
     /// The usage of the active snapshot `key` and how it was measured: the qgroup's
     /// exclusive bytes when quotas are on (after a `syncfs`, so unwritten data counts),
-    /// else a walk. qgroups do not count inodes, so the inode count comes from a walk in
-    /// both cases.
+    /// else a walk. With quotas the inodes are counted from the subvolume's inode items
+    /// (`BTRFS_IOC_TREE_SEARCH`), so nothing walks the tree.
     ///
     /// # Errors
     /// NotFound for a missing key; FailedPrecondition when it is not active.
@@ -142,7 +142,7 @@ impl BtrfsSnapshotter {
             let id = sys::subvolume_id(path)?;
             sys::syncfs(path)?;
             if let Some(q) = sys::read_qgroup(sysfs, id)? {
-                let inodes = snapshot_core::usage::disk_usage(path)?.inodes;
+                let inodes = sys::count_inodes(path, id)?;
                 return Ok((
                     Usage {
                         size: q.exclusive,

@@ -282,3 +282,126 @@ mod tests {
         assert_eq!(m.mount_point, PathBuf::from("/"));
     }
 }
+
+/// `struct btrfs_ioctl_search_key` (linux/btrfs.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: u32,
+    unused1: u64,
+    unused2: u64,
+    unused3: u64,
+    unused4: u64,
+}
+
+/// `struct btrfs_ioctl_search_args`: the key, then results in the rest of 4 KiB.
+#[repr(C)]
+struct SearchArgs {
+    key: SearchKey,
+    buf: [u8; 4096 - std::mem::size_of::<SearchKey>()],
+}
+
+const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+const BTRFS_LAST_FREE_OBJECTID: u64 = -256i64 as u64;
+const BTRFS_INODE_ITEM_KEY: u32 = 1;
+const SEARCH_HEADER_LEN: usize = 32;
+
+/// `ioctl(fd, BTRFS_IOC_TREE_SEARCH, args)`.
+///
+/// One of the crate's two `unsafe` blocks: the opcode is `_IOWR(0x94, 17, struct
+/// btrfs_ioctl_search_args)` and `SearchArgs` is that struct's exact layout (104-byte key,
+/// 3992-byte buffer), so the kernel reads and writes only inside it.
+fn tree_search(fd: &std::os::fd::OwnedFd, args: &mut SearchArgs) -> io::Result<()> {
+    use rustix::ioctl::{opcode, Updater};
+    const OP: rustix::ioctl::Opcode = opcode::read_write::<SearchArgs>(BTRFS_IOCTL_MAGIC, 17);
+    // SAFETY: see the function comment.
+    unsafe { rustix::ioctl::ioctl(fd, Updater::<OP, SearchArgs>::new(args)) }.map_err(Into::into)
+}
+
+/// The number of inodes in subvolume `subvolid`, counted from its tree's inode items with
+/// `BTRFS_IOC_TREE_SEARCH` (needs CAP_SYS_ADMIN): the kernel reads the metadata, nothing
+/// walks the directory tree. `path` is any path on the filesystem.
+pub fn count_inodes(path: &Path, subvolid: u64) -> Result<u64> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| BtrfsError::io("open", path, e.into()))?;
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id: subvolid,
+            min_objectid: BTRFS_FIRST_FREE_OBJECTID,
+            max_objectid: BTRFS_LAST_FREE_OBJECTID,
+            max_offset: u64::MAX,
+            max_transid: u64::MAX,
+            min_type: BTRFS_INODE_ITEM_KEY,
+            max_type: BTRFS_INODE_ITEM_KEY,
+            ..SearchKey::default()
+        },
+        buf: [0; 4096 - std::mem::size_of::<SearchKey>()],
+    };
+    let mut count = 0u64;
+    loop {
+        args.key.nr_items = u32::MAX;
+        tree_search(&fd, &mut args)
+            .map_err(|e| BtrfsError::io("BTRFS_IOC_TREE_SEARCH on", path, e))?;
+        let n = args.key.nr_items;
+        if n == 0 {
+            return Ok(count);
+        }
+        // The key range is compound (objectid, type, offset): items of other types between
+        // the bounds come back too and are skipped here.
+        let mut at = 0usize;
+        let mut last = (0u64, 0u32, 0u64);
+        for _ in 0..n {
+            let h = &args.buf[at..at + SEARCH_HEADER_LEN];
+            let objectid = u64::from_ne_bytes(h[8..16].try_into().unwrap());
+            let offset = u64::from_ne_bytes(h[16..24].try_into().unwrap());
+            let typ = u32::from_ne_bytes(h[24..28].try_into().unwrap());
+            let len = u32::from_ne_bytes(h[28..32].try_into().unwrap()) as usize;
+            if typ == BTRFS_INODE_ITEM_KEY {
+                count += 1;
+            }
+            last = (objectid, typ, offset);
+            at += SEARCH_HEADER_LEN + len;
+        }
+        // Continue right after the last key returned.
+        let (objectid, typ, offset) = last;
+        if offset < u64::MAX {
+            (
+                args.key.min_objectid,
+                args.key.min_type,
+                args.key.min_offset,
+            ) = (objectid, typ, offset + 1);
+        } else if typ < 255 {
+            (
+                args.key.min_objectid,
+                args.key.min_type,
+                args.key.min_offset,
+            ) = (objectid, typ + 1, 0);
+        } else if objectid < BTRFS_LAST_FREE_OBJECTID {
+            (
+                args.key.min_objectid,
+                args.key.min_type,
+                args.key.min_offset,
+            ) = (objectid + 1, 0, 0);
+        } else {
+            return Ok(count);
+        }
+        if args.key.min_objectid > BTRFS_LAST_FREE_OBJECTID {
+            return Ok(count);
+        }
+    }
+}

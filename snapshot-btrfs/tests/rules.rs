@@ -207,7 +207,16 @@ fn usage_reads_qgroups_when_quotas_are_on() {
     assert_eq!(source, UsageSource::Qgroup);
     // Exclusive bytes: the layer's own 4 MiB, not the 8 MiB it shares with its parent.
     assert!(u.size >= 4 << 20 && u.size < 6 << 20, "{u:?}");
-    assert!(u.inodes >= 3, "{u:?}");
+    // Inodes counted from the subvolume's tree match a walk: the root, two files.
+    assert_eq!(u.inodes, 3, "{u:?}");
+    for i in 0..50 {
+        std::fs::write(active.join(format!("small-{i}")), b"x").unwrap();
+    }
+    std::fs::hard_link(active.join("f"), active.join("f-link")).unwrap();
+    let walked = snapshot_core::usage::disk_usage(&active).unwrap().inodes;
+    assert_eq!(sn.usage("a").unwrap().inodes, walked);
+    assert_eq!(walked, 53);
+    let u = sn.usage("a").unwrap();
     let id = sys::subvolume_id(&active).unwrap();
     let out = Command::new("btrfs")
         .args(["qgroup", "show", "--raw", "-f"])
