@@ -192,21 +192,9 @@ impl BtrfsSnapshotter {
             let staging = self.staging_path(kind);
             match pid {
                 None if kind == Kind::View => {
+                    // A view without parent is an empty read-only tree.
                     sys::create_subvolume(&staging)?;
-                    let r = sys::subvolume_id(&staging).and_then(|_| {
-                        // A view without parent is an empty read-only tree.
-                        btrfsutil::subvolume::Subvolume::get(staging.as_path())
-                            .and_then(|sv| sv.set_ro(true))
-                            .map_err(|lib| BtrfsError::Subvolume {
-                                what: "make subvolume read-only",
-                                path: staging.clone(),
-                                source: crate::error::LibbtrfsutilError {
-                                    lib,
-                                    os: std::io::Error::last_os_error(),
-                                },
-                            })
-                    });
-                    if let Err(e) = r {
+                    if let Err(e) = sys::set_read_only(&staging) {
                         discard(&staging);
                         return Err(e.into());
                     }

@@ -79,6 +79,13 @@ pub fn subvolume_read_only(path: &Path) -> Result<bool> {
         .map_err(|e| lib_err("read subvolume flags", path, e))
 }
 
+/// Makes the subvolume at `path` read-only.
+pub fn set_read_only(path: &Path) -> Result<()> {
+    let sv = Subvolume::get(path).map_err(|e| lib_err("open subvolume", path, e))?;
+    sv.set_ro(true)
+        .map_err(|e| lib_err("make subvolume read-only", path, e))
+}
+
 /// Deletes the subvolume at `path` (read-only ones too). Subvolumes a container made
 /// inside it go with it. A plain directory left by an interrupted step is removed as a
 /// tree.
