@@ -38,7 +38,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: {e}");
-            ExitCode::FAILURE
+            // A shell reports a run stopped by a signal as 128 + the signal.
+            match util::interrupted() {
+                Some(sig) => ExitCode::from(128 + sig as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
