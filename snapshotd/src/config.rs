@@ -240,6 +240,10 @@ impl BackendOptions {
         {
             o.overlay = crate::server::overlay_config(self);
         }
+        #[cfg(feature = "btrfs")]
+        {
+            o.btrfs.store.no_sync = self.no_sync;
+        }
         o
     }
 }

@@ -120,7 +120,7 @@ pub struct Options {
     pub overlay: snapshot_overlay::OverlayConfig,
     /// Options of the btrfs backend.
     #[cfg(feature = "btrfs")]
-    pub btrfs: snapshot_btrfs::BtrfsConfig,
+    pub btrfs: snapshot_btrfs::BtrfsOptions,
 }
 
 /// Opens (or creates) the snapshotter `backend` at `root` with its part of `options`.
@@ -144,9 +144,9 @@ pub fn open(backend: Backend, root: &Path, options: &Options) -> Result<Box<dyn 
             options.overlay.clone(),
         )?)),
         #[cfg(feature = "btrfs")]
-        Backend::Btrfs => Ok(Box::new(snapshot_btrfs::BtrfsSnapshotter::open(
+        Backend::Btrfs => Ok(Box::new(snapshot_btrfs::BtrfsSnapshotter::open_with(
             root,
-            options.btrfs.clone(),
+            &options.btrfs,
         )?)),
         #[allow(unreachable_patterns)]
         other => Err(Error::not_implemented(format!(
