@@ -23,7 +23,8 @@
 //! with the `l*xattr` calls, which do not follow the last component either.
 //!
 //! The walk keeps two descriptors open per directory level (source and destination), so
-//! the depth of a tree it can copy is bounded by the open file limit.
+//! the depth of a tree it can copy is bounded by the open file limit. Sources are opened
+//! with `O_NOATIME` where the caller may, so a copy leaves the parent's access times alone.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -280,11 +281,10 @@ impl Copier<'_> {
         rel: &Path,
         st: &Stat,
     ) -> Result<(), NativeError> {
-        let src = rfs::openat(
+        let src = open_noatime(
             &frame.src,
             name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
         )
         .map_err(|e| NativeError::io("open file", self.src_root.join(rel), e))?;
         let dst_path = self.dst_root.join(rel);
@@ -538,13 +538,29 @@ fn sendfile_all(src: &OwnedFd, dst: &OwnedFd) -> rustix::io::Result<u64> {
 }
 
 /// `openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)`.
-fn open_dir_at<P: rustix::path::Arg>(dir: impl AsFd, name: P) -> rustix::io::Result<OwnedFd> {
-    rfs::openat(
+fn open_dir_at<P: rustix::path::Arg + Copy>(
+    dir: impl AsFd,
+    name: P,
+) -> rustix::io::Result<OwnedFd> {
+    open_noatime(
         dir,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
     )
+}
+
+/// `openat` with `O_NOATIME`, so reading the parent leaves its access times as they were
+/// (they are what the copy records); without it when the caller does not own the entry
+/// (EPERM).
+fn open_noatime<P: rustix::path::Arg + Copy>(
+    dir: impl AsFd,
+    name: P,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    match rfs::openat(dir.as_fd(), name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        other => other,
+    }
 }
 
 /// The names in a directory, without `.` and `..`.
