@@ -531,3 +531,51 @@ fn prepare_reflinks_file_data_on_btrfs() {
     assert_eq!(fs::read(child.join("data")).unwrap(), vec![0x5au8; 1 << 20]);
     sn.close().unwrap();
 }
+
+#[test]
+fn failed_copy_leaves_no_directory_and_no_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let sn = open(&root);
+    let m = sn.prepare("a", "", &CreateOptions::default()).unwrap();
+    sn.commit("base", "a", &CommitOptions::default()).unwrap();
+    // The parent's directory is gone (damaged root): the copy fails.
+    fs::remove_dir_all(&m[0].source).unwrap();
+    let err = sn
+        .prepare("child", "base", &CreateOptions::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), snapshot_core::ErrorKind::Unknown);
+    assert!(
+        err.to_string().contains(&m[0].source),
+        "error names the parent's path: {err}"
+    );
+    assert_eq!(
+        sn.stat("child").unwrap_err().kind(),
+        snapshot_core::ErrorKind::NotFound
+    );
+    let left: Vec<_> = fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "staging directory left behind: {left:?}");
+    // A commit of a missing key is NotFound, of a view FailedPrecondition, and an
+    // existing name wins over both.
+    sn.view("v", "base", &CreateOptions::default()).unwrap();
+    let kind = |r: snapshot_core::Result<()>| r.unwrap_err().kind();
+    assert_eq!(
+        kind(sn.commit("x", "missing", &CommitOptions::default())),
+        snapshot_core::ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(sn.commit("x", "v", &CommitOptions::default())),
+        snapshot_core::ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        kind(sn.commit("base", "v", &CommitOptions::default())),
+        snapshot_core::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        sn.mounts("base").unwrap_err().kind(),
+        snapshot_core::ErrorKind::FailedPrecondition
+    );
+}
