@@ -22,12 +22,17 @@ use snapshot_native::{NativeConfig, NativeSnapshotter};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
-    let root = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| tmp.path().join("root"));
+    let root = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().join("root"));
     let target = tmp.path().join("mnt");
     std::fs::create_dir(&target)?;
     let root_user = rustix::process::geteuid().is_root();
     if !root_user {
-        println!("not root: mounting needs CAP_SYS_ADMIN, so files go through the snapshot directories");
+        println!(
+            "not root: mounting needs CAP_SYS_ADMIN, so files go through the snapshot directories"
+        );
     }
     let sn = NativeSnapshotter::open(&root, NativeConfig::default())?;
     let opts = CreateOptions::default();
@@ -53,14 +58,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("view inspect of layer-2 (a read-only bind of layer-2): {mounts:?}");
     with_tree(&mounts, &target, root_user, |dir| {
         let motd = std::fs::read_to_string(dir.join("etc/motd"))?;
-        println!("  etc/motd: {motd:?}; etc/hello exists: {}", dir.join("etc/hello").exists());
+        println!(
+            "  etc/motd: {motd:?}; etc/hello exists: {}",
+            dir.join("etc/hello").exists()
+        );
         if root_user {
             let denied = std::fs::write(dir.join("etc/x"), b"").is_err();
             println!("  writing through the view is refused: {denied}");
         }
         Ok(())
     })?;
-    let first = std::fs::read_to_string(Path::new(&sn.mounts("inspect")?[0].source).join("etc/motd"))?;
+    let first =
+        std::fs::read_to_string(Path::new(&sn.mounts("inspect")?[0].source).join("etc/motd"))?;
     assert_eq!(first, "from the second layer\n");
 
     for key in ["inspect", "layer-2", "layer-1"] {
