@@ -113,68 +113,7 @@ pub fn syncfs(path: &Path) -> Result<()> {
     rustix::fs::syncfs(&fd).map_err(|e| BtrfsError::io("syncfs", path, e.into()))
 }
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// The filesystem type.
-    pub fs_type: String,
-    /// The mount source (the block device for btrfs).
-    pub source: String,
-}
-
-/// Parses `/proc/self/mountinfo` text; octal escapes (`\040`) are decoded.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fs_type = r.next()?;
-            let source = r.next()?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape(mount_point)),
-                fs_type: fs_type.to_string(),
-                source: unescape(source),
-            })
-        })
-        .collect()
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mount holding `path` (canonical): the last entry with the longest mount point
-/// that is an ancestor of `path`, since later mounts shadow earlier ones.
-pub fn mount_of<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    let mut best: Option<&MountEntry> = None;
-    for e in entries {
-        if path.starts_with(&e.mount_point)
-            && best
-                .is_none_or(|b| e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
-        {
-            best = Some(e);
-        }
-    }
-    best
-}
+pub use snapshot_core::mount::{mount_of, parse_mountinfo, MountEntry};
 
 /// The block device of the btrfs filesystem holding `path` (canonical).
 pub fn btrfs_device(path: &Path) -> Result<String> {

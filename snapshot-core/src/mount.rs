@@ -475,6 +475,86 @@ fn too_long(m: &Mount, target: &Path, len: usize, max: usize) -> Error {
     ))
 }
 
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// The filesystem type (`overlay`, `btrfs`, ...).
+    pub fs_type: String,
+    /// The mount source (the block device for btrfs, "overlay" for overlays).
+    pub source: String,
+    /// The per-mount options (the sixth field: `ro`, `nosuid`, ...).
+    pub options: Vec<String>,
+}
+
+/// Parses `/proc/self/mountinfo` text, in mount order; octal escapes (`\040` for a
+/// space) are decoded.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut l = left.split(' ');
+            let mount_point = l.nth(4)?;
+            let options = l.next()?;
+            let mut r = right.split(' ');
+            let fs_type = r.next()?;
+            let source = r.next()?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
+                fs_type: fs_type.to_string(),
+                source: unescape_mountinfo(source),
+                options: options.split(',').map(str::to_string).collect(),
+            })
+        })
+        .collect()
+}
+
+/// The mounts of this process, from `/proc/self/mountinfo`.
+///
+/// # Errors
+/// Unknown when `/proc/self/mountinfo` cannot be read (`/proc` not mounted).
+pub fn mountinfo() -> Result<Vec<MountEntry>> {
+    let path = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The mount holding `path` (canonical): the last entry with the longest mount point that
+/// is an ancestor of `path`, since later mounts shadow earlier ones.
+pub fn mount_of<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    let mut best: Option<&MountEntry> = None;
+    for e in entries {
+        if path.starts_with(&e.mount_point)
+            && best
+                .is_none_or(|b| e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
+        {
+            best = Some(e);
+        }
+    }
+    best
+}
+
+/// Undoes mountinfo's octal escapes of space, tab, newline and backslash (`\ooo`).
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use snapshot_core::mount::{
-    mount_all, mount_overlay_legacy, overlay_supports_lowerdir_plus, relative_overlay_data,
-    unmount, unmount_all, LEGACY_OPTIONS_MAX,
+    mount_all, mount_of, mount_overlay_legacy, mountinfo, overlay_supports_lowerdir_plus,
+    parse_mountinfo, relative_overlay_data, unescape_mountinfo, unmount, unmount_all,
+    LEGACY_OPTIONS_MAX,
 };
 use snapshot_core::{ErrorKind, Mount};
 use tempfile::TempDir;
@@ -52,52 +53,26 @@ impl Drop for Mounted {
     }
 }
 
-/// Mount points in /proc/self/mountinfo equal to `target`, with their fs types.
+/// The fs types of the mounts at `target`, in mount order.
 fn mounts_at(target: &Path) -> Vec<String> {
     let target = fs::canonicalize(target).unwrap();
-    fs::read_to_string("/proc/self/mountinfo")
+    mountinfo()
         .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            (Path::new(&unescape(f[4])) == target).then(|| f[sep + 1].to_string())
-        })
+        .into_iter()
+        .filter(|e| e.mount_point == target)
+        .map(|e| e.fs_type)
         .collect()
 }
 
 /// The per-mount options (mountinfo's sixth field) of the topmost mount at `target`.
 fn mount_options_at(target: &Path) -> Vec<String> {
     let target = fs::canonicalize(target).unwrap();
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info
-        .lines()
-        .rfind(|l| Path::new(&unescape(l.split(' ').nth(4).unwrap())) == target)
-        .unwrap_or_else(|| panic!("nothing mounted at {}", target.display()));
-    line.split(' ')
-        .nth(5)
+    mountinfo()
         .unwrap()
-        .split(',')
-        .map(str::to_string)
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
+        .into_iter()
+        .rfind(|e| e.mount_point == target)
+        .unwrap_or_else(|| panic!("nothing mounted at {}", target.display()))
+        .options
 }
 
 /// `n` layer directories under `base`, bottom (0) first. Every `long_every`th one sits
@@ -539,7 +514,27 @@ fn legacy_route_refuses_overlong_options_without_a_syscall() {
 }
 
 #[test]
-fn unescape_mountinfo() {
-    assert_eq!(unescape(r"/tmp/with\040space"), "/tmp/with space");
-    assert_eq!(unescape("/plain"), "/plain");
+fn mountinfo_parsing() {
+    assert_eq!(unescape_mountinfo(r"/tmp/with\040space"), "/tmp/with space");
+    assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                90 22 7:0 / /mnt/a\\040b ro,nosuid shared:40 - btrfs /dev/loop0 rw,subvolid=5\n\
+                93 22 7:2 / /mnt/a\\040b rw - tmpfs tmpfs rw\n";
+    let e = parse_mountinfo(text);
+    assert_eq!(e.len(), 3);
+    assert_eq!(e[1].mount_point, Path::new("/mnt/a b"));
+    assert_eq!(e[1].options, vec!["ro", "nosuid"]);
+    assert_eq!(
+        (e[1].fs_type.as_str(), e[1].source.as_str()),
+        ("btrfs", "/dev/loop0")
+    );
+    // The later mount at the same point shadows the earlier one.
+    assert_eq!(
+        mount_of(&e, Path::new("/mnt/a b/x")).unwrap().fs_type,
+        "tmpfs"
+    );
+    assert_eq!(
+        mount_of(&e, Path::new("/mnt/ab")).unwrap().mount_point,
+        Path::new("/")
+    );
 }
