@@ -21,12 +21,13 @@ use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 
 use crate::error::{Error, Result};
-use crate::metastore::{Reader, WriteTxn};
+use crate::metastore::{MetaStore, Reader, WriteTxn};
+use crate::types::Kind;
 
 const STAGING_PREFIX: &str = "new-";
 const RETIRED_PREFIX: &str = "rm-";
@@ -38,6 +39,10 @@ pub struct Layout {
     snapshots: PathBuf,
     staging: Arc<Mutex<HashSet<String>>>,
     counter: AtomicU64,
+    // Removes hold the read side from their retire until the commit (or the restore);
+    // purge lists the retired directories under the write side, so it never deletes an
+    // `rm-<id>` that a failed remove is about to rename back.
+    removing: RwLock<()>,
 }
 
 /// A staging directory owned by a running create. Dropping it deletes the directory
@@ -86,6 +91,7 @@ impl Layout {
             snapshots,
             staging: Arc::default(),
             counter: AtomicU64::new(0),
+            removing: RwLock::new(()),
         })
     }
 
@@ -226,12 +232,57 @@ impl Layout {
         Ok(n)
     }
 
+    /// Removes the snapshot `key` in the crash-safe order: in one write transaction the
+    /// record goes and `<id>` is retired to `rm-<id>`; if the transaction fails the
+    /// directory is renamed back. With `purge_now` (synchronous remove) the retired
+    /// directory is deleted after the commit; a failure there is only logged, since the
+    /// snapshot is gone and the next purge retries. Returns the id and kind.
+    ///
+    /// # Errors
+    /// NotFound for a missing key; FailedPrecondition when it has children; Unknown when
+    /// the rename or the commit fails.
+    pub fn remove_snapshot(
+        &self,
+        store: &MetaStore,
+        key: &str,
+        purge_now: bool,
+    ) -> Result<(u64, Kind)> {
+        let guard = self.removing.read().unwrap_or_else(|e| e.into_inner());
+        let mut retired: Option<u64> = None;
+        let res = store.write(|tx| {
+            let (id, kind) = tx.remove(key)?;
+            // The closure runs again after the map grows: retire once.
+            if retired != Some(id) {
+                self.retire(id)?;
+                retired = Some(id);
+            }
+            Ok((id, kind))
+        });
+        if res.is_err() {
+            if let Some(id) = retired {
+                self.restore(id);
+            }
+        }
+        drop(guard);
+        let (id, kind) = res?;
+        if purge_now {
+            if let Err(e) = self.purge_one(id) {
+                log::warn!(
+                    "removed snapshot {:?}, but not its directory (the next cleanup retries): {e}",
+                    crate::keyspace::truncate_for_message(key)
+                );
+            }
+        }
+        Ok((id, kind))
+    }
+
     /// Deletes every retired directory (`rm-*`). Returns how many were deleted; a failure
     /// on one is logged and the others still go, the first error is returned.
     ///
     /// # Errors
     /// Unknown for the first directory that could not be deleted.
     pub fn purge(&self) -> Result<usize> {
+        let listing = self.removing.write().unwrap_or_else(|e| e.into_inner());
         let entries = std::fs::read_dir(&self.snapshots)
             .map_err(|e| Error::io("read directory", &self.snapshots, e))?;
         let dirs: Vec<PathBuf> = entries
@@ -243,6 +294,7 @@ impl Layout {
             })
             .map(|e| e.path())
             .collect();
+        drop(listing);
         let mut first = None;
         let mut n = 0;
         for d in &dirs {

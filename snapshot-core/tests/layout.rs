@@ -194,3 +194,54 @@ fn rename_noreplace_never_replaces() {
     rename_noreplace(&a, &tmp.path().join("c")).unwrap();
     assert!(!a.exists());
 }
+
+/// Creates a published snapshot `key` on `parent` and returns its id.
+fn published(layout: &Layout, store: &MetaStore, key: &str, parent: &str) -> u64 {
+    let mut staged = layout.stage().unwrap();
+    store
+        .write(|tx| {
+            let s = tx.create(Kind::Active, key, parent, &Labels::new())?;
+            layout.publish(&mut staged, s.id)?;
+            Ok(s.id)
+        })
+        .unwrap()
+}
+
+#[test]
+fn remove_snapshot_retires_then_purges_or_restores() {
+    use snapshot_core::metastore::Reader;
+    use snapshot_core::{CommitOptions, ErrorKind, Usage};
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(tmp.path()).unwrap();
+    let store = MetaStore::open(&layout.metadata_dir(), &StoreOptions::default()).unwrap();
+    let base = published(&layout, &store, "a", "");
+    store
+        .write(|tx| tx.commit_active("a", "base", Usage::default(), &CommitOptions::default()))
+        .unwrap();
+    let child = published(&layout, &store, "child", "base");
+
+    // Refused: the directory is back where it was and the snapshot is intact.
+    let err = layout.remove_snapshot(&store, "base", true).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(layout.snapshot_dir(base).is_dir());
+    assert!(!layout.retired_dir(base).exists());
+    let err = layout.remove_snapshot(&store, "missing", true).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    // Deferred: the tree waits as rm-<id> until a purge.
+    assert_eq!(
+        layout.remove_snapshot(&store, "child", false).unwrap(),
+        (child, Kind::Active)
+    );
+    assert!(layout.retired_dir(child).is_dir());
+    assert_eq!(layout.purge().unwrap(), 1);
+    assert!(!layout.retired_dir(child).exists());
+
+    // Synchronous: nothing is left.
+    assert_eq!(
+        layout.remove_snapshot(&store, "base", true).unwrap(),
+        (base, Kind::Committed)
+    );
+    assert_eq!(names(layout.snapshots_dir()), Vec::<String>::new());
+    assert_eq!(store.read(|tx| tx.check()).unwrap(), 0);
+}

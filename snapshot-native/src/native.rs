@@ -182,29 +182,9 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let mut retired = None;
-        let res = self.store.write(|tx| {
-            let (id, _) = tx.remove(key)?;
-            self.layout.retire(id)?;
-            retired = Some(id);
-            Ok(id)
-        });
-        match res {
-            Ok(id) => {
-                // The snapshot is gone once the metadata is; a directory that cannot be
-                // deleted now is a leftover for cleanup, not a failed remove.
-                if let Err(e) = self.layout.purge_one(id) {
-                    log::warn!("removed snapshot {key:?}, but not its directory: {e}");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if let Some(id) = retired {
-                    self.layout.restore(id);
-                }
-                Err(e)
-            }
-        }
+        self.layout
+            .remove_snapshot(&self.store, key, true)
+            .map(drop)
     }
 
     fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {

@@ -243,33 +243,10 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
-        let mut retired: Option<u64> = None;
-        let res = self.store.write(|tx| {
-            let (id, _) = tx.remove(key)?;
-            if retired != Some(id) {
-                self.layout.retire(id)?;
-                retired = Some(id);
-            }
-            Ok(id)
-        });
-        match res {
-            Ok(id) => {
-                if !self.config.async_remove {
-                    // The metadata is gone for good: a failed delete is only logged, and
-                    // the next cleanup retries it.
-                    if let Err(e) = self.layout.purge_one(id) {
-                        log::warn!("removing the directory of snapshot {key:?}: {e}");
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if let Some(id) = retired {
-                    self.layout.restore(id);
-                }
-                Err(e)
-            }
-        }
+        // Asynchronous mode leaves `rm-<id>` to cleanup, so Remove never walks the tree.
+        self.layout
+            .remove_snapshot(&self.store, key, !self.config.async_remove)
+            .map(drop)
     }
 
     fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
