@@ -1,7 +1,8 @@
 //! `cargo xtask test-btrfs`: builds the btrfs image, attaches and mounts it under
 //! `target/test-mounts/`, runs `cargo test -p snapshot-btrfs` on it twice (quotas off,
-//! then on, so both usage paths run), and always unmounts and detaches: after failures,
-//! and after SIGINT/SIGTERM, which stop the tests first.
+//! then on, so both usage paths run), then containerd's end-to-end test on the btrfs
+//! backend (`snapshotd --features btrfs`), and always unmounts and detaches: after
+//! failures, and after SIGINT/SIGTERM, which stop the tests first.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,6 +60,27 @@ pub fn run_caught() -> Result {
             failed.push(title);
         }
     }
+    if util::interrupted().is_none() {
+        util::header("btrfs: containerd end to end through snapshotd (--features btrfs)");
+        let status = util::run_interruptible(
+            util::cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "snapshotd",
+                    "--features",
+                    "btrfs",
+                    "--test",
+                    "containerd",
+                ])
+                .args(["--", "containerd_imports_runs_and_collects_on_btrfs"])
+                .env("SNAPSHOT_BTRFS_MOUNT", &mounted.target)
+                .env("SNAPSHOT_TEST_PRIVILEGED", "1"),
+        )?;
+        if !status.success() {
+            failed.push("containerd on btrfs");
+        }
+    }
     drop(mounted);
     if let Some(sig) = util::interrupted() {
         return Err(format!(
@@ -68,10 +90,7 @@ pub fn run_caught() -> Result {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "snapshot-btrfs tests failed ({})",
-            failed.join(", ")
-        ))
+        Err(format!("btrfs tests failed ({})", failed.join(", ")))
     }
 }
 
