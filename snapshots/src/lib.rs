@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `native` | [`snapshot_native`]: copies, works on any filesystem | yes |
 //! | `overlay` | [`snapshot_overlay`]: overlayfs, the usual choice on Linux | yes |
-//! | `btrfs` | [`snapshot_btrfs`]: btrfs subvolumes (links libbtrfsutil) | no |
+//! | `btrfs` | `snapshot_btrfs`: btrfs subvolumes (links libbtrfsutil) | no |
 //!
 //! Each backend is an optional dependency: a crate that enables only `native` compiles
 //! none of the others. [`open`] opens a backend by [`Backend`] (parsed from its name);
