@@ -195,18 +195,16 @@ impl Layout {
         }
     }
 
-    /// Retires every directory under `snapshots/` that is not a live id, and every staging
-    /// directory no running create owns. Run it inside a write transaction, so that no
-    /// create sits between its publish and its commit. Returns how many it retired.
+    /// Repairs what a crash left under `snapshots/` and retires what nobody owns: an
+    /// `rm-<id>` whose record is still live (a remove killed before its commit) is renamed
+    /// back to `<id>`; every `<id>` that is not a live id and every staging directory no
+    /// running create owns is retired. Run it inside a write transaction, so that no create
+    /// sits between its publish and its commit and no remove between its retire and its
+    /// commit. Returns how many directories it retired.
     ///
     /// # Errors
     /// Unknown when the directory cannot be read or a rename fails.
     pub fn retire_orphans(&self, txn: &WriteTxn<'_>) -> Result<usize> {
-        let owned = self
-            .staging
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         let mut n = 0;
         let entries = std::fs::read_dir(&self.snapshots)
             .map_err(|e| Error::io("read directory", &self.snapshots, e))?;
@@ -214,19 +212,42 @@ impl Layout {
             let entry = entry.map_err(|e| Error::io("read directory", &self.snapshots, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name
+                .strip_prefix(RETIRED_PREFIX)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                if txn.has_id(id)? && !self.snapshot_dir(id).exists() {
+                    log::warn!(
+                        "restoring {} whose remove did not commit",
+                        entry.path().display()
+                    );
+                    self.restore(id);
+                }
+                continue;
+            }
             let orphan = if let Ok(id) = name.parse::<u64>() {
                 !txn.has_id(id)?
             } else if name.starts_with(STAGING_PREFIX) {
-                !owned.contains(name)
+                // Checked per entry, after the listing saw it: `stage` registers a name
+                // before it creates the directory, so a create that started meanwhile is
+                // never taken for an orphan.
+                !self
+                    .staging
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(name)
             } else {
                 false
             };
             if orphan {
                 let src = entry.path();
                 log::info!("retiring orphan snapshot directory {}", src.display());
-                self.retire_as(&src, &format!("orphan-{name}"))
-                    .map_err(|e| Error::io("retire orphan", &src, e))?;
-                n += 1;
+                match self.retire_as(&src, &format!("orphan-{name}")) {
+                    Ok(()) => n += 1,
+                    // A failed create dropped its staging directory meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("retire orphan", &src, e)),
+                }
             }
         }
         Ok(n)

@@ -404,6 +404,34 @@ fn open_sweeps_orphans_and_half_built_snapshots() {
 }
 
 #[test]
+fn a_remove_killed_before_its_commit_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let sn = open(&root);
+    let m = sn.prepare("a", "", &CreateOptions::default()).unwrap();
+    fs::write(Path::new(&m[0].source).join("f"), b"layer").unwrap();
+    sn.commit("layer", "a", &CommitOptions::default()).unwrap();
+    sn.close().unwrap();
+    drop(sn);
+    // What a kill between a remove's rename and its commit leaves: a live record whose
+    // directory is already `rm-<id>`.
+    let snapshots = root.join("snapshots");
+    fs::rename(snapshots.join("1"), snapshots.join("rm-1")).unwrap();
+    let sn = open(&root);
+    assert_eq!(fs::read(snapshots.join("1/f")).unwrap(), b"layer");
+    assert!(!snapshots.join("rm-1").exists());
+    // cleanup repairs the same at run time.
+    fs::rename(snapshots.join("1"), snapshots.join("rm-1")).unwrap();
+    sn.as_cleaner().unwrap().cleanup().unwrap();
+    assert_eq!(fs::read(snapshots.join("1/f")).unwrap(), b"layer");
+    let child = sn.prepare("b", "layer", &CreateOptions::default()).unwrap();
+    assert_eq!(
+        fs::read(Path::new(&child[0].source).join("f")).unwrap(),
+        b"layer"
+    );
+}
+
+#[test]
 fn view_mount_shows_the_parent_and_refuses_writes() {
     if !require_privileged("native::view_mount_shows_the_parent_and_refuses_writes") {
         return;

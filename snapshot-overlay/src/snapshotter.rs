@@ -5,7 +5,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use snapshot_core::layout::{Layout, Staging};
-use snapshot_core::metastore::{MetaStore, Reader, StoreOptions, WriteTxn};
+use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
 use snapshot_core::usage::disk_usage;
 use snapshot_core::{
     Cleaner, CommitOptions, CreateOptions, Error, Info, Kind, Mount, Result, Snapshotter, Usage,
@@ -356,10 +356,7 @@ impl OverlaySnapshotter {
     /// remove was killed before its commit, then retires every directory the store does
     /// not know. Deleting is left to the caller, outside the transaction.
     fn sweep(&self) -> Result<usize> {
-        self.store.write(|tx| {
-            restore_interrupted_removes(&self.layout, tx)?;
-            self.layout.retire_orphans(tx)
-        })
+        self.store.write(|tx| self.layout.retire_orphans(tx))
     }
 }
 
@@ -393,32 +390,6 @@ fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<()> {
     let cur = std::fs::symlink_metadata(fs).map_err(set)?;
     if (cur.uid(), cur.gid()) != (meta.uid(), meta.gid()) {
         std::os::unix::fs::lchown(fs, Some(meta.uid()), Some(meta.gid())).map_err(set)?;
-    }
-    Ok(())
-}
-
-/// A remove renames `<id>` to `rm-<id>` inside its transaction; a process killed before
-/// the commit leaves a live record whose directory is `rm-<id>`. Renames those back.
-fn restore_interrupted_removes(layout: &Layout, tx: &WriteTxn<'_>) -> Result<()> {
-    let dir = layout.snapshots_dir();
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("read directory", dir, e))?;
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("rm-"))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if tx.has_id(id)? && !layout.snapshot_dir(id).exists() {
-            log::warn!(
-                "restoring {} whose remove did not commit",
-                entry.path().display()
-            );
-            layout.restore(id);
-        }
     }
     Ok(())
 }
