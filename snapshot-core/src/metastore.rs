@@ -34,6 +34,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::SystemTime;
 
@@ -104,6 +105,10 @@ pub struct MetaStore {
     // Readers and writers hold the read side; growing the map and closing take the write
     // side, because LMDB allows neither while a transaction is live.
     inner: RwLock<Option<Open>>,
+    // The highest id handed out by this process, committed or not. An aborted transaction
+    // does not persist the counter, and its caller may still be undoing a directory named
+    // after the id: a concurrent create must never get the same id.
+    issued: AtomicU64,
 }
 
 /// A read transaction with the store's databases.
@@ -117,6 +122,7 @@ pub struct ReadTxn<'a> {
 pub struct WriteTxn<'a> {
     txn: RwTxn<'a>,
     dbs: Dbs,
+    issued: &'a AtomicU64,
 }
 
 impl MetaStore {
@@ -156,6 +162,7 @@ impl MetaStore {
         Ok(MetaStore {
             path: dir.to_path_buf(),
             inner: RwLock::new(Some(Open { env, dbs })),
+            issued: AtomicU64::new(0),
         })
     }
 
@@ -195,6 +202,7 @@ impl MetaStore {
                 let mut txn = WriteTxn {
                     txn: open.env.write_txn()?,
                     dbs: open.dbs,
+                    issued: &self.issued,
                 };
                 let res = f(&mut txn).and_then(|v| {
                     txn.txn.commit()?;
@@ -783,10 +791,13 @@ impl WriteTxn<'_> {
     }
 
     fn next_id(&mut self) -> Result<u64> {
-        let id = match self.dbs.meta.get(&self.txn, NEXT_ID)? {
+        let persisted = match self.dbs.meta.get(&self.txn, NEXT_ID)? {
             Some(v) => decode_id(v)?,
             None => 1,
         };
+        // Writers are serialised by LMDB, so load-then-store cannot race.
+        let id = persisted.max(self.issued.load(Ordering::Relaxed) + 1);
+        self.issued.store(id, Ordering::Relaxed);
         self.dbs
             .meta
             .put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;

@@ -1243,3 +1243,24 @@ fn failed_write_closure_leaves_nothing() {
     assert_eq!(b.id, a.id + 1);
     assert_eq!(check(&s), 3);
 }
+
+#[test]
+fn an_aborted_create_never_hands_its_id_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MetaStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let aborted = store
+        .write(|tx| {
+            let s = tx.create(Kind::Active, "a", "", &Labels::new())?;
+            Err::<(), _>(snapshot_core::Error::unknown(format!(
+                "abort after id {}",
+                s.id
+            )))
+        })
+        .unwrap_err();
+    assert!(aborted.to_string().contains("id 1"), "{aborted}");
+    // The caller of the aborted transaction may still be undoing `snapshots/1`.
+    let s = store
+        .write(|tx| tx.create(Kind::Active, "a", "", &Labels::new()))
+        .unwrap();
+    assert_eq!(s.id, 2);
+}
