@@ -366,6 +366,21 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// `syncfs` on the filesystem holding `dir`: flushes a layer's data before its commit is
+/// recorded (the backends' `sync` option).
+///
+/// # Errors
+/// Unknown naming `dir` when it cannot be opened or flushed.
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", dir, e.into()))?;
+    rustix::fs::syncfs(fd).map_err(|e| Error::io("flush the filesystem of", dir, e.into()))
+}
+
 /// `renameat2(RENAME_NOREPLACE)`.
 pub fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     renameat_with(CWD, src, CWD, dst, RenameFlags::NOREPLACE).map_err(Into::into)

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, CWD};
+use rustix::fs::Mode;
 use snapshot_core::keyspace::truncate_for_message;
 use snapshot_core::layout::{rename_noreplace, Layout};
 use snapshot_core::metastore::{MetaStore, Reader, Snapshot, StoreOptions};
@@ -301,7 +301,7 @@ impl NativeSnapshotter {
     fn layer_usage(&self, id: u64) -> Result<Usage> {
         let dir = self.layout.snapshot_dir(id);
         if self.config.sync {
-            sync_filesystem(&dir).map_err(|e| NativeError::io("flush filesystem of", &dir, e))?;
+            snapshot_core::layout::sync_filesystem(&dir)?;
         }
         disk_usage(&dir)
     }
@@ -348,17 +348,6 @@ fn changed_error(key: &str) -> Error {
 /// `chmod(path, mode)`, ignoring the umask.
 fn chmod(path: &Path, mode: u32) -> rustix::io::Result<()> {
     rustix::fs::chmod(path, Mode::from_raw_mode(mode))
-}
-
-/// `syncfs` on the filesystem holding `dir`.
-fn sync_filesystem(dir: &Path) -> rustix::io::Result<()> {
-    let fd = rustix::fs::openat(
-        CWD,
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    rustix::fs::syncfs(fd)
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub struct OverlayConfig {
     /// Skip the fsync of each metastore commit (containerd's `no_sync`): a power loss can
     /// lose the latest operations; a crash of the process loses nothing.
     pub no_sync: bool,
+    /// Flush the filesystem holding an active snapshot (`syncfs`) before its commit is
+    /// recorded, so a committed layer's data survives a power loss (containerd's diff
+    /// `sync_fs`). Off by default, as in containerd.
+    pub sync: bool,
     /// Force `userxattr` on or off; `None` detects it as containerd does (on when the
     /// process runs in a user namespace that is not the initial one, off on tmpfs).
     pub userxattr: Option<bool>,
@@ -51,6 +55,7 @@ impl Default for OverlayConfig {
             mount_options: Vec::new(),
             redirect_dir: false,
             no_sync: false,
+            sync: false,
             userxattr: None,
         }
     }

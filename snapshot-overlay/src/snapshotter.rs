@@ -227,7 +227,13 @@ impl Snapshotter for OverlaySnapshotter {
             Ok(tx.snapshot(key).ok().filter(|s| s.kind == Kind::Active))
         })?;
         let usage = match &pre {
-            Some(s) => disk_usage(&self.settings.upper(s.id))?,
+            Some(s) => {
+                let upper = self.settings.upper(s.id);
+                if self.config.sync {
+                    snapshot_core::layout::sync_filesystem(&upper)?;
+                }
+                disk_usage(&upper)?
+            }
             None => Usage::default(),
         };
         self.store.write(|tx| {

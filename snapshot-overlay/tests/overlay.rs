@@ -398,6 +398,31 @@ fn async_remove_of_20000_files_leaves_them_until_cleanup() {
 }
 
 #[test]
+fn sync_option_flushes_before_commit_and_commit_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(
+        dir.path(),
+        OverlayConfig {
+            sync: true,
+            ..cfg()
+        },
+    );
+    layer(&sn, "base", "", &[("a/b", "synced")]);
+    let upper = sn.upper_dir("base").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(upper.join("a/b")).unwrap(),
+        "synced"
+    );
+    let usage = sn.usage("base").unwrap();
+    assert_eq!(usage.inodes, 3, "fs, a and a/b");
+    // A commit that must fail still reports containerd's error, sync or not.
+    let err = sn
+        .commit("base", "missing", &snapshot_core::CommitOptions::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), snapshot_core::ErrorKind::AlreadyExists);
+}
+
+#[test]
 fn sync_remove_deletes_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let sn = open(
