@@ -5,7 +5,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use snapshot_core::layout::rename_noreplace;
+use snapshot_core::layout::{fsync_dir, rename_noreplace, RootLock};
 use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
 use snapshot_core::{
     CommitOptions, CreateOptions, Error, Info, Kind, Mount, Result, Snapshotter, Usage,
@@ -52,6 +52,8 @@ pub struct BtrfsSnapshotter {
     sysfs: Option<PathBuf>,
     store: MetaStore,
     staging_counter: AtomicU64,
+    lock: std::sync::Mutex<Option<RootLock>>,
+    durable: bool,
 }
 
 impl std::fmt::Debug for BtrfsSnapshotter {
@@ -89,6 +91,7 @@ impl BtrfsSnapshotter {
         let root = fs::canonicalize(root).map_err(|e| Error::io("resolve", root, e))?;
         sys::statfs_require_btrfs(&root)?;
         let device = sys::btrfs_device(&root)?;
+        let lock = RootLock::acquire(&root)?;
         for kind in [Kind::Active, Kind::View, Kind::Committed] {
             let d = kind_dir(&root, kind);
             fs::DirBuilder::new()
@@ -104,6 +107,8 @@ impl BtrfsSnapshotter {
             device,
             store,
             staging_counter: AtomicU64::new(0),
+            lock: std::sync::Mutex::new(Some(lock)),
+            durable: !opts.store.no_sync,
         };
         sn.sweep()?;
         Ok(sn)
@@ -223,10 +228,8 @@ impl BtrfsSnapshotter {
                 )));
             }
             let target = self.path(kind, s.id);
-            if cur != target {
-                place(&cur, &target)?;
-                current = Some(target);
-            }
+            place(&cur, &target, self.durable)?;
+            current = Some(target);
             Ok(s)
         });
         match res {
@@ -285,7 +288,7 @@ impl BtrfsSnapshotter {
         })?;
         for (from, to) in restore_list {
             log::info!("restoring {} whose removal did not commit", to.display());
-            place(&from, &to)?;
+            place(&from, &to, false)?;
         }
         for p in discard_list {
             log::info!("deleting orphan subvolume {}", p.display());
@@ -336,6 +339,14 @@ impl Snapshotter for BtrfsSnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        if !opts.parent.is_empty()
+            && self
+                .store
+                .read(|tx| tx.check_commit(key, name, opts))?
+                .rebase
+        {
+            return Err(Error::cannot_rebase("btrfs", key, &opts.parent));
+        }
         // Checked up front only to avoid snapshotting for a commit that must fail; the
         // write transaction below makes the real checks, in containerd's order.
         let pre = self.store.read(|tx| {
@@ -369,10 +380,8 @@ impl Snapshotter for BtrfsSnapshotter {
                 )));
             }
             let target = self.path(Kind::Committed, id);
-            if cur != target {
-                place(&cur, &target)?;
-                current = Some(target);
-            }
+            place(&cur, &target, self.durable)?;
+            current = Some(target);
             Ok(id)
         });
         match res {
@@ -398,21 +407,19 @@ impl Snapshotter for BtrfsSnapshotter {
         let mut retired: Option<(PathBuf, PathBuf)> = None;
         let res = self.store.write(|tx| {
             let (id, kind) = tx.remove(key)?;
-            if retired.is_none() {
-                let src = self.path(kind, id);
-                let dst = kind_dir(&self.root, kind).join(format!("{RETIRED_PREFIX}{id}"));
-                // A rename inside the same directory works on read-only subvolumes too,
-                // and can be undone if the transaction fails.
-                match rename_noreplace(&src, &dst) {
-                    Ok(()) => retired = Some((src, dst)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        log::warn!(
-                            "removing {key:?}: its subvolume {} is already gone",
-                            src.display()
-                        );
-                    }
-                    Err(e) => return Err(BtrfsError::io("rename aside", src, e).into()),
+            let src = self.path(kind, id);
+            let dst = kind_dir(&self.root, kind).join(format!("{RETIRED_PREFIX}{id}"));
+            // A rename inside the same directory works on read-only subvolumes too,
+            // and can be undone if the transaction fails.
+            match rename_noreplace(&src, &dst) {
+                Ok(()) => retired = Some((src, dst)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    log::warn!(
+                        "removing {key:?}: its subvolume {} is already gone",
+                        src.display()
+                    );
                 }
+                Err(e) => return Err(BtrfsError::io("rename aside", src, e).into()),
             }
             Ok(())
         });
@@ -445,7 +452,9 @@ impl Snapshotter for BtrfsSnapshotter {
     }
 
     fn close(&self) -> Result<()> {
-        self.store.close()
+        self.store.close()?;
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(())
     }
 }
 
@@ -490,7 +499,7 @@ fn kind_dir(root: &Path, kind: Kind) -> PathBuf {
 
 /// Renames `from` to `to` without replacing anything. A `to` left by a process killed
 /// before its transaction committed (ids are handed out again then) is deleted first.
-fn place(from: &Path, to: &Path) -> Result<()> {
+fn place(from: &Path, to: &Path, durable: bool) -> Result<()> {
     if fs::symlink_metadata(to).is_ok() {
         log::info!(
             "deleting stale subvolume {} of an uncommitted id",
@@ -498,7 +507,15 @@ fn place(from: &Path, to: &Path) -> Result<()> {
         );
         sys::delete_subvolume(to)?;
     }
-    rename_noreplace(from, to).map_err(|e| BtrfsError::io("rename into place", from, e).into())
+    rename_noreplace(from, to).map_err(|e| BtrfsError::io("rename into place", from, e))?;
+    // The rename is durable only once its directory is: the metastore's commit that
+    // follows must not outlive it across a power cut.
+    if durable {
+        if let Some(dir) = to.parent() {
+            fsync_dir(dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a subvolume on an error path; a failure is logged (open sweeps it later).

@@ -122,6 +122,18 @@ impl Error {
         Self::new(ErrorKind::Unknown, message)
     }
 
+    /// The NotImplemented error of a backend whose layers are full trees, not diffs, asked
+    /// to commit `key` onto a new parent (containerd 2.2's rebase).
+    pub fn cannot_rebase(backend: &str, key: &str, parent: &str) -> Self {
+        Self::not_implemented(format!(
+            "backend {backend} cannot rebase: its layers are full copies, so committing \
+             {:?} onto parent {:?} would record a parent whose files it lacks; prepare it on \
+             that parent instead, or use the overlay backend",
+            crate::keyspace::truncate_for_message(key),
+            crate::keyspace::truncate_for_message(parent)
+        ))
+    }
+
     /// An [`ErrorKind::Unknown`] error for an I/O failure on `path` while doing `what`.
     pub fn io(what: &str, path: &std::path::Path, err: std::io::Error) -> Self {
         Self::unknown(format!("{what} {}", path.display())).with_source(err)

@@ -43,6 +43,65 @@ pub struct Layout {
     // purge lists the retired directories under the write side, so it never deletes an
     // `rm-<id>` that a failed remove is about to rename back.
     removing: RwLock<()>,
+    lock: Mutex<Option<RootLock>>,
+    durable: bool,
+}
+
+/// An exclusive lock on a snapshotter root (`flock` on `<root>/lock`, which holds the
+/// owner's pid), held while a process owns the root: two processes working on one root
+/// would sweep each other's staging directories and hand out the same ids.
+#[derive(Debug)]
+pub struct RootLock {
+    _file: std::fs::File,
+}
+
+impl RootLock {
+    /// Takes the lock of `root` (an existing directory) without waiting.
+    ///
+    /// # Errors
+    /// Unavailable naming the root and, where the lock file tells, the holder's pid, when
+    /// another open snapshotter (in this process or another) holds it; Unknown when the
+    /// lock file cannot be opened or written.
+    pub fn acquire(root: &Path) -> Result<RootLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = root.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", &path, e))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) if pid == std::process::id() => {
+                        format!("this process (pid {pid}) has it open already")
+                    }
+                    Ok(pid) => format!("process {pid} holds it"),
+                    Err(_) => "another process holds it".to_string(),
+                };
+                return Err(Error::unavailable(format!(
+                    "snapshotter root {} is in use: {holder} (lock {}): stop or close that \
+                     snapshotter first, or use another root",
+                    root.display(),
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(Error::io("lock", &path, e.into())),
+        }
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(|e| Error::io("write lock file", &path, e))?;
+        Ok(RootLock { _file: file })
+    }
 }
 
 /// A staging directory owned by a running create. Dropping it deletes the directory
@@ -77,22 +136,37 @@ impl Drop for Staging {
 }
 
 impl Layout {
-    /// The layout under `root`, creating `root` and `root/snapshots` (mode 0700) as needed.
+    /// The layout under `root`, creating `root` and `root/snapshots` (mode 0700) as needed
+    /// and taking the root's [`RootLock`] until [`unlock`](Self::unlock) or drop.
     ///
     /// # Errors
-    /// Unknown when the directories cannot be created.
+    /// Unavailable when another snapshotter holds the root; Unknown when the directories
+    /// cannot be created.
     pub fn new(root: &Path) -> Result<Layout> {
         let snapshots = root.join("snapshots");
-        for d in [root, snapshots.as_path()] {
-            create_private_dir(d)?;
-        }
+        create_private_dir(root)?;
+        let lock = RootLock::acquire(root)?;
+        create_private_dir(&snapshots)?;
         Ok(Layout {
+            lock: Mutex::new(Some(lock)),
+            durable: true,
             root: root.to_path_buf(),
             snapshots,
             staging: Arc::default(),
             counter: AtomicU64::new(0),
             removing: RwLock::new(()),
         })
+    }
+
+    /// Skips the directory fsync that makes a publish durable (with the metastore's
+    /// `no_sync`, which gives up durability across a power loss anyway).
+    pub fn set_no_sync(&mut self, no_sync: bool) {
+        self.durable = !no_sync;
+    }
+
+    /// Releases the root's lock (at close), so another snapshotter may open the root.
+    pub fn unlock(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// The snapshotter root.
@@ -156,6 +230,11 @@ impl Layout {
         }
         .map_err(|e| Error::io("rename staging directory to", &dst, e))?;
         staging.published = true;
+        // The metastore's commit makes the record durable, not this rename: without the
+        // fsync a power cut can leave a record whose directory never reached the disk.
+        if self.durable {
+            fsync_dir(&self.snapshots)?;
+        }
         Ok(dst)
     }
 
@@ -272,11 +351,8 @@ impl Layout {
         let mut retired: Option<u64> = None;
         let res = store.write(|tx| {
             let (id, kind) = tx.remove(key)?;
-            // The closure runs again after the map grows: retire once.
-            if retired != Some(id) {
-                self.retire(id)?;
-                retired = Some(id);
-            }
+            self.retire(id)?;
+            retired = Some(id);
             Ok((id, kind))
         });
         if res.is_err() {
@@ -379,6 +455,20 @@ pub fn sync_filesystem(dir: &Path) -> Result<()> {
     )
     .map_err(|e| Error::io("open", dir, e.into()))?;
     rustix::fs::syncfs(fd).map_err(|e| Error::io("flush the filesystem of", dir, e.into()))
+}
+
+/// `fsync` of a directory: makes the renames and creations in it durable.
+///
+/// # Errors
+/// Unknown naming `dir` when it cannot be opened or flushed.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::io("open", dir, e.into()))?;
+    rustix::fs::fsync(fd).map_err(|e| Error::io("fsync directory", dir, e.into()))
 }
 
 /// `renameat2(RENAME_NOREPLACE)`.

@@ -11,9 +11,11 @@
 //!
 //! Transactions are explicit values: [`MetaStore::read`] hands a [`ReadTxn`] and
 //! [`MetaStore::write`] a [`WriteTxn`] to a closure. The write transaction commits when
-//! the closure returns `Ok` and aborts when it returns `Err`, so a backend does its
-//! filesystem step (the rename into place) inside the closure and an error anywhere undoes
-//! the metadata. When the map is full, the store grows it and runs the closure again.
+//! the closure returns `Ok` and aborts when it returns `Err`. The closure runs exactly
+//! once: the store grows LMDB's map *before* a write transaction whenever less than half
+//! of it is free, so a transaction does not run out of room half way. (One that still
+//! does, a single transaction larger than half the map, is aborted with Unavailable after
+//! the map has grown, and the caller retries.)
 //!
 //! ```
 //! use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
@@ -84,6 +86,20 @@ pub struct Snapshot {
     pub parent_ids: Vec<u64>,
 }
 
+/// What [`Reader::check_commit`] found: the commit that [`WriteTxn::commit_active`]
+/// would record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPlan {
+    /// The active snapshot's id, which the committed snapshot keeps.
+    pub id: u64,
+    /// True when the commit gives a parentless snapshot a parent (containerd 2.2's rebase).
+    pub rebase: bool,
+    /// The committed snapshot's parent name.
+    pub parent: String,
+    /// Its parent ids, nearest first.
+    pub parent_ids: Vec<u64>,
+}
+
 /// The store's database handles (opaque).
 #[doc(hidden)]
 #[derive(Clone, Copy)]
@@ -109,6 +125,7 @@ pub struct MetaStore {
     // does not persist the counter, and its caller may still be undoing a directory named
     // after the id: a concurrent create must never get the same id.
     issued: AtomicU64,
+    writer: std::sync::Mutex<()>,
 }
 
 /// A read transaction with the store's databases.
@@ -163,6 +180,7 @@ impl MetaStore {
             path: dir.to_path_buf(),
             inner: RwLock::new(Some(Open { env, dbs })),
             issued: AtomicU64::new(0),
+            writer: std::sync::Mutex::new(()),
         })
     }
 
@@ -187,34 +205,61 @@ impl MetaStore {
 
     /// Runs `f` in a write transaction and commits it if `f` returns `Ok`.
     ///
-    /// `f` may run more than once: when LMDB's map is full, the transaction is aborted, the
-    /// map doubled and `f` run again, so side effects in `f` must be repeatable or happen
-    /// after the last metadata write.
+    /// `f` runs once. Before the transaction starts, the map is doubled when less than half
+    /// of it is free, so a transaction smaller than half the map never finds it full.
     ///
     /// # Errors
-    /// Unavailable after [`close`](Self::close); whatever `f` returns (the transaction is
-    /// then aborted); Unknown when the commit fails.
-    pub fn write<T>(&self, mut f: impl FnMut(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
-        loop {
-            let map_size = {
-                let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
-                let open = guard.as_ref().ok_or_else(|| self.closed())?;
-                let mut txn = WriteTxn {
-                    txn: open.env.write_txn()?,
-                    dbs: open.dbs,
-                    issued: &self.issued,
-                };
-                let res = f(&mut txn).and_then(|v| {
-                    txn.txn.commit()?;
-                    Ok(v)
-                });
-                match res {
-                    Err(e) if is_map_full(&e) => open.env.info().map_size,
-                    other => return other,
-                }
+    /// Unavailable after [`close`](Self::close), or when one transaction needed more than
+    /// the free half of the map (the map has grown meanwhile: retry); whatever `f` returns
+    /// (the transaction is then aborted); Unknown when the commit fails.
+    pub fn write<T>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
+        // LMDB runs one writer at a time anyway; queueing here instead means the headroom
+        // seen below is not used up by writers that checked it at the same moment.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.ensure_headroom()?;
+        let seen = {
+            let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            let open = guard.as_ref().ok_or_else(|| self.closed())?;
+            let mut txn = WriteTxn {
+                txn: open.env.write_txn()?,
+                dbs: open.dbs,
+                issued: &self.issued,
             };
-            self.grow(map_size)?;
-        }
+            let res = f(&mut txn).and_then(|v| {
+                txn.txn.commit()?;
+                Ok(v)
+            });
+            match res {
+                Err(e) if is_map_full(&e) => open.env.info().map_size,
+                other => return other,
+            }
+        };
+        self.grow(seen)?;
+        Err(Error::unavailable(format!(
+            "metastore {}: one transaction filled the map; it has grown: retry the call",
+            self.path.display()
+        )))
+    }
+
+    /// The current size of the memory map in bytes.
+    ///
+    /// # Errors
+    /// Unavailable after [`close`](Self::close).
+    pub fn map_size(&self) -> Result<usize> {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let open = guard.as_ref().ok_or_else(|| self.closed())?;
+        Ok(open.env.info().map_size)
+    }
+
+    /// Reserves a fresh id for a snapshot that [`WriteTxn::create_with_id`] records later:
+    /// above every id persisted and every id this process handed out, so a directory can
+    /// be named after it before its transaction runs.
+    ///
+    /// # Errors
+    /// Unavailable after [`close`](Self::close); Unknown when the counter cannot be read.
+    pub fn reserve_id(&self) -> Result<u64> {
+        let persisted = self.read(|tx| persisted_next_id(tx))?;
+        Ok(issue_id(&self.issued, persisted))
     }
 
     /// Closes the store; every later call returns Unavailable. Closing twice is fine.
@@ -273,19 +318,39 @@ impl MetaStore {
         }
     }
 
+    /// Doubles the map while less than half of it is free.
+    fn ensure_headroom(&self) -> Result<()> {
+        let seen = {
+            let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            let open = guard.as_ref().ok_or_else(|| self.closed())?;
+            let info = open.env.info();
+            let used = (info.last_page_number + 1) * rustix::param::page_size();
+            if used * 2 <= info.map_size {
+                return Ok(());
+            }
+            info.map_size
+        };
+        self.grow(seen)
+    }
+
     fn grow(&self, seen: usize) -> Result<()> {
         let guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let open = guard.as_ref().ok_or_else(|| self.closed())?;
-        let current = open.env.info().map_size;
+        let info = open.env.info();
+        let current = info.map_size;
         if current > seen {
             return Ok(()); // another writer grew it already
         }
-        let new_size = current.checked_mul(2).ok_or_else(|| {
-            Error::unknown(format!(
-                "metastore {}: map cannot grow further",
-                self.path.display()
-            ))
-        })?;
+        let used = (info.last_page_number + 1) * rustix::param::page_size();
+        let mut new_size = current;
+        while new_size < used * 2 || new_size == current {
+            new_size = new_size.checked_mul(2).ok_or_else(|| {
+                Error::unknown(format!(
+                    "metastore {}: map cannot grow further",
+                    self.path.display()
+                ))
+            })?;
+        }
         log::info!(
             "metastore {}: map full, growing to {new_size} bytes",
             self.path.display()
@@ -449,6 +514,119 @@ pub trait Reader: sealed::Parts {
             .is_some())
     }
 
+    /// The kind of the snapshot with internal id `id`, or `None` when there is none (for
+    /// orphan sweeps).
+    fn kind_of(&self, id: u64) -> Result<Option<Kind>> {
+        let (txn, dbs) = self.parts();
+        match dbs.snapshots.get(txn, &id.to_be_bytes())? {
+            Some(raw) => Ok(Some(RecordRef::decode(raw)?.kind)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every check of [`WriteTxn::create`], without writing: returns the parent ids the
+    /// snapshot would get (nearest first).
+    ///
+    /// # Errors
+    /// InvalidArgument for a bad key, bad labels, a `kind` of Committed, or a parent that
+    /// is not committed; NotFound for a missing parent; AlreadyExists when `key` exists.
+    /// The parent is checked before the key, as containerd does.
+    fn check_create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: &Labels,
+    ) -> Result<Vec<u64>> {
+        validate_key("key", key)?;
+        if kind == Kind::Committed {
+            return Err(Error::invalid_argument(format!(
+                "snapshot {:?}: kind must be active or view, not committed",
+                truncate_for_message(key)
+            )));
+        }
+        validate_labels(labels)?;
+        let mut parent_ids = Vec::new();
+        if !parent.is_empty() {
+            validate_key("parent", parent)?;
+            let (pid, prec) = lookup(self, parent).map_err(|e| parent_error(e, parent))?;
+            if prec.kind != Kind::Committed {
+                return Err(Error::invalid_argument(format!(
+                    "parent {:?} is not a committed snapshot: commit it first",
+                    truncate_for_message(parent)
+                )));
+            }
+            parent_ids.reserve(prec.parent_ids().len() + 1);
+            parent_ids.push(pid);
+            parent_ids.extend(prec.parent_ids());
+        }
+        let (txn, dbs) = self.parts();
+        if dbs.keys.get(txn, &key_hash(key))?.is_some() {
+            return Err(Error::already_exists(format!(
+                "snapshot {:?}",
+                truncate_for_message(key)
+            )));
+        }
+        Ok(parent_ids)
+    }
+
+    /// Every check of [`WriteTxn::commit_active`], without writing.
+    ///
+    /// # Errors
+    /// AlreadyExists when `name` exists (checked first); NotFound for a missing key;
+    /// FailedPrecondition when `key` is not active or the rebase parent is not committed;
+    /// InvalidArgument for a bad name, bad labels, or a rebase onto a different parent.
+    fn check_commit(&self, key: &str, name: &str, opts: &CommitOptions) -> Result<CommitPlan> {
+        validate_key("name", name)?;
+        let (txn, dbs) = self.parts();
+        if dbs.keys.get(txn, &key_hash(name))?.is_some() {
+            return Err(Error::already_exists(format!(
+                "snapshot {:?}",
+                truncate_for_message(name)
+            )));
+        }
+        validate_key("key", key)?;
+        if !opts.parent.is_empty() {
+            validate_key("parent", &opts.parent)?;
+        }
+        validate_labels(&opts.labels)?;
+        let (id, rec) = lookup(self, key)?;
+        if rec.kind != Kind::Active {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {:?} is not active: only snapshots made by prepare can be committed",
+                truncate_for_message(key)
+            )));
+        }
+        let mut plan = CommitPlan {
+            id,
+            rebase: false,
+            parent: rec.parent.to_string(),
+            parent_ids: rec.parent_ids().collect(),
+        };
+        if !opts.parent.is_empty() && opts.parent != plan.parent {
+            if !plan.parent.is_empty() {
+                return Err(Error::invalid_argument(format!(
+                    "cannot change parent of active snapshot {:?} from {:?} to {:?}",
+                    truncate_for_message(key),
+                    truncate_for_message(&plan.parent),
+                    truncate_for_message(&opts.parent)
+                )));
+            }
+            let (pid, prec) =
+                lookup(self, &opts.parent).map_err(|e| parent_error(e, &opts.parent))?;
+            if prec.kind != Kind::Committed {
+                return Err(Error::failed_precondition(format!(
+                    "parent {:?} is not a committed snapshot",
+                    truncate_for_message(&opts.parent)
+                )));
+            }
+            plan.parent_ids = std::iter::once(pid).chain(prec.parent_ids()).collect();
+            plan.parent = opts.parent.clone();
+            plan.rebase = true;
+        }
+        Ok(plan)
+    }
+
     /// Checks the store's invariants: every key index entry points at a record holding
     /// that key, every record is indexed, child links match parent ids, and the id
     /// counter is past every id. Returns the number of snapshots.
@@ -552,12 +730,10 @@ impl sealed::Parts for WriteTxn<'_> {
 
 impl WriteTxn<'_> {
     /// Creates an active or view snapshot `key` on the committed snapshot `parent` (empty
-    /// for none) with `labels`; `created == updated`.
+    /// for none) with `labels`, under a fresh id; `created == updated`.
     ///
     /// # Errors
-    /// InvalidArgument for a bad key, bad labels, a `kind` of Committed, or a parent that
-    /// is not committed; NotFound for a missing parent; AlreadyExists when `key` exists.
-    /// The parent is checked before the key, as containerd does.
+    /// As [`Reader::check_create`].
     pub fn create(
         &mut self,
         kind: Kind,
@@ -565,37 +741,49 @@ impl WriteTxn<'_> {
         parent: &str,
         labels: &Labels,
     ) -> Result<Snapshot> {
-        validate_key("key", key)?;
-        if kind == Kind::Committed {
-            return Err(Error::invalid_argument(format!(
-                "snapshot {:?}: kind must be active or view, not committed",
-                truncate_for_message(key)
-            )));
-        }
-        validate_labels(labels)?;
-        let labels = &*stored_labels(labels);
-        let mut parent_ids = Vec::new();
-        if !parent.is_empty() {
-            validate_key("parent", parent)?;
-            let (pid, prec) = lookup(self, parent).map_err(|e| parent_error(e, parent))?;
-            if prec.kind != Kind::Committed {
-                return Err(Error::invalid_argument(format!(
-                    "parent {:?} is not a committed snapshot: commit it first",
-                    truncate_for_message(parent)
-                )));
-            }
-            parent_ids.reserve(prec.parent_ids().len() + 1);
-            parent_ids.push(pid);
-            parent_ids.extend(prec.parent_ids());
-        }
-        let hash = key_hash(key);
-        if self.dbs.keys.get(&self.txn, &hash)?.is_some() {
-            return Err(Error::already_exists(format!(
-                "snapshot {:?}",
-                truncate_for_message(key)
-            )));
-        }
+        let parent_ids = self.check_create(kind, key, parent, labels)?;
         let id = self.next_id()?;
+        self.insert(id, kind, key, parent, parent_ids, labels)
+    }
+
+    /// [`create`](Self::create) under `id`, an id from [`MetaStore::reserve_id`] (the
+    /// caller named a directory after it before this transaction).
+    ///
+    /// # Errors
+    /// As [`Reader::check_create`]; InvalidArgument when `id` is taken.
+    pub fn create_with_id(
+        &mut self,
+        id: u64,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: &Labels,
+    ) -> Result<Snapshot> {
+        let parent_ids = self.check_create(kind, key, parent, labels)?;
+        if id == 0 || self.has_id(id)? {
+            return Err(Error::invalid_argument(format!(
+                "snapshot id {id} is taken: reserve ids with MetaStore::reserve_id"
+            )));
+        }
+        let next = persisted_next_id(self)?;
+        if id >= next {
+            self.dbs
+                .meta
+                .put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;
+        }
+        self.insert(id, kind, key, parent, parent_ids, labels)
+    }
+
+    fn insert(
+        &mut self,
+        id: u64,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        parent_ids: Vec<u64>,
+        labels: &Labels,
+    ) -> Result<Snapshot> {
+        let labels = &*stored_labels(labels);
         let now = to_nanos(SystemTime::now());
         let rec = Record {
             kind,
@@ -610,7 +798,9 @@ impl WriteTxn<'_> {
         self.dbs
             .snapshots
             .put(&mut self.txn, &id.to_be_bytes(), &rec.encode())?;
-        self.dbs.keys.put(&mut self.txn, &hash, &id.to_be_bytes())?;
+        self.dbs
+            .keys
+            .put(&mut self.txn, &key_hash(key), &id.to_be_bytes())?;
         if let Some(&pid) = parent_ids.first() {
             self.dbs
                 .children
@@ -695,49 +885,14 @@ impl WriteTxn<'_> {
         usage: Usage,
         opts: &CommitOptions,
     ) -> Result<u64> {
-        validate_key("name", name)?;
-        let name_hash = key_hash(name);
-        if self.dbs.keys.get(&self.txn, &name_hash)?.is_some() {
-            return Err(Error::already_exists(format!(
-                "snapshot {:?}",
-                truncate_for_message(name)
-            )));
-        }
-        validate_key("key", key)?;
-        if !opts.parent.is_empty() {
-            validate_key("parent", &opts.parent)?;
-        }
-        validate_labels(&opts.labels)?;
+        let CommitPlan {
+            id,
+            rebase,
+            parent,
+            parent_ids,
+        } = self.check_commit(key, name, opts)?;
         let labels = stored_labels(&opts.labels);
-        let (id, rec) = lookup(self, key)?;
-        if rec.kind != Kind::Active {
-            return Err(Error::failed_precondition(format!(
-                "snapshot {:?} is not active: only snapshots made by prepare can be committed",
-                truncate_for_message(key)
-            )));
-        }
-        let mut parent = rec.parent.to_string();
-        let mut parent_ids: Vec<u64> = rec.parent_ids().collect();
-        let rebase = !opts.parent.is_empty() && opts.parent != parent;
-        if rebase {
-            if !parent.is_empty() {
-                return Err(Error::invalid_argument(format!(
-                    "cannot change parent of active snapshot {:?} from {parent:?} to {:?}",
-                    truncate_for_message(key),
-                    opts.parent
-                )));
-            }
-            let (pid, prec) =
-                lookup(self, &opts.parent).map_err(|e| parent_error(e, &opts.parent))?;
-            if prec.kind != Kind::Committed {
-                return Err(Error::failed_precondition(format!(
-                    "parent {:?} is not a committed snapshot",
-                    truncate_for_message(&opts.parent)
-                )));
-            }
-            parent_ids = std::iter::once(pid).chain(prec.parent_ids()).collect();
-            parent = opts.parent.clone();
-        }
+        let name_hash = key_hash(name);
         let now = to_nanos(SystemTime::now());
         let new = Record {
             kind: Kind::Committed,
@@ -791,17 +946,35 @@ impl WriteTxn<'_> {
     }
 
     fn next_id(&mut self) -> Result<u64> {
-        let persisted = match self.dbs.meta.get(&self.txn, NEXT_ID)? {
-            Some(v) => decode_id(v)?,
-            None => 1,
-        };
-        // Writers are serialised by LMDB, so load-then-store cannot race.
-        let id = persisted.max(self.issued.load(Ordering::Relaxed) + 1);
-        self.issued.store(id, Ordering::Relaxed);
+        let persisted = persisted_next_id(self)?;
+        let id = issue_id(self.issued, persisted);
         self.dbs
             .meta
             .put(&mut self.txn, NEXT_ID, &(id + 1).to_be_bytes())?;
         Ok(id)
+    }
+}
+
+/// The counter's value: the lowest id never persisted.
+fn persisted_next_id<R: Reader + ?Sized>(r: &R) -> Result<u64> {
+    let (txn, dbs) = r.parts();
+    match dbs.meta.get(txn, NEXT_ID)? {
+        Some(v) => decode_id(v),
+        None => Ok(1),
+    }
+}
+
+/// Hands out an id at or above `persisted` and above every id handed out before in this
+/// process (an aborted transaction does not persist the counter, and its caller may still
+/// be undoing a directory named after the id).
+fn issue_id(issued: &AtomicU64, persisted: u64) -> u64 {
+    let mut cur = issued.load(Ordering::Relaxed);
+    loop {
+        let id = persisted.max(cur + 1);
+        match issued.compare_exchange(cur, id, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return id,
+            Err(now) => cur = now,
+        }
     }
 }
 

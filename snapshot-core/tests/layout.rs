@@ -34,7 +34,17 @@ fn new_creates_private_directories() {
     assert_eq!(layout.retired_dir(42), root.join("snapshots/rm-42"));
     assert_eq!(mode(&root), 0o700);
     assert_eq!(mode(&root.join("snapshots")), 0o700);
-    // Opening again is fine.
+    // One owner at a time: a second layout on the root is refused, naming the holder.
+    let err = Layout::new(&root).unwrap_err();
+    assert_eq!(err.kind(), snapshot_core::ErrorKind::Unavailable);
+    let msg = err.to_string();
+    assert!(msg.contains(root.to_str().unwrap()), "{msg}");
+    assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+    // Unlocked (at close) or dropped, the root opens again.
+    layout.unlock();
+    let again = Layout::new(&root).unwrap();
+    drop(again);
+    drop(layout);
     Layout::new(&root).unwrap();
 }
 

@@ -1264,3 +1264,55 @@ fn an_aborted_create_never_hands_its_id_to_the_next() {
         .unwrap();
     assert_eq!(s.id, 2);
 }
+
+#[test]
+fn write_closures_run_once_while_the_map_grows() {
+    let s = open_with(&StoreOptions {
+        no_sync: true,
+        map_size: 64 << 10,
+    });
+    let initial = s.map_size().unwrap();
+    let big = |i: usize| labels([(format!("label-{i}"), "v".repeat(4000))]);
+    let mut runs = 0;
+    for i in 0..300 {
+        let key = format!("k{i}");
+        s.write(|tx| {
+            runs += 1;
+            tx.create(Kind::Active, &key, "", &big(i))
+        })
+        .unwrap();
+    }
+    assert_eq!(runs, 300, "every closure ran exactly once");
+    assert!(
+        s.map_size().unwrap() >= 8 * initial,
+        "the map grew before the transactions that needed it: {} from {initial}",
+        s.map_size().unwrap()
+    );
+    assert_eq!(check(&s), 300);
+}
+
+#[test]
+fn reserved_ids_are_fresh_and_recorded() {
+    let s = open();
+    let a = s.reserve_id().unwrap();
+    let b = s.reserve_id().unwrap();
+    assert!(b > a, "{b} after {a}");
+    // Recorded out of order: the counter ends past both.
+    s.write(|tx| tx.create_with_id(b, Kind::Active, "b", "", &Labels::new()))
+        .unwrap();
+    s.write(|tx| tx.create_with_id(a, Kind::Active, "a", "", &Labels::new()))
+        .unwrap();
+    let taken = s.write(|tx| tx.create_with_id(a, Kind::Active, "c", "", &Labels::new()));
+    assert_eq!(kind_of(taken), ErrorKind::InvalidArgument);
+    let next = s
+        .write(|tx| tx.create(Kind::Active, "d", "", &Labels::new()))
+        .unwrap();
+    assert!(next.id > b);
+    assert!(s.reserve_id().unwrap() > next.id);
+    // The checks of create run without writing, in containerd's order.
+    let r = s.read(|tx| tx.check_create(Kind::Active, "a", "missing", &Labels::new()));
+    assert_eq!(kind_of(r), ErrorKind::NotFound);
+    let r = s.read(|tx| tx.check_create(Kind::Active, "a", "", &Labels::new()));
+    assert_eq!(kind_of(r), ErrorKind::AlreadyExists);
+    assert_eq!(check(&s), 3);
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::Mode;
 use snapshot_core::keyspace::truncate_for_message;
-use snapshot_core::layout::{rename_noreplace, Layout};
+use snapshot_core::layout::Layout;
 use snapshot_core::metastore::{MetaStore, Reader, Snapshot, StoreOptions};
 use snapshot_core::usage::disk_usage;
 use snapshot_core::{
@@ -72,7 +72,8 @@ impl NativeSnapshotter {
                 root.display()
             )));
         }
-        let layout = Layout::new(&root)?;
+        let mut layout = Layout::new(&root)?;
+        layout.set_no_sync(config.no_sync);
         let store = MetaStore::open(
             &layout.metadata_dir(),
             &StoreOptions {
@@ -154,6 +155,14 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        if !opts.parent.is_empty()
+            && self
+                .store
+                .read(|tx| tx.check_commit(key, name, opts))?
+                .rebase
+        {
+            return Err(Error::cannot_rebase("native", key, &opts.parent));
+        }
         for _ in 0..ATTEMPTS {
             // The usage walk runs outside the write transaction (it can take long on a
             // big layer and would block every other writer). It is skipped when the
@@ -192,7 +201,9 @@ impl Snapshotter for NativeSnapshotter {
     }
 
     fn close(&self) -> Result<()> {
-        self.store.close()
+        self.store.close()?;
+        self.layout.unlock();
+        Ok(())
     }
 
     fn as_cleaner(&self) -> Option<&dyn Cleaner> {
@@ -261,25 +272,8 @@ impl NativeSnapshotter {
                     changed = true;
                     return Err(changed_error(key));
                 }
-                match published {
-                    // The store ran this closure again after growing its map: the
-                    // directory is in place already (under the same id, or the one of
-                    // the earlier run).
-                    Some(id) if id == snapshot.id => {}
-                    Some(id) => {
-                        let (from, to) = (
-                            self.layout.snapshot_dir(id),
-                            self.layout.snapshot_dir(snapshot.id),
-                        );
-                        rename_noreplace(&from, &to)
-                            .map_err(|e| NativeError::io("rename snapshot directory", &from, e))?;
-                        published = Some(snapshot.id);
-                    }
-                    None => {
-                        self.layout.publish(staging, snapshot.id)?;
-                        published = Some(snapshot.id);
-                    }
-                }
+                self.layout.publish(staging, snapshot.id)?;
+                published = Some(snapshot.id);
                 Ok(snapshot)
             });
             match res {

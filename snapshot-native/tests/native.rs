@@ -607,3 +607,41 @@ fn failed_copy_leaves_no_directory_and_no_metadata() {
         snapshot_core::ErrorKind::FailedPrecondition
     );
 }
+
+#[test]
+fn rebase_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open(tmp.path());
+    sn.prepare("b0", "", &CreateOptions::default()).unwrap();
+    sn.commit("base", "b0", &CommitOptions::default()).unwrap();
+    sn.prepare("a", "", &CreateOptions::default()).unwrap();
+    let before = sn.stat("a").unwrap();
+    let opts = CommitOptions {
+        parent: "base".into(),
+        ..CommitOptions::default()
+    };
+    let err = sn.commit("c", "a", &opts).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        snapshot_core::ErrorKind::NotImplemented,
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("backend native cannot rebase"),
+        "{err}"
+    );
+    assert_eq!(
+        sn.stat("a").unwrap(),
+        before,
+        "the active snapshot is untouched"
+    );
+    assert_eq!(
+        sn.stat("c").unwrap_err().kind(),
+        snapshot_core::ErrorKind::NotFound
+    );
+    // The parent can still be removed: no child link was recorded.
+    sn.remove("base").unwrap();
+    // A commit naming the snapshot's own parent is no rebase.
+    sn.prepare("d", "", &CreateOptions::default()).unwrap();
+    sn.commit("e", "a", &CommitOptions::default()).unwrap();
+}

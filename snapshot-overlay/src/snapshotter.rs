@@ -71,7 +71,8 @@ impl OverlaySnapshotter {
     ) -> Result<OverlaySnapshotter> {
         probe::check_overlay_available()?;
         // Layout::new makes the directories first, so the probe has somewhere to write.
-        let layout = Layout::new(root)?;
+        let mut layout = Layout::new(root)?;
+        layout.set_no_sync(config.no_sync);
         probe::check_d_type(layout.snapshots_dir(), d_type_probe)?;
         let features = probe::detect(root, config.userxattr)?;
         if config.redirect_dir && features.userxattr {
@@ -270,7 +271,9 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn close(&self) -> Result<()> {
-        self.store.close()
+        self.store.close()?;
+        self.layout.unlock();
+        Ok(())
     }
 
     fn as_cleaner(&self) -> Option<&dyn Cleaner> {
@@ -309,24 +312,15 @@ impl OverlaySnapshotter {
         if kind == Kind::Active {
             make_dir(&staging.path().join("work"), 0o711)?;
         }
-        // The closure runs again when LMDB's map grows; the rename into place must then
-        // not run twice, and a failed transaction must take the published directory away.
+        // A failed transaction must take the published directory away.
         let mut published: Option<u64> = None;
         let res = self.store.write(|tx| {
             let s = tx.create(kind, key, parent, &opts.labels)?;
-            if let Some(old) = published.filter(|&old| old != s.id) {
-                return Err(Error::unknown(format!(
-                    "snapshot {key:?}: id changed from {old} to {} across a retried transaction",
-                    s.id
-                )));
+            if let Some(&pid) = s.parent_ids.first() {
+                inherit_owner(&self.settings.upper(pid), &fs)?;
             }
-            if published.is_none() {
-                if let Some(&pid) = s.parent_ids.first() {
-                    inherit_owner(&self.settings.upper(pid), &fs)?;
-                }
-                self.publish(&mut staging, s.id)?;
-                published = Some(s.id);
-            }
+            self.publish(&mut staging, s.id)?;
+            published = Some(s.id);
             Ok(s)
         });
         match res {

@@ -190,6 +190,7 @@ macro_rules! snapshotter_suite {
             errors_failed_precondition,
             errors_invalid_argument,
             errors_unavailable_after_close,
+            root_lock,
             restart_persistence,
             restart_mounts,
             concurrent_prepare_commit,

@@ -273,7 +273,7 @@ fn unknown_case_panics() {
 
 #[test]
 fn case_count() {
-    assert_eq!(CASES.len(), 34);
+    assert_eq!(CASES.len(), 35);
     assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 19);
 }
 

@@ -419,6 +419,34 @@ pub fn errors_unavailable_after_close(ctx: &mut Ctx<'_>) {
     sn.close().or_fail("close again");
 }
 
+/// One owner per root: opening a root that an open snapshotter holds fails at once with
+/// Unavailable naming the root, leaves the holder working, and once the holder is closed
+/// the root opens again.
+pub fn root_lock(ctx: &mut Ctx<'_>) {
+    commit_base(ctx.sn(), "base", "");
+    match ctx.harness().open(ctx.root()) {
+        Ok(second) => {
+            let _ = second.close();
+            panic!(
+                "{}: a second snapshotter opened {} while the first holds it",
+                ctx.test(),
+                ctx.root().display()
+            );
+        }
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "second open: {e}");
+            let root = ctx.root().to_string_lossy().into_owned();
+            assert!(e.to_string().contains(&root), "names the root {root}: {e}");
+        }
+    }
+    let sn = ctx.sn();
+    sn.prepare("a", "base", &opt())
+        .or_fail("prepare after the refused open");
+    ctx.reopen();
+    let sn = ctx.sn();
+    assert_eq!(sn.stat("a").or_fail("stat a").kind, Kind::Active);
+}
+
 /// Close and reopen the same root: the same snapshots with the same labels and times,
 /// the same mounts, the stored usage; keys keep working and new snapshots never reuse a
 /// directory of an old one.

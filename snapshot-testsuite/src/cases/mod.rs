@@ -114,6 +114,7 @@ pub static CASES: &[Case] = &[
         false,
         extra::errors_unavailable_after_close,
     ),
+    case("root_lock", false, extra::root_lock),
     case("restart_persistence", false, extra::restart_persistence),
     case("restart_mounts", true, extra::restart_mounts),
     case(
