@@ -145,6 +145,11 @@ impl BtrfsSnapshotter {
     fn measure(&self, path: &Path) -> Result<(Usage, UsageSource)> {
         if let Some(sysfs) = &self.sysfs {
             let id = sys::subvolume_id(path)?;
+            // Only qgroup figures need the flush (unwritten data is not in them yet); with
+            // quotas off the walk sees every file as it is, so nothing is flushed.
+            if sys::read_qgroup(sysfs, id)?.is_none() {
+                return Ok((snapshot_core::usage::disk_usage(path)?, UsageSource::Walk));
+            }
             sys::syncfs(path)?;
             if let Some(q) = sys::read_qgroup(sysfs, id)? {
                 let inodes = sys::count_inodes(path, id)?;

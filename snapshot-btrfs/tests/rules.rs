@@ -251,3 +251,31 @@ fn open_refuses_a_root_that_is_not_on_btrfs() {
     let msg = err.to_string();
     assert!(msg.contains("not btrfs") && msg.contains("root"), "{msg}");
 }
+
+#[test]
+fn rebase_is_refused_and_changes_nothing() {
+    let Some((_tmp, root)) = root("btrfs_rules::rebase_refused") else {
+        return;
+    };
+    let sn = BtrfsSnapshotter::open(&root).unwrap();
+    sn.prepare("b0", "", &CreateOptions::default()).unwrap();
+    sn.commit("base", "b0", &CommitOptions::default()).unwrap();
+    sn.prepare("a", "", &CreateOptions::default()).unwrap();
+    let before = sn.stat("a").unwrap();
+    let opts = CommitOptions {
+        parent: "base".into(),
+        ..CommitOptions::default()
+    };
+    let err = sn.commit("c", "a", &opts).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotImplemented, "{err}");
+    assert!(
+        err.to_string().contains("backend btrfs cannot rebase"),
+        "{err}"
+    );
+    assert_eq!(sn.stat("a").unwrap(), before);
+    assert_eq!(sn.stat("c").unwrap_err().kind(), ErrorKind::NotFound);
+    // Nothing was staged: the committed directory holds only the base.
+    only_entry(&root.join("snapshots"));
+    sn.remove("base").unwrap();
+    done(sn, &root);
+}

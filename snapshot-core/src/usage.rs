@@ -1,9 +1,12 @@
 //! Disk usage of a directory tree, as containerd's `fs.DiskUsage` computes it.
 
 use std::collections::HashSet;
-use std::io;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat, CWD};
+use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 use crate::types::Usage;
@@ -11,6 +14,11 @@ use crate::types::Usage;
 /// The usage of the tree at `root`: the sum of `st_blocks * 512` and the count over
 /// unique `(dev, inode)` pairs, the root included. Symlinks are not followed; entries that
 /// vanish during the walk are skipped (a running container may delete files meanwhile).
+///
+/// The walk holds a file descriptor of each directory on its way down and reaches every
+/// entry relative to it with `O_NOFOLLOW`: a container that swaps a directory for a
+/// symlink during the walk makes the walk skip that entry, never count what the symlink
+/// points at.
 ///
 /// # Errors
 /// NotFound when `root` itself does not exist; Unknown for other I/O errors.
@@ -23,61 +31,102 @@ use crate::types::Usage;
 /// assert!(u.size >= 10000);
 /// ```
 pub fn disk_usage(root: &Path) -> Result<Usage> {
-    let meta = std::fs::symlink_metadata(root).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => {
-            Error::not_found(format!("usage of {}: no such directory", root.display()))
-        }
-        _ => Error::io("stat", root, e),
+    let meta = statat(CWD, root, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| match e {
+        Errno::NOENT => Error::not_found(format!("usage of {}: no such directory", root.display())),
+        e => Error::io("stat", root, e.into()),
     })?;
     let mut seen = HashSet::new();
     let mut usage = Usage::default();
     account(&meta, &mut seen, &mut usage);
-    let mut stack: Vec<PathBuf> = Vec::new();
-    if meta.is_dir() {
-        stack.push(root.to_path_buf());
+    if FileType::from_raw_mode(meta.st_mode) != FileType::Directory {
+        return Ok(usage);
     }
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if vanished(&e) => continue,
-            Err(e) => return Err(Error::io("read directory", &dir, e)),
+    let top = match open_dir(CWD, root) {
+        Ok(fd) => fd,
+        Err(e) if vanished(e) => return Ok(usage),
+        Err(e) => return Err(Error::io("open directory", root, e.into())),
+    };
+    // Each level: the directory's fd and the subdirectories still to visit in it.
+    let mut stack: Vec<(OwnedFd, Vec<CString>)> = Vec::new();
+    let subdirs = scan(&top, root, &mut seen, &mut usage)?;
+    stack.push((top, subdirs));
+    while let Some((dir, pending)) = stack.last_mut() {
+        let Some(name) = pending.pop() else {
+            stack.pop();
+            continue;
         };
-        for entry in entries {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(Error::io("read directory", &dir, e)),
-            };
-            let path = entry.path();
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(Error::io("stat", &path, e)),
-            };
-            if account(&meta, &mut seen, &mut usage) && meta.is_dir() {
-                stack.push(path);
-            }
-        }
+        let fd = match open_dir(&*dir, name.as_c_str()) {
+            Ok(fd) => fd,
+            // Deleted, or swapped for a symlink or a file, since the scan saw it.
+            Err(e) if vanished(e) => continue,
+            Err(e) => return Err(Error::io("open directory under", root, e.into())),
+        };
+        let subdirs = scan(&fd, root, &mut seen, &mut usage)?;
+        stack.push((fd, subdirs));
     }
     Ok(usage)
 }
 
-fn account(meta: &std::fs::Metadata, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) -> bool {
-    if !seen.insert((meta.dev(), meta.ino())) {
+/// Accounts every entry of `dir` and returns the names of its subdirectories.
+fn scan(
+    dir: &OwnedFd,
+    root: &Path,
+    seen: &mut HashSet<(u64, u64)>,
+    usage: &mut Usage,
+) -> Result<Vec<CString>> {
+    let mut subdirs = Vec::new();
+    let mut entries =
+        Dir::read_from(dir).map_err(|e| Error::io("read directory under", root, e.into()))?;
+    while let Some(entry) = entries.next() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if vanished(e) => break,
+            Err(e) => return Err(Error::io("read directory under", root, e.into())),
+        };
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let meta = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(m) => m,
+            Err(e) if vanished(e) => continue,
+            Err(e) => return Err(Error::io("stat under", root, e.into())),
+        };
+        if account(&meta, seen, usage)
+            && FileType::from_raw_mode(meta.st_mode) == FileType::Directory
+        {
+            subdirs.push(name.to_owned());
+        }
+    }
+    Ok(subdirs)
+}
+
+fn open_dir<Fd: AsFd, P: rustix::path::Arg>(at: Fd, path: P) -> rustix::io::Result<OwnedFd> {
+    openat(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn account(meta: &Stat, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) -> bool {
+    if !seen.insert((meta.st_dev, meta.st_ino)) {
         return false;
     }
     usage.inodes += 1;
-    usage.size += meta.blocks() * 512;
+    usage.size += meta.st_blocks as u64 * 512;
     true
 }
 
-fn vanished(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::NotFound) || e.raw_os_error() == Some(20) // ENOTDIR
+fn vanished(e: Errno) -> bool {
+    matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn hard_links_count_once() {
@@ -118,5 +167,46 @@ mod tests {
         let f = disk_usage(&dir.path().join("a/b/c/f")).unwrap();
         assert_eq!(f.inodes, 1);
         assert!(f.size >= 64 << 10);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_never_counts_the_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, aside, host) = (
+            tmp.path().join("root"),
+            tmp.path().join("aside"),
+            tmp.path().join("host"),
+        );
+        for d in [&root, &aside, &host] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::create_dir(root.join("d")).unwrap();
+        for i in 0..10 {
+            std::fs::write(root.join(format!("d/f{i}")), b"x").unwrap();
+        }
+        for i in 0..2000 {
+            std::fs::write(host.join(format!("h{i}")), b"x").unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (root, aside, host, stop) =
+                (root.clone(), aside.clone(), host.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(root.join("d"), aside.join("d")).unwrap();
+                    std::os::unix::fs::symlink(&host, root.join("d")).unwrap();
+                    std::fs::remove_file(root.join("d")).unwrap();
+                    std::fs::rename(aside.join("d"), root.join("d")).unwrap();
+                }
+            })
+        };
+        for _ in 0..300 {
+            let u = disk_usage(&root).unwrap();
+            // root, d and its 10 files at most; root and the symlink at least.
+            assert!(u.inodes <= 12, "counted files outside the tree: {u:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(disk_usage(&root).unwrap().inodes, 12);
     }
 }
