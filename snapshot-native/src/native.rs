@@ -62,7 +62,8 @@ impl NativeSnapshotter {
     ///
     /// # Errors
     /// InvalidArgument when `root` is not valid UTF-8 (mount sources are strings);
-    /// Unavailable when the root is already open in this process; Unknown when the
+    /// Unavailable when another snapshotter, in this process or another, holds the root
+    /// (its lock names the holder); Unknown when the
     /// directories or the metastore cannot be created.
     pub fn open(root: &Path, config: NativeConfig) -> Result<NativeSnapshotter> {
         let root = std::path::absolute(root).map_err(|e| Error::io("resolve root", root, e))?;

@@ -52,8 +52,8 @@ impl OverlaySnapshotter {
     /// and sweeps the leftovers of a crash.
     ///
     /// # Errors
-    /// Unavailable when the kernel has no overlayfs or the root is already open in this
-    /// process; FailedPrecondition when the root's filesystem lacks `d_type`;
+    /// Unavailable when the kernel has no overlayfs or another snapshotter, in this
+    /// process or another, holds the root (its lock names the holder); FailedPrecondition when the root's filesystem lacks `d_type`;
     /// InvalidArgument for `redirect_dir` where `userxattr` is needed; Unknown for I/O.
     pub fn open(root: &Path, config: OverlayConfig) -> Result<OverlaySnapshotter> {
         Self::open_with_probe(root, config, probe::supports_d_type)

@@ -143,6 +143,28 @@ fn daemon_lifecycle_socket_notify_and_signals() {
     assert!(msg.contains("in use by a running daemon"), "{msg}");
     assert!(d.socket.exists());
 
+    // A second daemon on the same root (another socket) fails at once, naming the root
+    // and the first daemon's pid, and leaves the first one's store alone.
+    let out = Command::new(SNAPSHOTD)
+        .args(["--backend", "native"])
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--address")
+        .arg(other.path().join("second.sock"))
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("is in use"), "{msg}");
+    assert!(
+        msg.contains(dir.path().join("root").to_str().unwrap()),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("process {}", d.child.pid())), "{msg}");
+
     // The daemon serves; SIGTERM stops it cleanly: STOPPING=1, exit 0, socket gone.
     ctl_ok(&d.socket, &["prepare", "k"]);
     let st = d
