@@ -232,8 +232,11 @@ impl Layout {
         staging.published = true;
         // The metastore's commit makes the record durable, not this rename: without the
         // fsync a power cut can leave a record whose directory never reached the disk.
+        // The published directory is the one synced: that makes its own entries (`fs`,
+        // `work`) durable and, as it is new, its name in `snapshots/` too (btrfs logs a new
+        // inode's link; ext4's and xfs's journals commit the rename before it).
         if self.durable {
-            fsync_dir(&self.snapshots)?;
+            fsync_dir(&dst)?;
         }
         Ok(dst)
     }

@@ -72,6 +72,7 @@ use snapshot_core::{Mount, Snapshotter};
 
 pub mod cases;
 pub mod fstest;
+pub mod powercut;
 pub mod privileged;
 
 pub use cases::{Case, CASES};

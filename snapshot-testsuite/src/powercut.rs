@@ -1,0 +1,210 @@
+//! A simulated power cut: the backend runs on a filesystem in a loop-mounted image, and
+//! the image file is copied right after the calls return, with no sync first. The copy
+//! holds what the filesystem had sent to its block device; mounting it replays the
+//! journal as after a real power cut. Whatever the calls acknowledged must be in it.
+//!
+//! ```no_run
+//! use snapshot_testsuite::powercut::{power_cut, Fs};
+//! # fn open(root: &std::path::Path) -> snapshot_core::Result<Box<dyn snapshot_core::Snapshotter>> { todo!() }
+//! if snapshot_testsuite::privileged::require_privileged_with_tools("powercut", &["mkfs.ext4"]) {
+//!     power_cut(Fs::Ext4, &|root| open(root));
+//! }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use snapshot_core::{CommitOptions, CreateOptions, ErrorKind, Kind, Mount, Snapshotter};
+
+/// A filesystem to run the power cut on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    /// ext4 with its journal (mkfs.ext4's defaults).
+    Ext4,
+    /// btrfs.
+    Btrfs,
+    /// xfs.
+    Xfs,
+}
+
+impl Fs {
+    /// The mkfs tool the filesystem needs.
+    pub fn mkfs(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "mkfs.ext4",
+            Fs::Btrfs => "mkfs.btrfs",
+            Fs::Xfs => "mkfs.xfs",
+        }
+    }
+}
+
+/// Opens a backend on a root.
+pub type Opener<'a> = &'a dyn Fn(&Path) -> snapshot_core::Result<Box<dyn Snapshotter>>;
+
+/// Runs Prepare, Commit, View and Remove on a fresh `fs` image, copies the image right
+/// after the last call returned, and checks on the copy that every acknowledged call is
+/// there: the committed layer, the active and view snapshots with every directory their
+/// mounts name, the removed snapshot gone, and a Prepare on the committed layer works.
+///
+/// # Panics
+/// When a step fails or the copy lost an acknowledged call.
+pub fn power_cut(fs: Fs, open: Opener<'_>) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let image = Image::new(tmp.path(), "live", fs);
+    let mnt = image.mount(&tmp.path().join("mnt"));
+    let root = mnt.join("root");
+    let sn = open(&root).unwrap_or_else(|e| panic!("open on {fs:?}: {e}"));
+    let opts = CreateOptions::default();
+    sn.prepare("base-a", "", &opts).expect("prepare base-a");
+    sn.commit("base", "base-a", &CommitOptions::default())
+        .expect("commit base");
+    sn.prepare("active", "base", &opts).expect("prepare active");
+    sn.prepare("committed-a", "base", &opts)
+        .expect("prepare committed-a");
+    sn.commit("committed", "committed-a", &CommitOptions::default())
+        .expect("commit committed");
+    sn.view("view", "committed", &opts).expect("view");
+    sn.prepare("removed", "", &opts).expect("prepare removed");
+    sn.remove("removed").expect("remove");
+    // The power cut: the image as the block device holds it now.
+    let copy = tmp.path().join("copy.img");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&image.path)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying the image failed");
+    let _ = sn.close();
+    drop(sn);
+    drop(mnt);
+    drop(image);
+
+    let after = Image { path: copy };
+    let mnt = after.mount(&tmp.path().join("mnt-copy"));
+    let root = mnt.join("root");
+    let sn = open(&root).unwrap_or_else(|e| panic!("open after the power cut on {fs:?}: {e}"));
+    for (key, kind) in [
+        ("base", Kind::Committed),
+        ("committed", Kind::Committed),
+        ("active", Kind::Active),
+        ("view", Kind::View),
+    ] {
+        let info = sn
+            .stat(key)
+            .unwrap_or_else(|e| panic!("{fs:?}: {key} lost in the power cut: {e}"));
+        assert_eq!(info.kind, kind, "{fs:?}: {key}");
+    }
+    assert_eq!(
+        sn.stat("removed").map(drop).unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "{fs:?}: an acknowledged remove came back"
+    );
+    for key in ["active", "view"] {
+        let mounts = sn
+            .mounts(key)
+            .unwrap_or_else(|e| panic!("{fs:?}: mounts of {key} after the power cut: {e}"));
+        for p in mount_paths(&mounts) {
+            assert!(
+                p.is_dir(),
+                "{fs:?}: {key}'s mount names {}, lost in the power cut",
+                p.display()
+            );
+        }
+    }
+    let mounts = sn
+        .prepare("after", "committed", &opts)
+        .unwrap_or_else(|e| panic!("{fs:?}: prepare on a layer committed before the cut: {e}"));
+    for p in mount_paths(&mounts) {
+        assert!(p.is_dir(), "{fs:?}: {} missing", p.display());
+    }
+    sn.close().expect("close");
+}
+
+/// The directories a mount list names: bind sources and overlay's upper, work and lower
+/// directories.
+fn mount_paths(mounts: &[Mount]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for m in mounts {
+        if m.kind == "bind" {
+            out.push(PathBuf::from(&m.source));
+        }
+        for o in &m.options {
+            if let Some(v) = o
+                .strip_prefix("upperdir=")
+                .or_else(|| o.strip_prefix("workdir="))
+            {
+                out.push(PathBuf::from(v));
+            } else if let Some(v) = o.strip_prefix("lowerdir=") {
+                out.extend(v.split(':').map(PathBuf::from));
+            }
+        }
+    }
+    out
+}
+
+/// A sparse image file holding a filesystem.
+struct Image {
+    path: PathBuf,
+}
+
+impl Image {
+    fn new(dir: &Path, name: &str, fs: Fs) -> Image {
+        let path = dir.join(format!("{name}.img"));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(512 << 20))
+            .expect("image file");
+        let mut mkfs = Command::new(fs.mkfs());
+        match fs {
+            Fs::Ext4 => mkfs.args(["-q", "-F"]),
+            Fs::Btrfs | Fs::Xfs => mkfs.args(["-q", "-f"]),
+        };
+        let st = mkfs.arg(&path).status().expect("mkfs");
+        assert!(st.success(), "{} failed", fs.mkfs());
+        Image { path }
+    }
+
+    fn mount(&self, target: &Path) -> Mounted {
+        std::fs::create_dir_all(target).expect("mount point");
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&self.path)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let st = Command::new("mount")
+            .arg(&dev)
+            .arg(target)
+            .status()
+            .expect("mount");
+        if !st.success() {
+            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+            panic!("mounting {dev} at {} failed", target.display());
+        }
+        Mounted {
+            target: target.to_path_buf(),
+            dev,
+        }
+    }
+}
+
+/// A mounted loop device; unmounted and detached on drop.
+struct Mounted {
+    target: PathBuf,
+    dev: String,
+}
+
+impl std::ops::Deref for Mounted {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.target
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.target).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
