@@ -75,9 +75,9 @@ fn scan(
     usage: &mut Usage,
 ) -> Result<Vec<CString>> {
     let mut subdirs = Vec::new();
-    let mut entries =
+    let entries =
         Dir::read_from(dir).map_err(|e| Error::io("read directory under", root, e.into()))?;
-    while let Some(entry) = entries.next() {
+    for entry in entries {
         let entry = match entry {
             Ok(e) => e,
             Err(e) if vanished(e) => break,
