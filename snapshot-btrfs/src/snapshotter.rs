@@ -135,8 +135,9 @@ impl BtrfsSnapshotter {
         let s = self.store.read(|tx| tx.snapshot(key))?;
         if s.kind != Kind::Active {
             return Err(Error::failed_precondition(format!(
-                "snapshot {key:?} is {}: live usage is measured for active snapshots only",
-                s.kind.as_filter_str()
+                "snapshot {key_m:?} is {}: live usage is measured for active snapshots only",
+                s.kind.as_filter_str(),
+                key_m = snapshot_core::keyspace::truncate_for_message(key)
             )));
         }
         self.measure(&self.path(Kind::Active, s.id))
@@ -224,12 +225,16 @@ impl BtrfsSnapshotter {
             let Some(cur) = current.clone() else {
                 // The parent looked unusable before but passed now: it changed meanwhile.
                 return Err(Error::unavailable(format!(
-                    "parent {parent:?} of {key:?} changed during the call: retry"
+                    "parent {parent_m:?} of {key_m:?} changed during the call: retry",
+                    key_m = snapshot_core::keyspace::truncate_for_message(key),
+                    parent_m = snapshot_core::keyspace::truncate_for_message(parent)
                 )));
             };
             if parent_id.flatten() != s.parent_ids.first().copied() {
                 return Err(Error::unavailable(format!(
-                    "parent {parent:?} of {key:?} was replaced during the call: retry"
+                    "parent {parent_m:?} of {key_m:?} was replaced during the call: retry",
+                    key_m = snapshot_core::keyspace::truncate_for_message(key),
+                    parent_m = snapshot_core::keyspace::truncate_for_message(parent)
                 )));
             }
             let target = self.path(kind, s.id);
@@ -329,8 +334,7 @@ impl Snapshotter for BtrfsSnapshotter {
         let s = self.store.read(|tx| tx.snapshot(key))?;
         if s.kind == Kind::Committed {
             return Err(Error::failed_precondition(format!(
-                "snapshot {key:?} is committed: mounts are given for active and view snapshots only"
-            )));
+                "snapshot {key_m:?} is committed: mounts are given for active and view snapshots only", key_m = snapshot_core::keyspace::truncate_for_message(key))));
         }
         self.mounts_for(s.kind, s.id)
     }
@@ -375,13 +379,15 @@ impl Snapshotter for BtrfsSnapshotter {
                 (Some((sid, _)), Some(cur)) => (*sid, cur.clone()),
                 _ => {
                     return Err(Error::unavailable(format!(
-                        "snapshot {key:?} changed during commit: retry"
+                        "snapshot {key_m:?} changed during commit: retry",
+                        key_m = snapshot_core::keyspace::truncate_for_message(key)
                     )))
                 }
             };
             if staged_id != id {
                 return Err(Error::unavailable(format!(
-                    "snapshot {key:?} was replaced during commit: retry"
+                    "snapshot {key_m:?} was replaced during commit: retry",
+                    key_m = snapshot_core::keyspace::truncate_for_message(key)
                 )));
             }
             let target = self.path(Kind::Committed, id);

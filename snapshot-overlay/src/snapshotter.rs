@@ -146,8 +146,9 @@ impl OverlaySnapshotter {
             let fs = self.settings.upper(id);
             if !fs.is_dir() {
                 return Err(Error::unknown(format!(
-                    "snapshot {key:?} (id {id}): layer directory {} is missing",
-                    fs.display()
+                    "snapshot {key_m:?} (id {id}): layer directory {} is missing",
+                    fs.display(),
+                    key_m = snapshot_core::keyspace::truncate_for_message(&key)
                 )));
             }
         }
@@ -196,8 +197,9 @@ impl Snapshotter for OverlaySnapshotter {
         })?;
         if s.kind == Kind::Committed {
             return Err(Error::failed_precondition(format!(
-                "requested snapshot {key:?} not active or view: mount an active or view \
-                 snapshot made on it instead"
+                "requested snapshot {key_m:?} not active or view: mount an active or view \
+                 snapshot made on it instead",
+                key_m = snapshot_core::keyspace::truncate_for_message(key)
             )));
         }
         Ok(build_mounts(
@@ -242,8 +244,9 @@ impl Snapshotter for OverlaySnapshotter {
             match &pre {
                 Some(s) if s.id == id => Ok(()),
                 _ => Err(Error::unavailable(format!(
-                    "snapshot {key:?} was removed and prepared again during its commit: \
-                     commit it again"
+                    "snapshot {key_m:?} was removed and prepared again during its commit: \
+                     commit it again",
+                    key_m = snapshot_core::keyspace::truncate_for_message(key)
                 ))),
             }
         })

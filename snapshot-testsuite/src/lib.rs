@@ -192,6 +192,7 @@ macro_rules! snapshotter_suite {
             errors_invalid_argument,
             errors_unavailable_after_close,
             root_lock,
+            long_key_messages,
             restart_persistence,
             restart_mounts,
             concurrent_prepare_commit,

@@ -127,7 +127,8 @@ impl Snapshotter for MetaOnly {
         let (ro, id) = match (s.kind, s.parent_ids.first()) {
             (Kind::Committed, _) => {
                 return Err(Error::failed_precondition(format!(
-                    "snapshot {key:?} is committed"
+                    "snapshot {:?} is committed",
+                    snapshot_core::keyspace::truncate_for_message(key)
                 )))
             }
             (Kind::View, Some(p)) => ("ro", *p),
@@ -273,7 +274,7 @@ fn unknown_case_panics() {
 
 #[test]
 fn case_count() {
-    assert_eq!(CASES.len(), 35);
+    assert_eq!(CASES.len(), 36);
     assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 19);
 }
 

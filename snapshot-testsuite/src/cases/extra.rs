@@ -447,6 +447,40 @@ pub fn root_lock(ctx: &mut Ctx<'_>) {
     assert_eq!(sn.stat("a").or_fail("stat a").kind, Kind::Active);
 }
 
+/// Errors about a 20 KB key quote it shortened, the same way everywhere, so the message
+/// fits a log line and a gRPC status header.
+pub fn long_key_messages(ctx: &mut Ctx<'_>) {
+    let sn = ctx.sn();
+    let key = "k".repeat(20 << 10);
+    commit_base(sn, &key, "");
+    let checks: Vec<(&str, snapshot_core::Result<()>)> = vec![
+        ("mounts of a committed key", sn.mounts(&key).map(drop)),
+        (
+            "prepare on an existing key",
+            sn.prepare(&key, "", &opt()).map(drop),
+        ),
+        (
+            "commit of a committed key",
+            sn.commit("other", &key, &commit_opt()),
+        ),
+        (
+            "remove of a missing key",
+            sn.remove(&format!("{key}-missing")),
+        ),
+    ];
+    for (what, r) in checks {
+        let e = r.expect_err(what);
+        let msg = e.to_string();
+        assert!(
+            msg.len() < 1024,
+            "{what}: a {}-byte message: {:.300}",
+            msg.len(),
+            msg
+        );
+        assert!(msg.contains("kkkk"), "{what}: names the key: {msg}");
+    }
+}
+
 /// Close and reopen the same root: the same snapshots with the same labels and times,
 /// the same mounts, the stored usage; keys keep working and new snapshots never reuse a
 /// directory of an old one.

@@ -115,6 +115,7 @@ pub static CASES: &[Case] = &[
         extra::errors_unavailable_after_close,
     ),
     case("root_lock", false, extra::root_lock),
+    case("long_key_messages", false, extra::long_key_messages),
     case("restart_persistence", false, extra::restart_persistence),
     case("restart_mounts", true, extra::restart_mounts),
     case(
