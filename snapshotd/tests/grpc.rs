@@ -137,17 +137,35 @@ async fn every_rpc_works() {
         pb::Kind::View as i32
     );
 
-    // Rebase: a snapshot prepared without parent, committed onto layer-1.
+    // Rebase reaches the backend: native layers are full copies, so a commit onto a new
+    // parent is refused (Unimplemented) and changes nothing; a plain commit then works.
     prepare(&mut c, "extract-2", "").await.unwrap();
+    let err = c
+        .commit(pb::CommitSnapshotRequest {
+            name: "layer-2".into(),
+            key: "extract-2".into(),
+            parent: "layer-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert!(
+        err.message().contains("backend native cannot rebase"),
+        "{err:?}"
+    );
+    assert_eq!(
+        stat(&mut c, "extract-2").await.unwrap().kind,
+        pb::Kind::Active as i32
+    );
     c.commit(pb::CommitSnapshotRequest {
         name: "layer-2".into(),
         key: "extract-2".into(),
-        parent: "layer-1".into(),
         ..Default::default()
     })
     .await
     .unwrap();
-    assert_eq!(stat(&mut c, "layer-2").await.unwrap().parent, "layer-1");
+    assert_eq!(stat(&mut c, "layer-2").await.unwrap().parent, "");
 
     // Update with a mask sets one label; without a mask every label is replaced.
     let r = c
