@@ -451,13 +451,8 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// # Errors
 /// Unknown naming `dir` when it cannot be opened or flushed.
 pub fn sync_filesystem(dir: &Path) -> Result<()> {
-    let fd = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| Error::io("open", dir, e.into()))?;
-    rustix::fs::syncfs(fd).map_err(|e| Error::io("flush the filesystem of", dir, e.into()))
+    rustix::fs::syncfs(open_dir(dir)?)
+        .map_err(|e| Error::io("flush the filesystem of", dir, e.into()))
 }
 
 /// `fsync` of a directory: makes the renames and creations in it durable.
@@ -465,13 +460,16 @@ pub fn sync_filesystem(dir: &Path) -> Result<()> {
 /// # Errors
 /// Unknown naming `dir` when it cannot be opened or flushed.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    let fd = rustix::fs::open(
+    rustix::fs::fsync(open_dir(dir)?).map_err(|e| Error::io("fsync directory", dir, e.into()))
+}
+
+fn open_dir(dir: &Path) -> Result<std::os::fd::OwnedFd> {
+    rustix::fs::open(
         dir,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| Error::io("open", dir, e.into()))?;
-    rustix::fs::fsync(fd).map_err(|e| Error::io("fsync directory", dir, e.into()))
+    .map_err(|e| Error::io("open", dir, e.into()))
 }
 
 /// `renameat2(RENAME_NOREPLACE)`.
