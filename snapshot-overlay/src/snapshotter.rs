@@ -104,8 +104,15 @@ impl OverlaySnapshotter {
             settings,
         };
         sn.sweep()?;
+        // A leftover that cannot be deleted now (an immutable file, a busy mount) must not
+        // keep the node from managing its containers: it stays for the next cleanup.
         if !sn.config.async_remove {
-            sn.layout.purge()?;
+            if let Err(e) = sn.layout.purge() {
+                log::warn!(
+                    "overlay snapshotter {}: deleting leftovers (cleanup retries): {e}",
+                    sn.root().display()
+                );
+            }
         }
         Ok(sn)
     }

@@ -669,3 +669,53 @@ fn usage_is_live_for_active_and_stored_at_commit() {
         "the committed figure is the stored one"
     );
 }
+
+#[test]
+fn open_with_sync_remove_survives_a_leftover_it_cannot_delete() {
+    if !privileged("open_with_sync_remove_survives_a_leftover_it_cannot_delete") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sync = OverlayConfig {
+        async_remove: false,
+        ..cfg()
+    };
+    let sn = open(dir.path(), sync.clone());
+    layer(&sn, "base", "", &[("f", "x")]);
+    sn.close().unwrap();
+    drop(sn);
+    // A retired directory holding an immutable file: no purge can delete it.
+    let stuck = dir.path().join("root/snapshots/rm-stuck");
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("f"), "pinned").unwrap();
+    let chattr = |flag: &str| {
+        let st = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(stuck.join("f"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "chattr {flag}");
+    };
+    chattr("+i");
+    let opened = OverlaySnapshotter::open(&dir.path().join("root"), sync);
+    let sn = match opened {
+        Ok(sn) => sn,
+        Err(e) => {
+            chattr("-i");
+            panic!("open refused because of an undeletable leftover: {e}");
+        }
+    };
+    assert!(
+        stuck.join("f").exists(),
+        "the leftover stays for a later cleanup"
+    );
+    assert_eq!(sn.stat("base").unwrap().kind, Kind::Committed);
+    assert!(
+        sn.cleanup().is_err(),
+        "cleanup reports what it could not delete"
+    );
+    chattr("-i");
+    sn.cleanup().unwrap();
+    assert!(!stuck.exists(), "cleanup deletes it once it can");
+    sn.close().unwrap();
+}
