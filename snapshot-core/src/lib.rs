@@ -16,6 +16,7 @@ pub mod error;
 pub mod filter;
 pub mod keyspace;
 pub mod layout;
+pub mod lifecycle;
 pub mod metastore;
 pub mod mount;
 mod record;

@@ -1,0 +1,943 @@
+//! The snapshot lifecycle every backend shares: [`SnapshotStore`] runs create, commit and
+//! remove in the crash-safe order of DESIGN.md section 5, sweeps what a crash left and
+//! purges removed trees. A backend supplies only a [`Storage`]: how a snapshot's tree is
+//! made, measured, frozen and deleted, and what its mounts are.
+//!
+//! ```text
+//! <root>/lock                the root's lock (one process per root)
+//! <root>/metadata/           the LMDB metastore
+//! <root>/<dir>/<id>          a snapshot's tree, <dir> as Storage::kind_dir names it
+//! <root>/<dir>/new-*         a tree being built (staging)
+//! <root>/<dir>/rm-*          a removed tree (or an orphan) waiting for deletion
+//! ```
+//!
+//! The order of operations:
+//! - **create**: the checks run in a read transaction; the tree is built under a staging
+//!   name outside any transaction (a copy can take long); then in one write transaction the
+//!   snapshot is recorded and its tree renamed to `<id>` (never replacing anything) and made
+//!   durable (a directory fsync) before the commit. An error anywhere deletes the tree.
+//! - **commit**: the usage is measured (after a `syncfs` with [`Options::sync`]) outside
+//!   the write transaction; a backend whose committed trees live apart from active ones
+//!   ([`Storage::freeze`]) builds the committed tree under a staging name first. The write
+//!   transaction records the commit (and publishes the frozen tree); the active tree is
+//!   deleted after.
+//! - **remove**: in one write transaction the record goes and `<id>` is renamed to
+//!   `rm-<id>`; a failed transaction renames it back. The tree is deleted after the commit
+//!   or left to [`Cleaner::cleanup`] (asynchronous remove).
+//! - **open and cleanup**: the sweep runs in a write transaction, so no create sits
+//!   between its publish and its commit: an `rm-<id>` whose record is live is renamed back;
+//!   a `<id>` without a record (or with a record that lives in another directory) and a
+//!   staging tree nobody builds are retired. Purging deletes every `rm-*` outside it.
+//!
+//! A call that finds, after its slow step, that another call changed what it worked on
+//! (a parent removed during the copy, an active snapshot removed during its measure) ends
+//! as if the two calls had run one after the other: with the error the later call gets
+//! (NotFound, AlreadyExists), or it starts over; never with Unknown.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::keyspace::truncate_for_message;
+use crate::layout::{fsync_dir, remove_tree, rename_noreplace, sync_filesystem, RootLock};
+use crate::metastore::{MetaStore, Reader, Snapshot, StoreOptions, WriteTxn};
+use crate::types::{CommitOptions, CreateOptions, Info, Kind, Labels, Mount, Usage};
+use crate::{Cleaner, Snapshotter};
+
+const STAGING_PREFIX: &str = "new-";
+const RETIRED_PREFIX: &str = "rm-";
+
+/// How often a create or commit starts over when another call changed the snapshot it
+/// works on between its slow step and its transaction.
+const ATTEMPTS: usize = 3;
+
+/// The options every backend takes, passed whole from the daemon or the facade so that no
+/// backend misses one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Skip the fsyncs that make each operation durable (the metastore's commit and the
+    /// publishing directory's), as containerd's `no_sync`: faster, but a power loss can
+    /// lose the latest operations. A crash of the process loses nothing either way.
+    pub no_sync: bool,
+    /// Flush the filesystem holding an active snapshot (`syncfs`) before its commit is
+    /// recorded, so a committed layer's files survive a power loss too (containerd's diff
+    /// `sync_fs`). Off by default, as in containerd.
+    pub sync: bool,
+    /// Whether Remove leaves the removed tree to [`Cleaner::cleanup`] (true) or deletes it
+    /// before it returns (false). `None` takes the backend's default
+    /// ([`Storage::ASYNC_REMOVE`]: on for overlay, as containerd's overlayfs plugin, off for
+    /// native and btrfs).
+    pub async_remove: Option<bool>,
+    /// The initial size of the metastore's memory map in bytes (it grows as needed).
+    pub map_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            no_sync: false,
+            sync: false,
+            async_remove: None,
+            map_size: StoreOptions::default().map_size,
+        }
+    }
+}
+
+/// What a backend does to its trees; [`SnapshotStore`] does the rest.
+///
+/// Every path handed to a hook is absolute and lies under the root.
+pub trait Storage: Send + Sync {
+    /// The backend's name, as errors and logs quote it (`native`, `overlay`, `btrfs`).
+    const NAME: &'static str;
+    /// Remove's default ([`Options::async_remove`] `None`).
+    const ASYNC_REMOVE: bool = false;
+
+    /// The directory under the root that holds the trees of `kind` (default:
+    /// `snapshots` for every kind).
+    fn kind_dir(&self, kind: Kind) -> &'static str {
+        let _ = kind;
+        "snapshots"
+    }
+
+    /// Whether a snapshot of `kind` (on a parent or not) has a tree of its own (default:
+    /// always). A native view of a parent has none: it mounts the parent's.
+    fn has_tree(&self, kind: Kind, has_parent: bool) -> bool {
+        let _ = (kind, has_parent);
+        true
+    }
+
+    /// Builds the tree of a new active or view snapshot at `dst`, which does not exist
+    /// yet; `parent` is the committed parent's tree. On an error, whatever exists at `dst`
+    /// is deleted with [`delete`](Self::delete).
+    ///
+    /// # Errors
+    /// Whatever fails; when the parent was removed meanwhile, the caller reports that
+    /// instead.
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()>;
+
+    /// The usage of an active snapshot's tree (default: a walk, [`crate::usage::disk_usage`]).
+    ///
+    /// # Errors
+    /// NotFound when the tree is gone.
+    fn measure(&self, tree: &Path) -> Result<Usage> {
+        crate::usage::disk_usage(tree)
+    }
+
+    /// Builds at `dst` (which does not exist) the committed tree of the active tree
+    /// `active`. Called only when committed trees live in another directory than active
+    /// ones ([`kind_dir`](Self::kind_dir)); otherwise a commit keeps the tree in place.
+    ///
+    /// # Errors
+    /// Whatever fails.
+    fn freeze(&self, active: &Path, dst: &Path) -> Result<()> {
+        let _ = dst;
+        Err(Error::not_implemented(format!(
+            "backend {} keeps committed trees apart but cannot freeze {}",
+            Self::NAME,
+            active.display()
+        )))
+    }
+
+    /// Deletes a tree (a removed snapshot, an orphan, a failed staging tree); a missing one
+    /// is fine (default: [`remove_tree`]).
+    ///
+    /// # Errors
+    /// Whatever fails.
+    fn delete(&self, tree: &Path) -> Result<()> {
+        remove_tree(tree).map_err(|e| Error::io("delete", tree, e))
+    }
+
+    /// Makes the rename that published `tree` durable, before the metastore records it
+    /// (default: fsync of `tree` itself, which also makes the entries inside it durable and,
+    /// the directory being new, its name in its parent directory).
+    ///
+    /// # Errors
+    /// Unknown when the fsync fails.
+    fn sync_published(&self, tree: &Path) -> Result<()> {
+        fsync_dir(tree)
+    }
+
+    /// The mounts of an active or view snapshot. `labels` are the snapshot's labels when
+    /// [`mount_labels`](Self::mount_labels) asks for them (and at create), else `None`.
+    ///
+    /// # Errors
+    /// Whatever fails.
+    fn mounts(&self, snapshot: &Snapshot, labels: Option<&Labels>) -> Result<Vec<Mount>>;
+
+    /// Whether [`mounts`](Self::mounts) of `snapshot` needs its labels (default: no).
+    fn mount_labels(&self, snapshot: &Snapshot) -> bool {
+        let _ = snapshot;
+        false
+    }
+
+    /// Whether a commit may give a parentless snapshot a parent (containerd 2.2's rebase):
+    /// true only where a layer is a diff (overlay). Default: no, the commit is refused
+    /// with NotImplemented.
+    fn can_rebase(&self) -> bool {
+        false
+    }
+
+    /// A label the backend adds to every Info it returns and never stores (overlay's
+    /// upperdir label), with its value in [`label_value`](Self::label_value). Default:
+    /// none.
+    fn synthesized_label(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The value of [`synthesized_label`](Self::synthesized_label) for the snapshot with
+    /// internal id `id`.
+    fn label_value(&self, id: u64) -> String {
+        let _ = id;
+        String::new()
+    }
+}
+
+/// A staging tree owned by a running create or commit; dropping it deletes the tree
+/// unless it was published.
+struct Staged<'a, S: Storage> {
+    owner: &'a SnapshotStore<S>,
+    path: PathBuf,
+    published: bool,
+}
+
+impl<S: Storage> Drop for Staged<'_, S> {
+    fn drop(&mut self) {
+        if !self.published {
+            self.owner.discard(&self.path);
+        }
+        self.owner
+            .staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.path);
+    }
+}
+
+/// A snapshotter made of a [`Storage`] and the shared lifecycle: it implements
+/// [`Snapshotter`] and [`Cleaner`] for every backend.
+pub struct SnapshotStore<S: Storage> {
+    storage: S,
+    root: PathBuf,
+    store: MetaStore,
+    async_remove: bool,
+    sync: bool,
+    durable: bool,
+    counter: AtomicU64,
+    // Staging paths of running creates and commits: the sweep leaves them alone.
+    staging: Mutex<HashSet<PathBuf>>,
+    // Removes hold the read side from their retire until the commit (or the restore);
+    // purge lists retired trees under the write side, so it never deletes an `rm-<id>`
+    // that a failed remove is about to rename back.
+    removing: RwLock<()>,
+    lock: Mutex<Option<RootLock>>,
+}
+
+impl<S: Storage> std::fmt::Debug for SnapshotStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("backend", &S::NAME)
+            .field("root", &self.root)
+            .field("async_remove", &self.async_remove)
+            .field("sync", &self.sync)
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes `root` absolute (against the current directory), checks that it is UTF-8 (mount
+/// sources and options are strings) and creates it (mode 0700) if needed. Backends call
+/// it before they build their [`Storage`], which names paths under the root.
+///
+/// # Errors
+/// InvalidArgument naming the root when it is not UTF-8; Unknown when it cannot be made.
+pub fn prepare_root(root: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(root).map_err(|e| Error::io("resolve root", root, e))?;
+    if abs.to_str().is_none() {
+        return Err(Error::invalid_argument(format!(
+            "snapshotter root {} is not valid UTF-8: pick a root whose path is",
+            abs.display()
+        )));
+    }
+    create_private_dir(&abs)?;
+    Ok(abs)
+}
+
+impl<S: Storage> SnapshotStore<S> {
+    /// Opens (or creates) the store at `root` for `storage`: takes the root's lock, creates
+    /// the kind directories (mode 0700), opens the metastore at `<root>/metadata`, sweeps
+    /// what a crash left and, with synchronous remove, deletes it. A leftover that cannot
+    /// be deleted (an immutable file, a busy mount) is logged and kept for the next cleanup.
+    ///
+    /// # Errors
+    /// InvalidArgument for a root that is not UTF-8; Unavailable when another snapshotter
+    /// (in this process or another) holds the root, naming the holder; Unknown when the
+    /// directories or the metastore cannot be made, or the sweep cannot rename.
+    pub fn open(root: &Path, storage: S, options: &Options) -> Result<SnapshotStore<S>> {
+        let root = prepare_root(root)?;
+        let lock = RootLock::acquire(&root)?;
+        let sn = SnapshotStore {
+            async_remove: options.async_remove.unwrap_or(S::ASYNC_REMOVE),
+            sync: options.sync,
+            durable: !options.no_sync,
+            store: MetaStore::open(
+                &root.join("metadata"),
+                &StoreOptions {
+                    no_sync: options.no_sync,
+                    map_size: options.map_size,
+                },
+            )?,
+            storage,
+            root,
+            counter: AtomicU64::new(0),
+            staging: Mutex::default(),
+            removing: RwLock::new(()),
+            lock: Mutex::new(Some(lock)),
+        };
+        for d in sn.dirs() {
+            create_private_dir(&d)?;
+        }
+        sn.sweep()?;
+        if !sn.async_remove {
+            if let Err(e) = sn.purge() {
+                log::warn!(
+                    "{} snapshotter {}: deleting leftovers (cleanup retries): {e}",
+                    S::NAME,
+                    sn.root.display()
+                );
+            }
+        }
+        Ok(sn)
+    }
+
+    /// The root (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The backend's storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The metastore.
+    pub fn store(&self) -> &MetaStore {
+        &self.store
+    }
+
+    /// Whether Remove leaves trees to cleanup.
+    pub fn async_remove(&self) -> bool {
+        self.async_remove
+    }
+
+    /// `<root>/<kind dir>/<id>`, the tree of a snapshot of `kind`.
+    pub fn tree(&self, kind: Kind, id: u64) -> PathBuf {
+        self.root
+            .join(self.storage.kind_dir(kind))
+            .join(id.to_string())
+    }
+
+    /// The store's snapshot `key`.
+    ///
+    /// # Errors
+    /// NotFound for a missing key.
+    pub fn snapshot(&self, key: &str) -> Result<Snapshot> {
+        self.store.read(|tx| tx.snapshot(key))
+    }
+
+    /// Checks the metastore's invariants (keys, child links, the id counter) and that every
+    /// snapshot that has a tree has it. Returns the number of snapshots.
+    ///
+    /// # Errors
+    /// Unknown naming the first inconsistency.
+    pub fn check(&self) -> Result<usize> {
+        let n = self.store.read(|tx| tx.check())?;
+        for (id, key) in self.store.read(|tx| tx.id_map())? {
+            let Ok(s) = self.snapshot(&key) else { continue };
+            if !self.storage.has_tree(s.kind, !s.parent_ids.is_empty()) {
+                continue;
+            }
+            let tree = self.tree(s.kind, id);
+            if std::fs::symlink_metadata(&tree).is_err() {
+                return Err(Error::unknown(format!(
+                    "snapshot {:?} (id {id}): its tree {} is missing",
+                    truncate_for_message(&key),
+                    tree.display()
+                )));
+            }
+        }
+        Ok(n)
+    }
+
+    /// The distinct kind directories.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut names: Vec<&'static str> = [Kind::Active, Kind::View, Kind::Committed]
+            .into_iter()
+            .map(|k| self.storage.kind_dir(k))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().map(|n| self.root.join(n)).collect()
+    }
+
+    fn separate_commit(&self) -> bool {
+        self.storage.kind_dir(Kind::Active) != self.storage.kind_dir(Kind::Committed)
+    }
+
+    fn decorate(&self, id: u64, mut info: Info) -> Info {
+        if let Some(k) = self.storage.synthesized_label() {
+            info.labels
+                .insert(k.to_string(), self.storage.label_value(id));
+        }
+        info
+    }
+
+    fn stage(&self, kind: Kind) -> Staged<'_, S> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join(self.storage.kind_dir(kind))
+            .join(format!("{STAGING_PREFIX}{}-{n}", std::process::id()));
+        // Registered before anything exists there, so a sweep never takes it for an orphan.
+        self.staging
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone());
+        Staged {
+            owner: self,
+            path,
+            published: false,
+        }
+    }
+
+    fn discard(&self, tree: &Path) {
+        if std::fs::symlink_metadata(tree).is_err() {
+            return;
+        }
+        if let Err(e) = self.storage.delete(tree) {
+            log::warn!(
+                "{}: deleting {} after a failed call (cleanup retries): {e}",
+                S::NAME,
+                tree.display()
+            );
+        }
+    }
+
+    /// Renames a staging tree to `<kind dir>/<id>` (no replace) and makes it durable. A
+    /// leftover `<id>` (an orphan of an id handed out before a crash, which no sweep has
+    /// reached yet) is retired first.
+    fn publish(&self, staged: &mut Staged<'_, S>, kind: Kind, id: u64) -> Result<PathBuf> {
+        let dst = self.tree(kind, id);
+        match rename_noreplace(&staged.path, &dst) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                log::warn!("retiring orphan {} left by an earlier crash", dst.display());
+                self.retire_as(&dst, &format!("orphan-{id}"))
+                    .and_then(|()| rename_noreplace(&staged.path, &dst))
+            }
+            other => other,
+        }
+        .map_err(|e| Error::io("rename staging tree to", &dst, e))?;
+        staged.published = true;
+        // Without this a power cut can leave a record whose tree never reached the disk.
+        if self.durable {
+            self.storage.sync_published(&dst)?;
+        }
+        Ok(dst)
+    }
+
+    /// Renames `src` to `rm-<stem>` in its directory, or to a fresh variant of that name
+    /// when an older retired tree holds it: a retired tree is never replaced.
+    fn retire_as(&self, src: &Path, stem: &str) -> io::Result<()> {
+        let dir = src.parent().unwrap_or(&self.root);
+        let mut dst = dir.join(format!("{RETIRED_PREFIX}{stem}"));
+        loop {
+            match rename_noreplace(src, &dst) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let n = self.counter.fetch_add(1, Ordering::Relaxed);
+                    dst = dir.join(format!("{RETIRED_PREFIX}{stem}-{}-{n}", std::process::id()));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn retired(&self, kind: Kind, id: u64) -> PathBuf {
+        self.root
+            .join(self.storage.kind_dir(kind))
+            .join(format!("{RETIRED_PREFIX}{id}"))
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        opts: &CreateOptions,
+    ) -> Result<Vec<Mount>> {
+        for _ in 0..ATTEMPTS {
+            // The checks first, in containerd's order, so nothing is built for a create
+            // that must fail.
+            let parent_ids = self
+                .store
+                .read(|tx| tx.check_create(kind, key, parent, &opts.labels))?;
+            let parent_id = parent_ids.first().copied();
+            let mut staged = None;
+            if self.storage.has_tree(kind, parent_id.is_some()) {
+                let st = self.stage(kind);
+                let parent_tree = parent_id.map(|p| self.tree(Kind::Committed, p));
+                if let Err(e) = self.storage.fill(&st.path, kind, parent_tree.as_deref()) {
+                    drop(st);
+                    // Another call changed the parent during the fill: end as if it
+                    // came first.
+                    match self
+                        .store
+                        .read(|tx| tx.check_create(kind, key, parent, &opts.labels))
+                    {
+                        Err(later) => return Err(later),
+                        Ok(ids) if ids.first().copied() != parent_id => continue,
+                        Ok(_) => return Err(e),
+                    }
+                }
+                staged = Some(st);
+            }
+            let mut changed = false;
+            let mut published = None;
+            let res = self.store.write(|tx| {
+                let s = tx.create(kind, key, parent, &opts.labels)?;
+                if s.parent_ids.first().copied() != parent_id {
+                    // The parent was removed and made again since the fill began.
+                    changed = true;
+                    return Err(changed_error(key));
+                }
+                if let Some(st) = staged.as_mut() {
+                    self.publish(st, kind, s.id)?;
+                    published = Some(s.id);
+                }
+                Ok(s)
+            });
+            match res {
+                Ok(s) => return self.storage.mounts(&s, Some(&opts.labels)),
+                Err(e) => {
+                    // The transaction did not commit: the published tree goes.
+                    if let Some(id) = published {
+                        self.discard(&self.tree(kind, id));
+                    }
+                    if !changed {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(changed_error(key))
+    }
+
+    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        for _ in 0..ATTEMPTS {
+            let plan = self.store.read(|tx| tx.check_commit(key, name, opts))?;
+            if plan.rebase && !self.storage.can_rebase() {
+                return Err(Error::cannot_rebase(S::NAME, key, &opts.parent));
+            }
+            let active = self.tree(Kind::Active, plan.id);
+            // The slow part, outside the write transaction: flush, measure, freeze.
+            let prepared = (|| {
+                if self.sync {
+                    sync_filesystem(&active)?;
+                }
+                let usage = self.storage.measure(&active)?;
+                let frozen = if self.separate_commit() {
+                    let st = self.stage(Kind::Committed);
+                    self.storage.freeze(&active, &st.path)?;
+                    Some(st)
+                } else {
+                    None
+                };
+                Ok((usage, frozen))
+            })();
+            let (usage, mut frozen) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    // Removed (or committed) by another call meanwhile: end as if ordered.
+                    match self.store.read(|tx| tx.check_commit(key, name, opts)) {
+                        Err(later) => return Err(later),
+                        Ok(p) if p.id != plan.id => continue,
+                        Ok(_) => return Err(e),
+                    }
+                }
+            };
+            let mut changed = false;
+            let mut published = false;
+            let res = self.store.write(|tx| {
+                let id = tx.commit_active(key, name, usage, opts)?;
+                if id != plan.id {
+                    changed = true;
+                    return Err(changed_error(key));
+                }
+                if let Some(st) = frozen.as_mut() {
+                    self.publish(st, Kind::Committed, id)?;
+                    published = true;
+                }
+                Ok(id)
+            });
+            match res {
+                Ok(id) => {
+                    if frozen.is_some() {
+                        // Only space is at stake: the sweep retires it if this fails (the
+                        // record now lives in the committed directory).
+                        self.discard(&self.tree(Kind::Active, id));
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if published {
+                        self.discard(&self.tree(Kind::Committed, plan.id));
+                    }
+                    if !changed {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(changed_error(key))
+    }
+
+    fn remove_snapshot(&self, key: &str) -> Result<()> {
+        let guard = self.removing.read().unwrap_or_else(|e| e.into_inner());
+        let mut retired: Option<(Kind, u64)> = None;
+        let res = self.store.write(|tx| {
+            let (id, kind) = tx.remove(key)?;
+            let src = self.tree(kind, id);
+            // A rename within one directory: works on read-only subvolumes too, and is
+            // undone if the transaction fails. Not fsynced: whichever of the rename and the
+            // commit a power cut keeps, the sweep finishes or undoes the remove.
+            match rename_noreplace(&src, &self.retired(kind, id)) {
+                Ok(()) => retired = Some((kind, id)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("retire snapshot tree", &src, e)),
+            }
+            Ok(())
+        });
+        if res.is_err() {
+            if let Some((kind, id)) = retired {
+                self.restore(kind, id);
+            }
+        }
+        drop(guard);
+        res?;
+        if let (Some((kind, id)), false) = (retired, self.async_remove) {
+            if let Err(e) = self.storage.delete(&self.retired(kind, id)) {
+                log::warn!(
+                    "removed snapshot {:?}, but not its tree (the next cleanup retries): {e}",
+                    truncate_for_message(key)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self, kind: Kind, id: u64) {
+        let src = self.retired(kind, id);
+        if let Err(e) = rename_noreplace(&src, &self.tree(kind, id)) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::error!("restoring {} after a failed remove: {e}", src.display());
+            }
+        }
+    }
+
+    /// Repairs what a crash left and retires what nobody owns, inside one write
+    /// transaction. Returns how many trees it retired.
+    ///
+    /// # Errors
+    /// Unknown when a directory cannot be read or a rename fails.
+    pub fn sweep(&self) -> Result<usize> {
+        self.store.write(|tx| self.sweep_in(tx))
+    }
+
+    fn sweep_in(&self, tx: &WriteTxn<'_>) -> Result<usize> {
+        let mut n = 0;
+        for dir in self.dirs() {
+            let entries =
+                std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let lives_here = |id: u64| -> Result<bool> {
+                    Ok(tx
+                        .kind_of(id)?
+                        .is_some_and(|k| self.root.join(self.storage.kind_dir(k)) == dir))
+                };
+                if let Some(id) = name
+                    .strip_prefix(RETIRED_PREFIX)
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    if lives_here(id)?
+                        && std::fs::symlink_metadata(dir.join(id.to_string())).is_err()
+                    {
+                        log::warn!(
+                            "restoring {} whose remove did not commit",
+                            entry.path().display()
+                        );
+                        let kind = tx.kind_of(id)?.unwrap_or(Kind::Committed);
+                        self.restore(kind, id);
+                    }
+                    continue;
+                }
+                let orphan = if let Ok(id) = name.parse::<u64>() {
+                    !lives_here(id)?
+                } else if name.starts_with(STAGING_PREFIX) {
+                    // Checked per entry, after the listing saw it: a create registers its
+                    // staging path before it makes anything there.
+                    !self
+                        .staging
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&entry.path())
+                } else {
+                    false
+                };
+                if orphan {
+                    let src = entry.path();
+                    log::info!("retiring orphan tree {}", src.display());
+                    match self.retire_as(&src, &format!("orphan-{name}")) {
+                        Ok(()) => n += 1,
+                        // A failed create dropped its staging tree meanwhile.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("retire orphan", &src, e)),
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes every retired tree (`rm-*`). Returns how many were deleted; a failure on one
+    /// is logged and the others still go; the first error is returned.
+    ///
+    /// # Errors
+    /// The first tree that could not be deleted.
+    pub fn purge(&self) -> Result<usize> {
+        let listing = self.removing.write().unwrap_or_else(|e| e.into_inner());
+        let mut trees = Vec::new();
+        for dir in self.dirs() {
+            let entries =
+                std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+            trees.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
+                    })
+                    .map(|e| e.path()),
+            );
+        }
+        drop(listing);
+        let mut first = None;
+        let mut n = 0;
+        for t in &trees {
+            match self.storage.delete(t) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    log::warn!("deleting {}: {e}", t.display());
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(n), Err)
+    }
+}
+
+impl<S: Storage> Snapshotter for SnapshotStore<S> {
+    fn stat(&self, key: &str) -> Result<Info> {
+        let (id, info) = self.store.read(|tx| tx.id_and_info(key))?;
+        Ok(self.decorate(id, info))
+    }
+
+    fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
+        // A synthesized label is never stored, even when a caller sends it back.
+        let mut info = info.clone();
+        if let Some(k) = self.storage.synthesized_label() {
+            info.labels.remove(k);
+        }
+        let (id, new) = self.store.write(|tx| {
+            let new = tx.update_info(&info, fieldpaths)?;
+            Ok((tx.snapshot(&new.name)?.id, new))
+        })?;
+        Ok(self.decorate(id, new))
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage> {
+        let (s, stored) = self
+            .store
+            .read(|tx| Ok((tx.snapshot(key)?, tx.stored_usage(key)?.1)))?;
+        if s.kind != Kind::Active {
+            return Ok(stored);
+        }
+        match self.storage.measure(&self.tree(Kind::Active, s.id)) {
+            // Removed, committed or replaced by another call since the lookup: end as if
+            // that call came first.
+            Err(e) => match self.snapshot(key) {
+                Ok(now) if now == s => Err(e),
+                Ok(_) => Err(changed_error(key)),
+                Err(later) => Err(later),
+            },
+            ok => ok,
+        }
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let (s, labels) = self.store.read(|tx| {
+            let s = tx.snapshot(key)?;
+            let labels = match s.kind != Kind::Committed && self.storage.mount_labels(&s) {
+                true => Some(tx.info(key)?.labels),
+                false => None,
+            };
+            Ok((s, labels))
+        })?;
+        if s.kind == Kind::Committed {
+            return Err(Error::failed_precondition(format!(
+                "snapshot {:?} is committed: only active and view snapshots have mounts; \
+                 mount an active or view snapshot made on it instead",
+                truncate_for_message(key)
+            )));
+        }
+        self.storage.mounts(&s, labels.as_ref())
+    }
+
+    fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
+        self.create(Kind::Active, key, parent, opts)
+    }
+
+    fn view(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
+        self.create(Kind::View, key, parent, opts)
+    }
+
+    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
+        SnapshotStore::commit(self, name, key, opts)
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        self.remove_snapshot(key)
+    }
+
+    fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
+        if self.storage.synthesized_label().is_none() {
+            return self.store.walk(filters, f);
+        }
+        self.store.walk(filters, |info| {
+            // The id is not in Info; a snapshot removed since its batch was read is skipped.
+            match self.snapshot(&info.name) {
+                Ok(s) => f(&self.decorate(s.id, info.clone())),
+                Err(e) if e.is(ErrorKind::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn close(&self) -> Result<()> {
+        self.store.close()?;
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(())
+    }
+
+    fn as_cleaner(&self) -> Option<&dyn Cleaner> {
+        Some(self)
+    }
+}
+
+impl<S: Storage> Cleaner for SnapshotStore<S> {
+    fn cleanup(&self) -> Result<()> {
+        self.sweep()?;
+        self.purge().map(drop)
+    }
+}
+
+fn changed_error(key: &str) -> Error {
+    Error::unavailable(format!(
+        "snapshot {:?}: its parent or key changed {ATTEMPTS} times during the call: retry it",
+        truncate_for_message(key)
+    ))
+}
+
+fn create_private_dir(d: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(d)
+        .map_err(|e| Error::io("create directory", d, e))
+}
+
+/// Implements [`Snapshotter`] and [`Cleaner`] for a backend type that wraps a
+/// [`SnapshotStore`] in the field `$field`, forwarding every call.
+#[macro_export]
+macro_rules! delegate_snapshotter {
+    ($ty:ty, $field:ident) => {
+        impl $crate::Snapshotter for $ty {
+            fn stat(&self, key: &str) -> $crate::Result<$crate::Info> {
+                self.$field.stat(key)
+            }
+            fn update(
+                &self,
+                info: &$crate::Info,
+                fieldpaths: &[String],
+            ) -> $crate::Result<$crate::Info> {
+                self.$field.update(info, fieldpaths)
+            }
+            fn usage(&self, key: &str) -> $crate::Result<$crate::Usage> {
+                self.$field.usage(key)
+            }
+            fn mounts(&self, key: &str) -> $crate::Result<Vec<$crate::Mount>> {
+                self.$field.mounts(key)
+            }
+            fn prepare(
+                &self,
+                key: &str,
+                parent: &str,
+                opts: &$crate::CreateOptions,
+            ) -> $crate::Result<Vec<$crate::Mount>> {
+                self.$field.prepare(key, parent, opts)
+            }
+            fn view(
+                &self,
+                key: &str,
+                parent: &str,
+                opts: &$crate::CreateOptions,
+            ) -> $crate::Result<Vec<$crate::Mount>> {
+                self.$field.view(key, parent, opts)
+            }
+            fn commit(
+                &self,
+                name: &str,
+                key: &str,
+                opts: &$crate::CommitOptions,
+            ) -> $crate::Result<()> {
+                $crate::Snapshotter::commit(&self.$field, name, key, opts)
+            }
+            fn remove(&self, key: &str) -> $crate::Result<()> {
+                self.$field.remove(key)
+            }
+            fn walk(
+                &self,
+                filters: &[String],
+                f: &mut dyn FnMut(&$crate::Info) -> $crate::Result<()>,
+            ) -> $crate::Result<()> {
+                self.$field.walk(filters, f)
+            }
+            fn close(&self) -> $crate::Result<()> {
+                self.$field.close()
+            }
+            fn as_cleaner(&self) -> Option<&dyn $crate::Cleaner> {
+                Some(self)
+            }
+        }
+        impl $crate::Cleaner for $ty {
+            fn cleanup(&self) -> $crate::Result<()> {
+                self.$field.cleanup()
+            }
+        }
+    };
+}
