@@ -160,12 +160,18 @@ pub trait Storage: Send + Sync {
         fsync_dir(tree)
     }
 
-    /// The mounts of an active or view snapshot. `labels` are the snapshot's labels when
+    /// The mounts of an active or view snapshot whose tree is (or, for a snapshot without
+    /// a tree of its own, would be) `tree`. `labels` are the snapshot's labels when
     /// [`mount_labels`](Self::mount_labels) asks for them (and at create), else `None`.
     ///
     /// # Errors
     /// Whatever fails.
-    fn mounts(&self, snapshot: &Snapshot, labels: Option<&Labels>) -> Result<Vec<Mount>>;
+    fn mounts(
+        &self,
+        snapshot: &Snapshot,
+        tree: &Path,
+        labels: Option<&Labels>,
+    ) -> Result<Vec<Mount>>;
 
     /// Whether [`mounts`](Self::mounts) of `snapshot` needs its labels (default: no).
     fn mount_labels(&self, snapshot: &Snapshot) -> bool {
@@ -518,7 +524,11 @@ impl<S: Storage> SnapshotStore<S> {
                 Ok(s)
             });
             match res {
-                Ok(s) => return self.storage.mounts(&s, Some(&opts.labels)),
+                Ok(s) => {
+                    return self
+                        .storage
+                        .mounts(&s, &self.tree(kind, s.id), Some(&opts.labels))
+                }
                 Err(e) => {
                     // The transaction did not commit: the published tree goes.
                     if let Some(id) = published {
@@ -804,7 +814,8 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
                 truncate_for_message(key)
             )));
         }
-        self.storage.mounts(&s, labels.as_ref())
+        self.storage
+            .mounts(&s, &self.tree(s.kind, s.id), labels.as_ref())
     }
 
     fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {

@@ -64,7 +64,12 @@ impl Storage for NativeStorage {
         Ok(())
     }
 
-    fn mounts(&self, snapshot: &Snapshot, _labels: Option<&Labels>) -> Result<Vec<Mount>> {
+    fn mounts(
+        &self,
+        snapshot: &Snapshot,
+        _tree: &Path,
+        _labels: Option<&Labels>,
+    ) -> Result<Vec<Mount>> {
         Ok(mounts_for(&self.snapshots, snapshot))
     }
 }

@@ -18,13 +18,13 @@ pub const VOLATILE_LABEL: &str = "containerd.io/snapshot/overlay.volatile";
 ///
 /// The default matches containerd's `overlayfs` plugin: asynchronous remove, no upperdir
 /// label, no extra options, `redirect_dir` off, durable metastore commits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlayConfig {
-    /// Remove drops the metadata and leaves the directory for
-    /// [`Cleaner::cleanup`](snapshot_core::Cleaner::cleanup) (containerd's
-    /// `AsynchronousRemove`, on in its plugin). When false, Remove deletes the directory
-    /// after the metadata commit, so a large layer makes it slow.
-    pub async_remove: bool,
+    /// The options every backend takes (durability, `sync`, remove mode, map size). Remove
+    /// is asynchronous unless `options.async_remove` is `Some(false)`: Remove drops the
+    /// metadata and leaves the directory for
+    /// [`Cleaner::cleanup`](snapshot_core::Cleaner::cleanup), as containerd's plugin does.
+    pub options: snapshot_core::lifecycle::Options,
     /// Report [`UPPERDIR_LABEL`] on Stat, Walk and Update (containerd's `upperdir_label`).
     pub upperdir_label: bool,
     /// Extra options appended to every overlay mount after `lowerdir=` (containerd 2.x's
@@ -35,28 +35,7 @@ pub struct OverlayConfig {
     /// tools that read upper directories directly (differs) do not understand redirects.
     /// The kernel refuses it together with `userxattr`, so opening fails when both apply.
     pub redirect_dir: bool,
-    /// Skip the fsync of each metastore commit (containerd's `no_sync`): a power loss can
-    /// lose the latest operations; a crash of the process loses nothing.
-    pub no_sync: bool,
-    /// Flush the filesystem holding an active snapshot (`syncfs`) before its commit is
-    /// recorded, so a committed layer's data survives a power loss (containerd's diff
-    /// `sync_fs`). Off by default, as in containerd.
-    pub sync: bool,
     /// Force `userxattr` on or off; `None` detects it as containerd does (on when the
     /// process runs in a user namespace that is not the initial one, off on tmpfs).
     pub userxattr: Option<bool>,
-}
-
-impl Default for OverlayConfig {
-    fn default() -> Self {
-        OverlayConfig {
-            async_remove: true,
-            upperdir_label: false,
-            mount_options: Vec::new(),
-            redirect_dir: false,
-            no_sync: false,
-            sync: false,
-            userxattr: None,
-        }
-    }
 }

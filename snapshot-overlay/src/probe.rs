@@ -83,49 +83,53 @@ pub fn filesystems_has_overlay(text: &str) -> bool {
         .any(|l| l.split_whitespace().last() == Some("overlay"))
 }
 
-/// containerd's `fs.SupportsDType`: creates a scratch directory with one file under `dir`
-/// and reads it back; false when readdir reports `DT_UNKNOWN`. The scratch directory is
-/// removed again. Its name starts with `new-`, so when the snapshotter probes its
-/// `snapshots` directory, the orphan sweep deletes what a killed probe left behind.
+/// containerd's `fs.SupportsDType`, without writing where it can: reads the entries `dir`
+/// already has (a snapshotter root holds `lock`, `metadata` and `snapshots` after its
+/// first open) and answers false when readdir reports `DT_UNKNOWN` for one. Only an empty
+/// `dir` gets a scratch directory (`.dtype-check-<pid>`), removed again; so a root that
+/// opened once is probed on a full filesystem too.
 ///
 /// # Errors
-/// The OS error when the scratch directory cannot be made or read.
+/// The OS error when `dir` cannot be read, or the scratch directory cannot be made.
 pub fn supports_d_type(dir: &Path) -> io::Result<bool> {
-    let scratch = dir.join(format!("new-dtype-check-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
+    if let Some(known) = entries_have_d_type(dir)? {
+        return Ok(known);
+    }
+    let scratch = dir.join(format!(".dtype-check-{}", std::process::id()));
     std::fs::create_dir(&scratch)?;
-    let result = (|| {
-        std::fs::write(scratch.join("probe"), b"")?;
-        let fd = rustix::fs::open(
-            &scratch,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
-        let mut seen = 0;
-        for entry in rustix::fs::Dir::read_from(&fd)? {
-            let entry = entry?;
-            if matches!(entry.file_name().to_bytes(), b"." | b"..") {
-                continue;
-            }
-            seen += 1;
-            if entry.file_type() == FileType::Unknown {
-                return Ok(false);
-            }
-        }
-        if seen == 0 {
-            return Err(io::Error::other(format!(
-                "readdir of {} found no entry",
-                scratch.display()
-            )));
-        }
-        Ok(true)
-    })();
-    if let Err(e) = std::fs::remove_dir_all(&scratch) {
+    let result = entries_have_d_type(dir);
+    if let Err(e) = std::fs::remove_dir(&scratch) {
         log::warn!("removing d_type probe directory {}: {e}", scratch.display());
     }
-    result
+    result?.ok_or_else(|| {
+        io::Error::other(format!(
+            "readdir of {} found no entry, not even {}",
+            dir.display(),
+            scratch.display()
+        ))
+    })
+}
+
+/// `Some(false)` when readdir of `dir` reports `DT_UNKNOWN` for an entry, `Some(true)` when
+/// it has entries and reports every type, `None` when it is empty.
+fn entries_have_d_type(dir: &Path) -> io::Result<Option<bool>> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut seen = false;
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        if matches!(entry.file_name().to_bytes(), b"." | b"..") {
+            continue;
+        }
+        if entry.file_type() == FileType::Unknown {
+            return Ok(Some(false));
+        }
+        seen = true;
+    }
+    Ok(seen.then_some(true))
 }
 
 /// Runs `probe` on `dir` and turns a "no" into the error that names the filesystem.
@@ -139,7 +143,7 @@ pub fn check_d_type(root: &Path, probe: DTypeProbe) -> Result<(), OverlayError> 
         Ok(false) => Err(OverlayError::NoDType {
             path: root.to_path_buf(),
             filesystem: filesystem_name(root),
-            source: io::Error::other("readdir reported DT_UNKNOWN for a regular file"),
+            source: io::Error::other("readdir reported DT_UNKNOWN for an entry"),
         }),
         Err(source) => Err(OverlayError::DTypeProbe {
             path: root.to_path_buf(),

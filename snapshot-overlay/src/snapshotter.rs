@@ -1,15 +1,13 @@
-//! [`OverlaySnapshotter`]: the [`Snapshotter`] on overlayfs.
+//! [`OverlaySnapshotter`]: the [`Snapshotter`](snapshot_core::Snapshotter) on overlayfs.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use snapshot_core::layout::{Layout, Staging};
-use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
+use snapshot_core::lifecycle::{SnapshotStore, Storage};
+use snapshot_core::metastore::Snapshot;
 use snapshot_core::usage::disk_usage;
-use snapshot_core::{
-    Cleaner, CommitOptions, CreateOptions, Error, Info, Kind, Mount, Result, Snapshotter, Usage,
-};
+use snapshot_core::{Error, Kind, Labels, Mount, Result, Usage};
 
 use crate::config::{OverlayConfig, UPPERDIR_LABEL, VOLATILE_LABEL};
 use crate::error::OverlayError;
@@ -23,38 +21,99 @@ use crate::probe::{self, DTypeProbe, KernelFeatures};
 /// snapshots). A new active snapshot's `fs` takes the owner of its parent's `fs`; every
 /// layer root is mode 0755.
 ///
-/// Crash safety (DESIGN.md section 5): a create builds its directory under a staging name
-/// and renames it into place inside the metadata transaction; a commit computes the usage
-/// before its transaction; a remove deletes the record and renames the directory to
-/// `rm-<id>` in one transaction. Open and [`Cleaner::cleanup`] put back what a killed
-/// remove had renamed, and retire every directory the metastore does not know.
+/// Crash safety is the shared lifecycle's ([`SnapshotStore`]): a create builds its
+/// directory under a staging name and renames it into place, durably, inside the metadata
+/// transaction; a commit measures its layer before its transaction and keeps the
+/// directory; a remove deletes the record and renames the directory to `rm-<id>` in one
+/// transaction. Open and cleanup put back what a killed remove had renamed, and retire
+/// every directory the metastore does not know.
+#[derive(Debug)]
 pub struct OverlaySnapshotter {
-    layout: Layout,
-    store: MetaStore,
+    inner: SnapshotStore<OverlayStorage>,
     config: OverlayConfig,
-    features: KernelFeatures,
-    settings: MountSettings,
 }
 
-impl std::fmt::Debug for OverlaySnapshotter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OverlaySnapshotter")
-            .field("root", &self.layout.root())
-            .field("config", &self.config)
-            .field("features", &self.features)
-            .finish()
+/// The overlay backend's [`Storage`]: `fs` and `work` directories, mounted as overlays.
+#[derive(Debug)]
+pub struct OverlayStorage {
+    settings: MountSettings,
+    features: KernelFeatures,
+    upperdir_label: bool,
+}
+
+impl Storage for OverlayStorage {
+    const NAME: &'static str = "overlay";
+    const ASYNC_REMOVE: bool = true;
+
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
+        make_dir(dst, 0o700)?;
+        let fs = dst.join("fs");
+        make_dir(&fs, 0o755)?;
+        if kind == Kind::Active {
+            make_dir(&dst.join("work"), 0o711)?;
+        }
+        if let Some(parent) = parent {
+            inherit_owner(&parent.join("fs"), &fs)?;
+        }
+        Ok(())
+    }
+
+    fn measure(&self, tree: &Path) -> Result<Usage> {
+        disk_usage(&tree.join("fs"))
+    }
+
+    fn mounts(&self, s: &Snapshot, _tree: &Path, labels: Option<&Labels>) -> Result<Vec<Mount>> {
+        let volatile = labels.is_some_and(|l| self.volatile(s.kind, l));
+        Ok(build_mounts(
+            &self.settings,
+            s.kind,
+            s.id,
+            &s.parent_ids,
+            volatile,
+        ))
+    }
+
+    fn mount_labels(&self, s: &Snapshot) -> bool {
+        // Only an active overlay can be volatile: skip the label read otherwise.
+        self.features.volatile && s.kind == Kind::Active && !s.parent_ids.is_empty()
+    }
+
+    fn can_rebase(&self) -> bool {
+        // A layer is a diff, so it can be committed onto another parent.
+        true
+    }
+
+    fn synthesized_label(&self) -> Option<&'static str> {
+        self.upperdir_label.then_some(UPPERDIR_LABEL)
+    }
+
+    fn label_value(&self, id: u64) -> String {
+        self.settings.upper(id).to_string_lossy().into_owned()
+    }
+}
+
+impl OverlayStorage {
+    fn volatile(&self, kind: Kind, labels: &Labels) -> bool {
+        let asked = labels.get(VOLATILE_LABEL).is_some_and(|v| v != "false");
+        if asked && !self.features.volatile {
+            log::debug!("{VOLATILE_LABEL} ignored: this kernel has no volatile overlay option");
+        }
+        asked && self.features.volatile && kind == Kind::Active
     }
 }
 
 impl OverlaySnapshotter {
     /// Opens (or creates) the snapshotter at `root`: probes the kernel (overlay present,
-    /// `index`, `userxattr`, `volatile`) and the filesystem (`d_type`), opens the metastore
-    /// and sweeps the leftovers of a crash.
+    /// `index`, `userxattr`, `volatile`) and the filesystem (`d_type`, read from entries the
+    /// root already has, so a full disk does not stop a reopen), opens the metastore and
+    /// sweeps the leftovers of a crash. A relative root is made absolute.
     ///
     /// # Errors
-    /// Unavailable when the kernel has no overlayfs or another snapshotter, in this
-    /// process or another, holds the root (its lock names the holder); FailedPrecondition when the root's filesystem lacks `d_type`;
-    /// InvalidArgument for `redirect_dir` where `userxattr` is needed; Unknown for I/O.
+    /// InvalidArgument for a root that cannot be written into an overlay option (it holds
+    /// `,` or `:`, or is not UTF-8), or for `redirect_dir` where `userxattr` is needed;
+    /// Unavailable when the kernel has no overlayfs or another snapshotter, in this process
+    /// or another, holds the root (its lock names the holder); FailedPrecondition when the
+    /// root's filesystem lacks `d_type`; Unknown for I/O.
     pub fn open(root: &Path, config: OverlayConfig) -> Result<OverlaySnapshotter> {
         Self::open_with_probe(root, config, probe::supports_d_type)
     }
@@ -70,61 +129,52 @@ impl OverlaySnapshotter {
         d_type_probe: DTypeProbe,
     ) -> Result<OverlaySnapshotter> {
         probe::check_overlay_available()?;
-        // Layout::new makes the directories first, so the probe has somewhere to write.
-        let mut layout = Layout::new(root)?;
-        layout.set_no_sync(config.no_sync);
-        probe::check_d_type(layout.snapshots_dir(), d_type_probe)?;
-        let features = probe::detect(root, config.userxattr)?;
+        let root = snapshot_core::lifecycle::prepare_root(root)?;
+        if let Some(c) = root
+            .to_str()
+            .and_then(|r| r.chars().find(|c| [',', ':'].contains(c)))
+        {
+            return Err(Error::invalid_argument(format!(
+                "overlay root {} holds {c:?}, which overlay mount options cannot carry \
+                 (lowerdir= separates layers with ':' and options with ','): pick a root \
+                 without ',' and ':'",
+                root.display()
+            )));
+        }
+        probe::check_d_type(&root, d_type_probe)?;
+        let features = probe::detect(&root, config.userxattr)?;
         if config.redirect_dir && features.userxattr {
             return Err(OverlayError::RedirectDirWithUserxattr {
-                path: root.to_path_buf(),
+                path: root.clone(),
                 source: io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error()),
             }
             .into());
         }
-        let store = MetaStore::open(
-            &layout.metadata_dir(),
-            &StoreOptions {
-                no_sync: config.no_sync,
-                ..StoreOptions::default()
+        let storage = OverlayStorage {
+            settings: MountSettings {
+                snapshots_dir: root.join("snapshots"),
+                index_off: features.index_off,
+                userxattr: features.userxattr,
+                redirect_dir: config.redirect_dir,
+                extra_options: config.mount_options.clone(),
             },
-        )?;
-        let settings = MountSettings {
-            snapshots_dir: layout.snapshots_dir().to_path_buf(),
-            index_off: features.index_off,
-            userxattr: features.userxattr,
-            redirect_dir: config.redirect_dir,
-            extra_options: config.mount_options.clone(),
-        };
-        let sn = OverlaySnapshotter {
-            layout,
-            store,
-            config,
             features,
-            settings,
+            upperdir_label: config.upperdir_label,
         };
-        sn.sweep()?;
-        // A leftover that cannot be deleted now (an immutable file, a busy mount) must not
-        // keep the node from managing its containers: it stays for the next cleanup.
-        if !sn.config.async_remove {
-            if let Err(e) = sn.layout.purge() {
-                log::warn!(
-                    "overlay snapshotter {}: deleting leftovers (cleanup retries): {e}",
-                    sn.root().display()
-                );
-            }
-        }
-        Ok(sn)
+        Ok(OverlaySnapshotter {
+            inner: SnapshotStore::open(&root, storage, &config.options)?,
+            config,
+        })
     }
 
-    /// The snapshotter root.
+    /// The snapshotter root (absolute).
     pub fn root(&self) -> &Path {
-        self.layout.root()
+        self.inner.root()
     }
 
     /// What the kernel offered at open.
     pub fn features(&self) -> KernelFeatures {
-        self.features
+        self.inner.storage().features
     }
 
     /// The options the snapshotter was opened with.
@@ -132,243 +182,37 @@ impl OverlaySnapshotter {
         &self.config
     }
 
+    /// Whether Remove leaves directories to cleanup (the options' `async_remove`, on by
+    /// default).
+    pub fn async_remove(&self) -> bool {
+        self.inner.async_remove()
+    }
+
+    /// The shared lifecycle under this backend (checks, sweeps).
+    pub fn store(&self) -> &SnapshotStore<OverlayStorage> {
+        &self.inner
+    }
+
     /// The layer directory (`<root>/snapshots/<id>/fs`) of snapshot `key`.
     ///
     /// # Errors
     /// NotFound for a missing key.
     pub fn upper_dir(&self, key: &str) -> Result<PathBuf> {
-        let id = self.store.read(|tx| tx.snapshot(key))?.id;
-        Ok(self.settings.upper(id))
+        let id = self.inner.snapshot(key)?.id;
+        Ok(self.inner.storage().settings.upper(id))
     }
 
     /// Checks the metastore's invariants (keys, child links, the id counter) and that
-    /// every snapshot has its layer directory. Returns the number of snapshots.
+    /// every snapshot has its directory. Returns the number of snapshots.
     ///
     /// # Errors
     /// Unknown naming the first inconsistency.
     pub fn check(&self) -> Result<usize> {
-        let n = self.store.read(|tx| tx.check())?;
-        let ids = self.store.read(|tx| tx.id_map())?;
-        for (id, key) in ids {
-            let fs = self.settings.upper(id);
-            if !fs.is_dir() {
-                return Err(Error::unknown(format!(
-                    "snapshot {key_m:?} (id {id}): layer directory {} is missing",
-                    fs.display(),
-                    key_m = snapshot_core::keyspace::truncate_for_message(&key)
-                )));
-            }
-        }
-        Ok(n)
+        self.inner.check()
     }
 }
 
-impl Snapshotter for OverlaySnapshotter {
-    fn stat(&self, key: &str) -> Result<Info> {
-        let (id, info) = self.store.read(|tx| tx.id_and_info(key))?;
-        Ok(self.with_upper_label(id, info))
-    }
-
-    fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
-        // The synthesised label is never stored, even when a caller sends it back.
-        let mut info = info.clone();
-        if self.config.upperdir_label {
-            info.labels.remove(UPPERDIR_LABEL);
-        }
-        let (id, new) = self.store.write(|tx| {
-            let new = tx.update_info(&info, fieldpaths)?;
-            Ok((tx.snapshot(&new.name)?.id, new))
-        })?;
-        Ok(self.with_upper_label(id, new))
-    }
-
-    fn usage(&self, key: &str) -> Result<Usage> {
-        let (s, stored) = self
-            .store
-            .read(|tx| Ok((tx.snapshot(key)?, tx.stored_usage(key)?.1)))?;
-        if s.kind == Kind::Active {
-            return disk_usage(&self.settings.upper(s.id));
-        }
-        Ok(stored)
-    }
-
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let (s, volatile) = self.store.read(|tx| {
-            let s = tx.snapshot(key)?;
-            // Only an active overlay can be volatile: skip the label read otherwise.
-            let volatile = self.features.volatile
-                && s.kind == Kind::Active
-                && !s.parent_ids.is_empty()
-                && self.volatile(s.kind, &tx.info(key)?.labels);
-            Ok((s, volatile))
-        })?;
-        if s.kind == Kind::Committed {
-            return Err(Error::failed_precondition(format!(
-                "requested snapshot {key_m:?} not active or view: mount an active or view \
-                 snapshot made on it instead",
-                key_m = snapshot_core::keyspace::truncate_for_message(key)
-            )));
-        }
-        Ok(build_mounts(
-            &self.settings,
-            s.kind,
-            s.id,
-            &s.parent_ids,
-            volatile,
-        ))
-    }
-
-    fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
-        self.create(Kind::Active, key, parent, opts)
-    }
-
-    fn view(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
-        self.create(Kind::View, key, parent, opts)
-    }
-
-    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
-        // The usage walk happens before the write transaction so that a large layer does
-        // not block every other writer. When the name is taken or the key is missing or
-        // not active, commit_active reports it, in containerd's order.
-        let pre = self.store.read(|tx| {
-            if tx.snapshot(name).is_ok() {
-                return Ok(None);
-            }
-            Ok(tx.snapshot(key).ok().filter(|s| s.kind == Kind::Active))
-        })?;
-        let usage = match &pre {
-            Some(s) => {
-                let upper = self.settings.upper(s.id);
-                if self.config.sync {
-                    snapshot_core::layout::sync_filesystem(&upper)?;
-                }
-                disk_usage(&upper)?
-            }
-            None => Usage::default(),
-        };
-        self.store.write(|tx| {
-            let id = tx.commit_active(key, name, usage, opts)?;
-            match &pre {
-                Some(s) if s.id == id => Ok(()),
-                _ => Err(Error::unavailable(format!(
-                    "snapshot {key_m:?} was removed and prepared again during its commit: \
-                     commit it again",
-                    key_m = snapshot_core::keyspace::truncate_for_message(key)
-                ))),
-            }
-        })
-    }
-
-    fn remove(&self, key: &str) -> Result<()> {
-        // Asynchronous mode leaves `rm-<id>` to cleanup, so Remove never walks the tree.
-        self.layout
-            .remove_snapshot(&self.store, key, !self.config.async_remove)
-            .map(drop)
-    }
-
-    fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
-        if !self.config.upperdir_label {
-            return self.store.walk(filters, f);
-        }
-        self.store.walk(filters, |info| {
-            // The id is not in Info; a snapshot removed since the batch was read is skipped.
-            match self.store.read(|tx| tx.snapshot(&info.name)) {
-                Ok(s) => f(&self.with_upper_label(s.id, info.clone())),
-                Err(e) if e.is(snapshot_core::ErrorKind::NotFound) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn close(&self) -> Result<()> {
-        self.store.close()?;
-        self.layout.unlock();
-        Ok(())
-    }
-
-    fn as_cleaner(&self) -> Option<&dyn Cleaner> {
-        Some(self)
-    }
-}
-
-impl Cleaner for OverlaySnapshotter {
-    fn cleanup(&self) -> Result<()> {
-        self.sweep()?;
-        self.layout.purge().map(drop)
-    }
-}
-
-impl OverlaySnapshotter {
-    fn with_upper_label(&self, id: u64, mut info: Info) -> Info {
-        if self.config.upperdir_label {
-            info.labels.insert(
-                UPPERDIR_LABEL.to_string(),
-                self.settings.upper(id).to_string_lossy().into(),
-            );
-        }
-        info
-    }
-
-    fn create(
-        &self,
-        kind: Kind,
-        key: &str,
-        parent: &str,
-        opts: &CreateOptions,
-    ) -> Result<Vec<Mount>> {
-        let mut staging = self.layout.stage()?;
-        let fs = staging.path().join("fs");
-        make_dir(&fs, 0o755)?;
-        if kind == Kind::Active {
-            make_dir(&staging.path().join("work"), 0o711)?;
-        }
-        // A failed transaction must take the published directory away.
-        let mut published: Option<u64> = None;
-        let res = self.store.write(|tx| {
-            let s = tx.create(kind, key, parent, &opts.labels)?;
-            if let Some(&pid) = s.parent_ids.first() {
-                inherit_owner(&self.settings.upper(pid), &fs)?;
-            }
-            self.publish(&mut staging, s.id)?;
-            published = Some(s.id);
-            Ok(s)
-        });
-        match res {
-            Ok(s) => Ok(build_mounts(
-                &self.settings,
-                kind,
-                s.id,
-                &s.parent_ids,
-                self.volatile(kind, &opts.labels),
-            )),
-            Err(e) => {
-                if let Some(id) = published {
-                    self.layout.unpublish(id);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn publish(&self, staging: &mut Staging, id: u64) -> Result<()> {
-        self.layout.publish(staging, id).map(drop)
-    }
-
-    fn volatile(&self, kind: Kind, labels: &snapshot_core::Labels) -> bool {
-        let asked = labels.get(VOLATILE_LABEL).is_some_and(|v| v != "false");
-        if asked && !self.features.volatile {
-            log::debug!("{VOLATILE_LABEL} ignored: this kernel has no volatile overlay option");
-        }
-        asked && self.features.volatile && kind == Kind::Active
-    }
-
-    /// Inside one write transaction: renames back the directories of snapshots whose
-    /// remove was killed before its commit, then retires every directory the store does
-    /// not know. Deleting is left to the caller, outside the transaction.
-    fn sweep(&self) -> Result<usize> {
-        self.store.write(|tx| self.layout.retire_orphans(tx))
-    }
-}
+snapshot_core::delegate_snapshotter!(OverlaySnapshotter, inner);
 
 /// `mkdir` with an exact mode: the umask does not apply (the suite runs with umask 0,
 /// callers with whatever they have).

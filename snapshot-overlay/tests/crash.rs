@@ -49,7 +49,10 @@ impl Rng {
 fn config(round: u64) -> OverlayConfig {
     // Alternate the removal modes so both kinds of leftovers are met.
     OverlayConfig {
-        async_remove: round.is_multiple_of(2),
+        options: snapshot_core::lifecycle::Options {
+            async_remove: Some(round.is_multiple_of(2)),
+            ..Default::default()
+        },
         ..OverlayConfig::default()
     }
 }

@@ -355,10 +355,7 @@ fn count_files(dir: &Path) -> usize {
 fn async_remove_of_20000_files_leaves_them_until_cleanup() {
     let dir = tempfile::tempdir().unwrap();
     let sn = open(dir.path(), cfg());
-    assert!(
-        sn.config().async_remove,
-        "asynchronous remove is the default"
-    );
+    assert!(sn.async_remove(), "asynchronous remove is the default");
     sn.prepare("big-active", "", &CreateOptions::default())
         .unwrap();
     let upper = sn.upper_dir("big-active").unwrap();
@@ -403,7 +400,10 @@ fn sync_option_flushes_before_commit_and_commit_keeps_working() {
     let sn = open(
         dir.path(),
         OverlayConfig {
-            sync: true,
+            options: snapshot_core::lifecycle::Options {
+                sync: true,
+                ..Default::default()
+            },
             ..cfg()
         },
     );
@@ -428,7 +428,10 @@ fn sync_remove_deletes_at_once() {
     let sn = open(
         dir.path(),
         OverlayConfig {
-            async_remove: false,
+            options: snapshot_core::lifecycle::Options {
+                async_remove: Some(false),
+                ..Default::default()
+            },
             ..cfg()
         },
     );
@@ -455,7 +458,10 @@ fn deep_chain_of_500_layers_mounts_every_layer() {
     let sn = open(
         dir.path(),
         OverlayConfig {
-            no_sync: true,
+            options: snapshot_core::lifecycle::Options {
+                no_sync: true,
+                ..Default::default()
+            },
             ..cfg()
         },
     );
@@ -677,7 +683,10 @@ fn open_with_sync_remove_survives_a_leftover_it_cannot_delete() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sync = OverlayConfig {
-        async_remove: false,
+        options: snapshot_core::lifecycle::Options {
+            async_remove: Some(false),
+            ..Default::default()
+        },
         ..cfg()
     };
     let sn = open(dir.path(), sync.clone());

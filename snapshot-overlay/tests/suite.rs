@@ -30,7 +30,10 @@ impl Harness for Overlay {
 
     fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn snapshot_core::Snapshotter>> {
         let config = OverlayConfig {
-            async_remove: self.async_remove,
+            options: snapshot_core::lifecycle::Options {
+                async_remove: Some(self.async_remove),
+                ..Default::default()
+            },
             redirect_dir: self.async_remove,
             ..OverlayConfig::default()
         };

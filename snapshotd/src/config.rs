@@ -227,22 +227,25 @@ fn read_file(path: &Path) -> Result<FileConfig, String> {
 }
 
 impl BackendOptions {
-    /// The facade's options for these settings.
+    /// The facade's options for these settings: the common ones go to every backend.
     pub fn to_options(&self) -> snapshots::Options {
         #[allow(unused_mut)]
         let mut o = snapshots::Options::default();
-        #[cfg(feature = "native")]
-        {
-            o.native.no_sync = self.no_sync;
-            o.native.sync = self.sync;
-        }
+        o.common = snapshots::snapshot_core::lifecycle::Options {
+            no_sync: self.no_sync,
+            sync: self.sync,
+            // Unset means each backend's default (overlay: asynchronous, as containerd's).
+            async_remove: self.sync_remove.then_some(false),
+            ..Default::default()
+        };
         #[cfg(feature = "overlay")]
         {
-            o.overlay = crate::server::overlay_config(self);
-        }
-        #[cfg(feature = "btrfs")]
-        {
-            o.btrfs.store.no_sync = self.no_sync;
+            o.overlay = snapshots::snapshot_overlay::OverlayConfig {
+                upperdir_label: self.upperdir_label,
+                mount_options: self.mount_options.clone(),
+                redirect_dir: self.redirect_dir,
+                ..Default::default()
+            };
         }
         o
     }
@@ -351,16 +354,16 @@ mod tests {
         )
         .unwrap();
         let o = c.options.to_options();
-        assert!(!o.overlay.async_remove);
-        assert!(o.overlay.upperdir_label && o.overlay.redirect_dir && o.overlay.no_sync);
-        assert!(o.native.no_sync && o.native.sync);
+        assert_eq!(o.common.async_remove, Some(false));
+        assert!(o.common.no_sync && o.common.sync);
+        assert!(o.overlay.upperdir_label && o.overlay.redirect_dir);
         let d = Config::merge(&flags(&[]), FileConfig::default())
             .unwrap()
             .options
             .to_options();
-        assert!(
-            d.overlay.async_remove,
-            "overlay removes asynchronously by default"
+        assert_eq!(
+            d.common.async_remove, None,
+            "each backend keeps its own remove default"
         );
     }
 }

@@ -192,19 +192,6 @@ pub fn overlay_supported(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The overlay backend's configuration for `opts`.
-#[cfg(feature = "overlay")]
-pub fn overlay_config(opts: &BackendOptions) -> snapshots::snapshot_overlay::OverlayConfig {
-    snapshots::snapshot_overlay::OverlayConfig {
-        no_sync: opts.no_sync,
-        async_remove: !opts.sync_remove,
-        upperdir_label: opts.upperdir_label,
-        mount_options: opts.mount_options.clone(),
-        redirect_dir: opts.redirect_dir,
-        ..Default::default()
-    }
-}
-
 /// Runs the daemon with `config` until SIGTERM or SIGINT: opens the backend, binds the
 /// socket, reports readiness to systemd, serves, and on a signal stops accepting, lets
 /// the calls in flight finish, closes the store and removes the socket.

@@ -107,46 +107,44 @@ impl FromStr for Backend {
     }
 }
 
-/// Backend options for [`open`]: one configuration per compiled-in backend; [`open`] uses
-/// the one of the backend it opens.
+/// Options for [`open`]: the options every backend takes, passed whole to whichever
+/// backend opens, and what only overlay has.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Options {
-    /// Options of the native backend.
-    #[cfg(feature = "native")]
-    pub native: snapshot_native::NativeConfig,
-    /// Options of the overlay backend.
+    /// Durability, `sync`, the remove mode and the map size: every backend gets these.
+    pub common: snapshot_core::lifecycle::Options,
+    /// What only the overlay backend has (upperdir label, mount options, `redirect_dir`,
+    /// `userxattr`). Its own `options` field is ignored: [`open`] puts `common` there.
     #[cfg(feature = "overlay")]
     pub overlay: snapshot_overlay::OverlayConfig,
-    /// Options of the btrfs backend.
-    #[cfg(feature = "btrfs")]
-    pub btrfs: snapshot_btrfs::BtrfsOptions,
 }
 
-/// Opens (or creates) the snapshotter `backend` at `root` with its part of `options`.
+/// Opens `backend` at `root` with `options`.
 ///
 /// # Errors
-/// NotImplemented when `backend` is not compiled in (its Cargo feature is off); whatever
-/// the backend's `open` returns (Unknown when the root cannot be created, Unavailable
-/// when it is already open, InvalidArgument when the filesystem does not fit the backend).
+/// NotImplemented naming the Cargo feature when the backend is not compiled in; whatever
+/// the backend's open returns.
 pub fn open(backend: Backend, root: &Path, options: &Options) -> Result<Box<dyn Snapshotter>> {
-    // `options` is unused when no backend is compiled in.
-    let _ = options;
+    let common = &options.common;
+    let _ = common;
     match backend {
         #[cfg(feature = "native")]
         Backend::Native => Ok(Box::new(snapshot_native::NativeSnapshotter::open(
             root,
-            options.native.clone(),
+            common.clone(),
         )?)),
         #[cfg(feature = "overlay")]
         Backend::Overlay => Ok(Box::new(snapshot_overlay::OverlaySnapshotter::open(
             root,
-            options.overlay.clone(),
+            snapshot_overlay::OverlayConfig {
+                options: common.clone(),
+                ..options.overlay.clone()
+            },
         )?)),
         #[cfg(feature = "btrfs")]
         Backend::Btrfs => Ok(Box::new(snapshot_btrfs::BtrfsSnapshotter::open_with(
-            root,
-            &options.btrfs,
+            root, common,
         )?)),
         #[allow(unreachable_patterns)]
         other => Err(Error::not_implemented(format!(
