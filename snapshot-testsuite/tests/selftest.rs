@@ -2,57 +2,74 @@
 //! privileged gating behaves as documented, the macro stamps out every case, and the
 //! unprivileged cases pass on a minimal correct backend (and catch a broken one).
 //!
-//! The minimal backend keeps metadata in core's metastore and each snapshot in a
-//! directory: an active snapshot starts as a full copy of its parent (mode, owner,
-//! `user.*` xattrs, symlinks and hard links kept) and is bind-mounted read-write; a view
-//! is a read-only bind of its parent. Simple and correct, so every case must pass on it,
-//! the privileged ones too when `SNAPSHOT_TEST_PRIVILEGED=1`.
+//! The minimal backend is a [`Storage`] on snapshot-core's shared lifecycle, as a
+//! contributor's fourth backend would be: each snapshot is a directory; an active snapshot
+//! starts as a full copy of its parent (mode, owner, `user.*` xattrs, symlinks and hard
+//! links kept) and is bind-mounted read-write; a view is a read-only bind of its parent.
+//! Its crash safety (staging, durable publish, sweep, purge) is the shared code's, not its
+//! own. Simple and correct, so every case must pass on it, the privileged ones too when
+//! `SNAPSHOT_TEST_PRIVILEGED=1`.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
+use snapshot_core::lifecycle::{Options, SnapshotStore, Storage};
+use snapshot_core::metastore::Snapshot;
 use snapshot_core::{
-    CommitOptions, CreateOptions, Error, Info, Kind, Mount, Result, Snapshotter, Usage,
+    CommitOptions, CreateOptions, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage,
 };
 use snapshot_testsuite::fstest::{self, apply};
 use snapshot_testsuite::{run_case, Harness, CASES};
 
-struct MetaOnly {
-    dir: PathBuf,
-    store: MetaStore,
+/// The minimal backend's [`Storage`]: everything else, crash safety included, is
+/// snapshot-core's shared lifecycle ([`SnapshotStore`]). This is all a contributor writes
+/// for a fourth backend.
+struct CopyStorage {
+    snapshots: PathBuf,
 }
 
-impl MetaOnly {
-    fn open(root: &Path) -> Result<MetaOnly> {
-        let store = MetaStore::open(&root.join("metadata"), &StoreOptions::default())?;
-        let dir = root.join("snapshots");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
-        Ok(MetaOnly { dir, store })
+impl Storage for CopyStorage {
+    const NAME: &'static str = "metaonly";
+
+    fn has_tree(&self, kind: Kind, has_parent: bool) -> bool {
+        kind == Kind::Active || !has_parent
     }
 
-    fn create(
-        &self,
-        kind: Kind,
-        key: &str,
-        parent: &str,
-        opts: &CreateOptions,
-    ) -> Result<Vec<Mount>> {
-        let s = self
-            .store
-            .write(|tx| tx.create(kind, key, parent, &opts.labels))?;
-        let d = self.dir.join(s.id.to_string());
-        std::fs::create_dir(&d).map_err(|e| Error::io("mkdir", &d, e))?;
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::io("chmod", &d, e))?;
-        if let (Kind::Active, Some(p)) = (kind, s.parent_ids.first()) {
-            let src = self.dir.join(p.to_string());
-            copy_tree(&src, &d, &mut HashMap::new()).map_err(|e| Error::io("copy", &src, e))?;
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
+        std::fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("chmod", dst, e))?;
+        if let (Kind::Active, Some(p)) = (kind, parent) {
+            copy_tree(p, dst, &mut HashMap::new()).map_err(|e| Error::io("copy", p, e))?;
         }
-        self.mounts(key)
+        Ok(())
     }
+
+    fn mounts(&self, s: &Snapshot, tree: &Path, _labels: Option<&Labels>) -> Result<Vec<Mount>> {
+        let (source, mode) = match (s.kind, s.parent_ids.first()) {
+            (Kind::View, Some(p)) => (self.snapshots.join(p.to_string()), "ro"),
+            (Kind::View, None) => (tree.to_path_buf(), "ro"),
+            _ => (tree.to_path_buf(), "rw"),
+        };
+        Ok(vec![Mount::new(
+            "bind",
+            source.to_string_lossy(),
+            vec!["rbind".to_string(), mode.to_string()],
+        )])
+    }
+}
+
+type MetaOnly = SnapshotStore<CopyStorage>;
+
+fn open_metaonly(root: &Path) -> Result<MetaOnly> {
+    let storage = CopyStorage {
+        snapshots: std::path::absolute(root)
+            .map_err(|e| Error::io("resolve", root, e))?
+            .join("snapshots"),
+    };
+    SnapshotStore::open(root, storage, &Options::default())
 }
 
 /// Copies the contents of `src` into the existing directory `dst`.
@@ -107,70 +124,6 @@ fn copy_tree(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -
     Ok(())
 }
 
-impl Snapshotter for MetaOnly {
-    fn stat(&self, key: &str) -> Result<Info> {
-        self.store.read(|tx| tx.info(key))
-    }
-    fn update(&self, info: &Info, fieldpaths: &[String]) -> Result<Info> {
-        self.store.write(|tx| tx.update_info(info, fieldpaths))
-    }
-    fn usage(&self, key: &str) -> Result<Usage> {
-        let (kind, usage) = self.store.read(|tx| tx.stored_usage(key))?;
-        if kind != Kind::Active {
-            return Ok(usage);
-        }
-        let id = self.store.read(|tx| tx.snapshot(key))?.id;
-        snapshot_core::usage::disk_usage(&self.dir.join(id.to_string()))
-    }
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
-        let s = self.store.read(|tx| tx.snapshot(key))?;
-        let (ro, id) = match (s.kind, s.parent_ids.first()) {
-            (Kind::Committed, _) => {
-                return Err(Error::failed_precondition(format!(
-                    "snapshot {:?} is committed",
-                    snapshot_core::keyspace::truncate_for_message(key)
-                )))
-            }
-            (Kind::View, Some(p)) => ("ro", *p),
-            (Kind::View, None) => ("ro", s.id),
-            (Kind::Active, _) => ("rw", s.id),
-        };
-        let src = self.dir.join(id.to_string());
-        Ok(vec![Mount::new(
-            "bind",
-            src.to_string_lossy(),
-            vec!["rbind".into(), ro.into()],
-        )])
-    }
-    fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
-        self.create(Kind::Active, key, parent, opts)
-    }
-    fn view(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
-        self.create(Kind::View, key, parent, opts)
-    }
-    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
-        // A missing key is left to commit_active, which checks the name first.
-        let usage = match self.store.read(|tx| tx.snapshot(key)) {
-            Ok(s) => snapshot_core::usage::disk_usage(&self.dir.join(s.id.to_string()))?,
-            Err(_) => Usage::default(),
-        };
-        self.store
-            .write(|tx| tx.commit_active(key, name, usage, opts))
-            .map(|_| ())
-    }
-    fn remove(&self, key: &str) -> Result<()> {
-        let (id, _) = self.store.write(|tx| tx.remove(key))?;
-        let d = self.dir.join(id.to_string());
-        std::fs::remove_dir_all(&d).map_err(|e| Error::io("remove", &d, e))
-    }
-    fn walk(&self, filters: &[String], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()> {
-        self.store.walk(filters, f)
-    }
-    fn close(&self) -> Result<()> {
-        self.store.close()
-    }
-}
-
 struct MetaOnlyHarness;
 
 impl Harness for MetaOnlyHarness {
@@ -178,12 +131,13 @@ impl Harness for MetaOnlyHarness {
         "metaonly"
     }
     fn open(&self, root: &Path) -> Result<Box<dyn Snapshotter>> {
-        Ok(Box::new(MetaOnly::open(root)?))
+        Ok(Box::new(open_metaonly(root)?))
     }
 }
 
-/// A backend that wrongly lets a snapshot with children be removed.
-struct RemovesParents(MetaOnly);
+/// The minimal backend without its Cleaner and, with `removes_parents`, wrongly letting a
+/// snapshot with children be removed.
+struct RemovesParents(MetaOnly, bool);
 
 impl Snapshotter for RemovesParents {
     fn stat(&self, key: &str) -> Result<Info> {
@@ -209,7 +163,9 @@ impl Snapshotter for RemovesParents {
     }
     fn remove(&self, key: &str) -> Result<()> {
         match self.0.remove(key) {
-            Err(e) if e.kind() == snapshot_core::ErrorKind::FailedPrecondition => Ok(()),
+            Err(e) if self.1 && e.kind() == snapshot_core::ErrorKind::FailedPrecondition => {
+                Ok(())
+            }
             other => other,
         }
     }
@@ -228,7 +184,7 @@ impl Harness for BrokenHarness {
         "broken"
     }
     fn open(&self, root: &Path) -> Result<Box<dyn Snapshotter>> {
-        Ok(Box::new(RemovesParents(MetaOnly::open(root)?)))
+        Ok(Box::new(RemovesParents(open_metaonly(root)?, true)))
     }
 }
 
@@ -412,7 +368,7 @@ fn gating_matches_the_environment() {
     assert!(privileged::has_tool("sh"));
 }
 
-/// A copy backend described with the wrong capabilities.
+/// A copy backend described with the wrong capabilities (and without its Cleaner).
 struct Misdescribed(snapshot_testsuite::Capabilities);
 
 impl Harness for Misdescribed {
@@ -420,7 +376,7 @@ impl Harness for Misdescribed {
         "misdescribed"
     }
     fn open(&self, root: &Path) -> Result<Box<dyn Snapshotter>> {
-        Ok(Box::new(MetaOnly::open(root)?))
+        Ok(Box::new(RemovesParents(open_metaonly(root)?, false)))
     }
     fn capabilities(&self) -> snapshot_testsuite::Capabilities {
         self.0
