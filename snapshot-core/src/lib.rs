@@ -7,7 +7,9 @@
 //! - [`keyspace`]: what keys and labels may be;
 //! - [`filter`]: containerd's filter language for walks;
 //! - [`metastore`]: the LMDB store of snapshot metadata;
-//! - [`layout`]: the on-disk layout and crash-safe steps of directory backends;
+//! - [`lifecycle`]: the crash-safe create, commit and remove every backend shares, over a
+//!   backend's [`lifecycle::Storage`];
+//! - [`layout`]: the filesystem steps it is made of (root lock, renames, fsyncs);
 //! - [`usage`]: disk usage of a tree;
 //! - [`mount`]: mounting what a snapshotter returns (long overlay stacks included).
 #![warn(missing_docs)]

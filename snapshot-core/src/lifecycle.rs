@@ -126,6 +126,15 @@ pub trait Storage: Send + Sync {
         crate::usage::disk_usage(tree)
     }
 
+    /// Flushes the filesystem holding an active tree before its commit is recorded, with
+    /// [`Options::sync`] (default: `syncfs`, [`sync_filesystem`]).
+    ///
+    /// # Errors
+    /// Unknown when the flush fails.
+    fn flush(&self, tree: &Path) -> Result<()> {
+        sync_filesystem(tree)
+    }
+
     /// Builds at `dst` (which does not exist) the committed tree of the active tree
     /// `active`. Called only when committed trees live in another directory than active
     /// ones ([`kind_dir`](Self::kind_dir)); otherwise a commit keeps the tree in place.
@@ -553,7 +562,7 @@ impl<S: Storage> SnapshotStore<S> {
             // The slow part, outside the write transaction: flush, measure, freeze.
             let prepared = (|| {
                 if self.sync {
-                    sync_filesystem(&active)?;
+                    self.storage.flush(&active)?;
                 }
                 let usage = self.storage.measure(&active)?;
                 let frozen = if self.separate_commit() {

@@ -163,9 +163,7 @@ impl Snapshotter for RemovesParents {
     }
     fn remove(&self, key: &str) -> Result<()> {
         match self.0.remove(key) {
-            Err(e) if self.1 && e.kind() == snapshot_core::ErrorKind::FailedPrecondition => {
-                Ok(())
-            }
+            Err(e) if self.1 && e.kind() == snapshot_core::ErrorKind::FailedPrecondition => Ok(()),
             other => other,
         }
     }

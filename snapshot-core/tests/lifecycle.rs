@@ -1,0 +1,511 @@
+//! The shared lifecycle ([`SnapshotStore`]) on a small test backend: the crash-safe order
+//! of create, commit and remove, the sweep of what a crash leaves, purging, the root lock,
+//! options that change behaviour, and races that end as if ordered.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+
+use snapshot_core::lifecycle::{Options, SnapshotStore, Storage};
+use snapshot_core::metastore::Snapshot;
+use snapshot_core::{
+    Cleaner, CommitOptions, CreateOptions, Error, ErrorKind, Kind, Labels, Mount, Result,
+    Snapshotter,
+};
+
+/// Directories holding one file per layer (`data`), copied from the parent. With
+/// `separate`, committed trees live in `committed/` and a commit freezes a copy there, as
+/// btrfs does with subvolumes.
+#[derive(Default)]
+struct Dirs {
+    separate: bool,
+    fail_fill: Mutex<Option<Error>>,
+    // Taken by the next fill: it waits at the barrier twice (started, may go on).
+    gate: Mutex<Option<Arc<Barrier>>>,
+    flushes: AtomicUsize,
+    freezes: AtomicUsize,
+}
+
+impl Storage for Dirs {
+    const NAME: &'static str = "dirs";
+
+    fn kind_dir(&self, kind: Kind) -> &'static str {
+        match (self.separate, kind) {
+            (true, Kind::Committed) => "committed",
+            _ => "snapshots",
+        }
+    }
+
+    fn fill(&self, dst: &Path, _kind: Kind, parent: Option<&Path>) -> Result<()> {
+        fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            gate.wait();
+            gate.wait();
+        }
+        let fail = self.fail_fill.lock().unwrap().take();
+        if let Some(e) = fail {
+            return Err(e);
+        }
+        if let Some(p) = parent {
+            // The parent must be there; its data file only where a layer wrote one.
+            fs::metadata(p).map_err(|e| Error::io("open parent", p, e))?;
+            let src = p.join("data");
+            if src.exists() {
+                fs::copy(&src, dst.join("data")).map_err(|e| Error::io("copy", &src, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self, tree: &Path) -> Result<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        snapshot_core::layout::sync_filesystem(tree)
+    }
+
+    fn freeze(&self, active: &Path, dst: &Path) -> Result<()> {
+        self.freezes.fetch_add(1, Ordering::SeqCst);
+        fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
+        let src = active.join("data");
+        if src.exists() {
+            fs::copy(&src, dst.join("data")).map_err(|e| Error::io("copy", &src, e))?;
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, s: &Snapshot, tree: &Path, _labels: Option<&Labels>) -> Result<Vec<Mount>> {
+        let mode = if s.kind == Kind::Active { "rw" } else { "ro" };
+        Ok(vec![Mount::new(
+            "bind",
+            tree.to_string_lossy(),
+            vec!["rbind".to_string(), mode.to_string()],
+        )])
+    }
+}
+
+type Store = SnapshotStore<Dirs>;
+
+fn open_with(root: &Path, storage: Dirs, options: &Options) -> Store {
+    SnapshotStore::open(root, storage, options).unwrap()
+}
+
+fn open(root: &Path) -> Store {
+    open_with(root, Dirs::default(), &Options::default())
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn opt() -> CreateOptions {
+    CreateOptions::default()
+}
+
+/// Prepares `key` on `parent`, writes `data` into its tree and commits it as `name`.
+fn layer(sn: &Store, name: &str, parent: &str, data: &str) -> u64 {
+    let key = format!("{name}-active");
+    sn.prepare(&key, parent, &opt()).unwrap();
+    let id = sn.snapshot(&key).unwrap().id;
+    fs::write(sn.tree(Kind::Active, id).join("data"), data).unwrap();
+    sn.commit(name, &key, &CommitOptions::default()).unwrap();
+    id
+}
+
+fn snapshots_dir(sn: &Store) -> PathBuf {
+    sn.root().join("snapshots")
+}
+
+#[test]
+fn open_makes_private_directories_and_locks_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("a/b/root");
+    let sn = open(&root);
+    assert_eq!(sn.root(), root);
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&root.join("snapshots")), 0o700);
+    assert!(root.join("metadata").is_dir());
+    // One owner at a time: a second open is refused, naming the root and the holder.
+    let err = SnapshotStore::open(&root, Dirs::default(), &Options::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let msg = err.to_string();
+    assert!(msg.contains(root.to_str().unwrap()), "{msg}");
+    assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+    // Closed, the root opens again.
+    sn.close().unwrap();
+    let again = open(&root);
+    drop(again);
+    drop(sn);
+    open(&root);
+}
+
+#[test]
+fn a_relative_root_is_made_absolute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _cwd = CwdGuard::enter(tmp.path());
+    let sn = open(Path::new("rel/root"));
+    assert!(sn.root().is_absolute(), "{}", sn.root().display());
+    assert_eq!(
+        sn.root(),
+        tmp.path().canonicalize().unwrap().join("rel/root")
+    );
+    let m = sn.prepare("a", "", &opt()).unwrap();
+    assert!(Path::new(&m[0].source).is_absolute(), "{m:?}");
+}
+
+struct CwdGuard(PathBuf);
+
+impl CwdGuard {
+    fn enter(dir: &Path) -> CwdGuard {
+        static LOCK: Mutex<()> = Mutex::new(());
+        std::mem::forget(LOCK.lock().unwrap());
+        let old = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir.canonicalize().unwrap()).unwrap();
+        CwdGuard(old)
+    }
+}
+
+impl Drop for CwdGuard {
+    fn drop(&mut self) {
+        let _ = std::env::set_current_dir(&self.0);
+    }
+}
+
+#[test]
+fn create_publishes_under_the_id_and_a_failed_fill_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open(tmp.path());
+    sn.prepare("a", "", &opt()).unwrap();
+    let id = sn.snapshot("a").unwrap().id;
+    assert!(sn.tree(Kind::Active, id).is_dir());
+    assert_eq!(names(&snapshots_dir(&sn)), vec![id.to_string()]);
+
+    *sn.storage().fail_fill.lock().unwrap() = Some(Error::unknown("disk on fire"));
+    let err = sn.prepare("b", "", &opt()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unknown);
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    assert_eq!(sn.stat("b").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        names(&snapshots_dir(&sn)),
+        vec![id.to_string()],
+        "the staging tree went with the error"
+    );
+    // A create that must fail builds nothing at all.
+    let err = sn.prepare("c", "missing", &opt()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = sn.prepare("a", "", &opt()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(names(&snapshots_dir(&sn)), vec![id.to_string()]);
+    assert_eq!(sn.check().unwrap(), 1);
+}
+
+#[test]
+fn a_create_onto_an_orphan_of_its_id_retires_the_orphan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open(tmp.path());
+    sn.prepare("a", "", &opt()).unwrap();
+    let next = sn.snapshot("a").unwrap().id + 1;
+    // What a crash after publish and before the commit leaves: the next id's tree. Even an
+    // older retired orphan of that id is neither replaced nor merged into.
+    for round in 0..3u64 {
+        let orphan = sn.tree(Kind::Active, next + round);
+        fs::create_dir_all(&orphan).unwrap();
+        fs::write(orphan.join("old"), format!("orphan {round}")).unwrap();
+        fs::create_dir_all(snapshots_dir(&sn).join(format!("rm-orphan-{}", next + round))).unwrap();
+        let key = format!("k{round}");
+        sn.prepare(&key, "", &opt()).unwrap();
+        let s = sn.snapshot(&key).unwrap();
+        assert_eq!(s.id, next + round);
+        assert!(!sn.tree(Kind::Active, s.id).join("old").exists());
+        let retired = names(&snapshots_dir(&sn))
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("rm-orphan-{}", s.id)))
+            .count();
+        assert_eq!(
+            retired, 2,
+            "the older orphan stays, the new one is beside it"
+        );
+    }
+    sn.cleanup().unwrap();
+    assert!(names(&snapshots_dir(&sn))
+        .iter()
+        .all(|n| !n.starts_with("rm-")));
+    assert_eq!(sn.check().unwrap(), 4);
+}
+
+#[test]
+fn open_sweeps_orphans_restores_unfinished_removes_and_keeps_foreign_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let sn = open(&root);
+    let base = layer(&sn, "base", "", "b");
+    sn.prepare("live", "base", &opt()).unwrap();
+    let live = sn.snapshot("live").unwrap().id;
+    sn.close().unwrap();
+    drop(sn);
+    let snaps = root.join("snapshots");
+    // A remove killed between its rename and its commit: rm-<id> of a live record.
+    fs::rename(
+        snaps.join(live.to_string()),
+        snaps.join(format!("rm-{live}")),
+    )
+    .unwrap();
+    fs::create_dir_all(snaps.join("1000")).unwrap(); // a tree without a record
+    fs::create_dir_all(snaps.join("new-1-1/deep")).unwrap(); // staging of a dead process
+    fs::create_dir_all(snaps.join("rm-77")).unwrap(); // a remove that committed
+    fs::create_dir_all(snaps.join("lost+found")).unwrap(); // not ours
+
+    let sn = open(&root);
+    assert_eq!(
+        names(&snaps),
+        vec![base.to_string(), live.to_string(), "lost+found".to_string()]
+    );
+    assert_eq!(
+        fs::read_to_string(sn.tree(Kind::Active, live).join("data")).unwrap(),
+        "b",
+        "the restored tree is the snapshot's own"
+    );
+    assert_eq!(sn.check().unwrap(), 2);
+}
+
+#[test]
+fn asynchronous_remove_waits_for_cleanup_and_synchronous_remove_does_not() {
+    for async_remove in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = Options {
+            async_remove: Some(async_remove),
+            ..Options::default()
+        };
+        let sn = open_with(tmp.path(), Dirs::default(), &options);
+        assert_eq!(sn.async_remove(), async_remove);
+        let id = layer(&sn, "base", "", "x");
+        sn.remove("base").unwrap();
+        assert_eq!(sn.stat("base").unwrap_err().kind(), ErrorKind::NotFound);
+        let left = names(&snapshots_dir(&sn));
+        if async_remove {
+            assert_eq!(left, vec![format!("rm-{id}")]);
+            sn.cleanup().unwrap();
+        }
+        assert!(names(&snapshots_dir(&sn)).is_empty(), "{async_remove}");
+    }
+    // The default is the backend's (Dirs keeps the trait's: synchronous).
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(!open(tmp.path()).async_remove());
+}
+
+#[test]
+fn a_refused_remove_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open(tmp.path());
+    let base = layer(&sn, "base", "", "x");
+    sn.prepare("child", "base", &opt()).unwrap();
+    let err = sn.remove("base").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert!(sn.tree(Kind::Committed, base).join("data").is_file());
+    assert!(!snapshots_dir(&sn).join(format!("rm-{base}")).exists());
+    assert_eq!(
+        sn.remove("missing").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(sn.check().unwrap(), 2);
+}
+
+#[test]
+fn commit_keeps_the_tree_in_place_or_freezes_it_apart() {
+    for separate in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Dirs {
+            separate,
+            ..Dirs::default()
+        };
+        let sn = open_with(tmp.path(), storage, &Options::default());
+        let id = layer(&sn, "base", "", "content");
+        assert_eq!(sn.stat("base").unwrap().kind, Kind::Committed);
+        let committed = sn.tree(Kind::Committed, id);
+        assert_eq!(
+            fs::read_to_string(committed.join("data")).unwrap(),
+            "content"
+        );
+        assert_eq!(
+            sn.storage().freezes.load(Ordering::SeqCst),
+            usize::from(separate)
+        );
+        if separate {
+            assert!(
+                !sn.tree(Kind::Active, id).exists(),
+                "the active tree is deleted"
+            );
+            assert_eq!(names(&sn.root().join("committed")), vec![id.to_string()]);
+        }
+        // The next layer starts from the committed tree.
+        sn.prepare("next", "base", &opt()).unwrap();
+        let next = sn.snapshot("next").unwrap().id;
+        assert_eq!(
+            fs::read_to_string(sn.tree(Kind::Active, next).join("data")).unwrap(),
+            "content"
+        );
+        assert_eq!(sn.usage("base").unwrap().inodes, 2, "the tree and data");
+        assert_eq!(sn.check().unwrap(), 2);
+    }
+}
+
+#[test]
+fn a_commit_killed_after_freezing_leaves_the_active_tree_to_the_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let storage = Dirs {
+        separate: true,
+        ..Dirs::default()
+    };
+    let sn = open_with(&root, storage, &Options::default());
+    let id = layer(&sn, "base", "", "x");
+    sn.close().unwrap();
+    drop(sn);
+    // As if the process died before deleting the active tree.
+    fs::create_dir_all(root.join(format!("snapshots/{id}"))).unwrap();
+    let storage = Dirs {
+        separate: true,
+        ..Dirs::default()
+    };
+    let sn = open_with(&root, storage, &Options::default());
+    assert!(names(&root.join("snapshots")).is_empty());
+    assert_eq!(names(&root.join("committed")), vec![id.to_string()]);
+    assert_eq!(sn.check().unwrap(), 1);
+}
+
+#[test]
+fn rebase_is_refused_where_layers_are_full_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open(tmp.path());
+    layer(&sn, "base", "", "x");
+    sn.prepare("a", "", &opt()).unwrap();
+    let err = sn
+        .commit(
+            "c",
+            "a",
+            &CommitOptions {
+                parent: "base".to_string(),
+                ..CommitOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotImplemented);
+    assert!(
+        err.to_string().contains("backend dirs cannot rebase"),
+        "{err}"
+    );
+    assert_eq!(sn.stat("a").unwrap().kind, Kind::Active, "nothing changed");
+    assert_eq!(sn.stat("c").unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn the_sync_option_flushes_before_each_commit_and_only_then() {
+    for sync in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = Options {
+            sync,
+            ..Options::default()
+        };
+        let sn = open_with(tmp.path(), Dirs::default(), &options);
+        layer(&sn, "one", "", "1");
+        layer(&sn, "two", "one", "2");
+        // A commit that must fail flushes nothing.
+        let _ = sn.commit("two", "missing", &CommitOptions::default());
+        assert_eq!(
+            sn.storage().flushes.load(Ordering::SeqCst),
+            if sync { 2 } else { 0 }
+        );
+    }
+}
+
+/// A Prepare copying its parent while another client removes the parent ends as if the
+/// remove came first: NotFound for the parent, never Unknown, and nothing left behind.
+#[test]
+fn a_parent_removed_during_the_fill_ends_the_create_with_not_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = Arc::new(open(tmp.path()));
+    layer(&sn, "base", "", "x");
+    let gate = Arc::new(Barrier::new(2));
+    *sn.storage().gate.lock().unwrap() = Some(gate.clone());
+    let t = {
+        let sn = sn.clone();
+        std::thread::spawn(move || sn.prepare("child", "base", &opt()))
+    };
+    gate.wait(); // the fill has started
+    sn.remove("base").unwrap();
+    gate.wait(); // let it copy the parent, which is gone now
+    let err = t.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("base"), "{err}");
+    assert_eq!(sn.stat("child").unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(
+        names(&snapshots_dir(&sn)).is_empty(),
+        "{:?}",
+        names(&snapshots_dir(&sn))
+    );
+}
+
+/// The parent removed and made again under the same name during the fill: the create
+/// starts over on the new parent.
+#[test]
+fn a_parent_replaced_during_the_fill_makes_the_create_start_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = Arc::new(open(tmp.path()));
+    layer(&sn, "base", "", "old");
+    let gate = Arc::new(Barrier::new(2));
+    *sn.storage().gate.lock().unwrap() = Some(gate.clone());
+    let t = {
+        let sn = sn.clone();
+        std::thread::spawn(move || sn.prepare("child", "base", &opt()))
+    };
+    gate.wait();
+    sn.remove("base").unwrap();
+    layer(&sn, "base", "", "new");
+    gate.wait();
+    t.join().unwrap().unwrap();
+    let id = sn.snapshot("child").unwrap().id;
+    assert_eq!(
+        fs::read_to_string(sn.tree(Kind::Active, id).join("data")).unwrap(),
+        "new"
+    );
+    assert_eq!(sn.check().unwrap(), 2);
+}
+
+/// The metastore starts with a map far too small; every call still runs once and
+/// succeeds while the map grows.
+#[test]
+fn a_tiny_map_grows_under_prepare_commit_and_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        map_size: 64 << 10,
+        ..Options::default()
+    };
+    let sn = open_with(tmp.path(), Dirs::default(), &options);
+    let big = "v".repeat(3000);
+    let mut parent = String::new();
+    for i in 0..200 {
+        let name = format!("layer-{i}");
+        let key = format!("{name}-active");
+        let labels: Labels = [(format!("label-{i}"), big.clone())].into_iter().collect();
+        sn.prepare(&key, &parent, &CreateOptions { labels })
+            .unwrap();
+        sn.commit(&name, &key, &CommitOptions::default()).unwrap();
+        parent = name;
+    }
+    assert!(sn.store().map_size().unwrap() > 64 << 10, "the map grew");
+    for i in (0..200).rev() {
+        sn.remove(&format!("layer-{i}")).unwrap();
+    }
+    assert_eq!(sn.check().unwrap(), 0);
+    assert!(names(&snapshots_dir(&sn)).is_empty());
+}
