@@ -645,3 +645,58 @@ fn rebase_is_refused_and_changes_nothing() {
     sn.prepare("d", "", &CreateOptions::default()).unwrap();
     sn.commit("e", "a", &CommitOptions::default()).unwrap();
 }
+
+/// A Prepare copying its parent while another client removes that parent ends as if the
+/// two calls were ordered: the Prepare fails NotFound (the remove came first) or the
+/// remove fails FailedPrecondition (the Prepare came first). Never Unknown.
+#[test]
+fn prepare_racing_the_removal_of_its_parent_ends_as_if_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = std::sync::Arc::new(open(&dir.path().join("root")));
+    let mut raced = 0;
+    for round in 0..20 {
+        let parent = format!("parent-{round}");
+        let key = format!("{parent}-active");
+        sn.prepare(&key, "", &CreateOptions::default()).unwrap();
+        let tree = sn
+            .root()
+            .join("snapshots")
+            .join(sn.store().snapshot(&key).unwrap().id.to_string());
+        for i in 0..400 {
+            fs::write(tree.join(format!("f{i}")), "x").unwrap();
+        }
+        sn.commit(&parent, &key, &CommitOptions::default()).unwrap();
+        let child = format!("child-{round}");
+        let t = {
+            let (sn, parent, child) = (sn.clone(), parent.clone(), child.clone());
+            std::thread::spawn(move || sn.prepare(&child, &parent, &CreateOptions::default()))
+        };
+        std::thread::sleep(std::time::Duration::from_micros(200 * (round % 5)));
+        let removed = sn.remove(&parent);
+        let prepared = t.join().unwrap();
+        match (&prepared, &removed) {
+            (Ok(_), Err(e)) => {
+                assert_eq!(
+                    e.kind(),
+                    snapshot_core::ErrorKind::FailedPrecondition,
+                    "{e}"
+                );
+                sn.remove(&child).unwrap();
+                sn.remove(&parent).unwrap();
+            }
+            (Err(e), Ok(())) => {
+                assert_eq!(
+                    e.kind(),
+                    snapshot_core::ErrorKind::NotFound,
+                    "round {round}: {e}"
+                );
+                raced += 1;
+            }
+            other => panic!("round {round}: not as if ordered: {other:?}"),
+        }
+        assert_eq!(sn.store().check().unwrap(), 0, "round {round}");
+    }
+    println!("in {raced} of 20 rounds the remove came first");
+    let left: Vec<_> = fs::read_dir(sn.root().join("snapshots")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
