@@ -19,3 +19,32 @@ fn power_cut_on_btrfs() {
         power_cut(Fs::Btrfs, &open);
     }
 }
+
+/// A btrfs snapshot flushes its source's data anyway, so only the lower bound applies:
+/// with `sync` the layer's data is on the device when Commit returns.
+#[test]
+fn sync_option_flushes_the_layer_at_commit() {
+    if require_privileged_with_tools("btrfs::sync_option_flushes", &["mkfs.btrfs", "losetup"]) {
+        let (without, with) = snapshot_testsuite::powercut::sync_flushes_the_layer(
+            Fs::Btrfs,
+            &|root, sync| {
+                let opts = snapshot_btrfs::BtrfsOptions {
+                    sync,
+                    ..Default::default()
+                };
+                Ok(Box::new(BtrfsSnapshotter::open_with(root, &opts)?))
+            },
+            &|root, _mounts| {
+                let active = root.join("active");
+                let entries: Vec<_> = std::fs::read_dir(&active)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                assert_eq!(entries.len(), 1, "{entries:?}");
+                entries[0].clone()
+            },
+            false,
+        );
+        println!("commit wrote {without} bytes without sync, {with} with");
+    }
+}

@@ -368,7 +368,7 @@ impl MetaStore {
 
 /// Opens an LMDB environment.
 ///
-/// This is one of the crate's two `unsafe` helpers. LMDB maps the file into memory; heed
+/// This is one of the crate's three `unsafe` helpers. LMDB maps the file into memory; heed
 /// marks opening unsafe because another writer that modifies the file outside LMDB's
 /// locking would be undefined behaviour. The store owns its directory and only LMDB
 /// writes to it.
@@ -385,7 +385,10 @@ fn open_env(dir: &Path, opts: &StoreOptions) -> Result<Env<WithoutTls>> {
     }
     // SAFETY: see the function comment.
     match unsafe { options.open(dir) } {
-        Ok(env) => Ok(env),
+        Ok(env) => {
+            close_data_file_on_exec(dir);
+            Ok(env)
+        }
         Err(heed::Error::EnvAlreadyOpened) => Err(Error::unavailable(format!(
             "metastore {} is already open in this process: close the other snapshotter on \
              this root first",
@@ -395,9 +398,46 @@ fn open_env(dir: &Path, opts: &StoreOptions) -> Result<Env<WithoutTls>> {
     }
 }
 
+/// Marks LMDB's descriptor of `<dir>/data.mdb` close-on-exec. LMDB opens its lock file and
+/// meta descriptor with `O_CLOEXEC` but not the data file, so every process the program
+/// starts (a mount helper, `modprobe`, a test's `cp`) would inherit it and keep the
+/// filesystem under the root busy (it cannot be unmounted) for as long as that process
+/// runs.
+///
+/// The crate's third `unsafe` helper: the descriptor is found by number in
+/// `/proc/self/fd` and borrowed for one `fcntl`. It is LMDB's and stays open while the
+/// environment lives; a descriptor closed and reused by another thread in between would
+/// only get close-on-exec, which no descriptor of this crate relies on lacking.
+fn close_data_file_on_exec(dir: &Path) {
+    let data = dir.join("data.mdb");
+    let data = std::fs::canonicalize(&data).unwrap_or(data);
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in fds.flatten() {
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(data.as_path()) {
+            continue;
+        }
+        // SAFETY: see the function comment.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+        if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
+            if !flags.contains(rustix::io::FdFlags::CLOEXEC) {
+                let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Grows the memory map.
 ///
-/// The crate's other `unsafe` helper: LMDB allows a resize only while no transaction of
+/// Another of the crate's `unsafe` helpers: LMDB allows a resize only while no transaction of
 /// this process is live, which the caller guarantees by holding the store's write lock.
 fn resize_env(env: &Env<WithoutTls>, new_size: usize) -> Result<()> {
     // SAFETY: see the function comment.

@@ -1316,3 +1316,28 @@ fn reserved_ids_are_fresh_and_recorded() {
     assert_eq!(kind_of(r), ErrorKind::AlreadyExists);
     assert_eq!(check(&s), 3);
 }
+
+/// A process the program starts does not inherit the store's data file (it would keep
+/// the filesystem busy, unmountable, while it runs).
+#[test]
+fn started_processes_do_not_inherit_the_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MetaStore::open(&dir.path().join("meta"), &StoreOptions::default()).unwrap();
+    let data = std::fs::canonicalize(dir.path().join("meta/data.mdb")).unwrap();
+    let own: Vec<_> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .collect();
+    assert!(own.contains(&data), "the store holds {}", data.display());
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ls -l /proc/$$/fd"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !listing.contains(data.to_str().unwrap()),
+        "the child inherited the data file:\n{listing}"
+    );
+    store.close().unwrap();
+}

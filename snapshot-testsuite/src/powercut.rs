@@ -21,6 +21,9 @@ use snapshot_core::{CommitOptions, CreateOptions, ErrorKind, Kind, Mount, Snapsh
 pub enum Fs {
     /// ext4 with its journal (mkfs.ext4's defaults).
     Ext4,
+    /// ext4 without a journal: nothing reaches the device but what is flushed, so a
+    /// flush shows in the device's write counter.
+    Ext4NoJournal,
     /// btrfs.
     Btrfs,
     /// xfs.
@@ -31,7 +34,7 @@ impl Fs {
     /// The mkfs tool the filesystem needs.
     pub fn mkfs(self) -> &'static str {
         match self {
-            Fs::Ext4 => "mkfs.ext4",
+            Fs::Ext4 | Fs::Ext4NoJournal => "mkfs.ext4",
             Fs::Btrfs => "mkfs.btrfs",
             Fs::Xfs => "mkfs.xfs",
         }
@@ -80,7 +83,7 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
     drop(mnt);
     drop(image);
 
-    let after = Image { path: copy };
+    let after = Image { path: copy, fs };
     let mnt = after.mount(&tmp.path().join("mnt-copy"));
     let root = mnt.join("root");
     let sn = open(&root).unwrap_or_else(|e| panic!("open after the power cut on {fs:?}: {e}"));
@@ -121,6 +124,78 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
     sn.close().expect("close");
 }
 
+/// Opens a backend on a root with the `sync` option on or off.
+pub type SyncOpener<'a> = &'a dyn Fn(&Path, bool) -> snapshot_core::Result<Box<dyn Snapshotter>>;
+
+/// Finds the writable directory of an active snapshot from its root and mounts.
+pub type LayerDir<'a> = &'a dyn Fn(&Path, &[Mount]) -> PathBuf;
+
+/// The writable directory of a bind (native) or overlay (its `upperdir=`) mount list.
+pub fn writable_dir(_root: &Path, mounts: &[Mount]) -> PathBuf {
+    for m in mounts {
+        for o in &m.options {
+            if let Some(v) = o.strip_prefix("upperdir=") {
+                return PathBuf::from(v);
+            }
+        }
+        if m.kind == "bind" {
+            return PathBuf::from(&m.source);
+        }
+    }
+    panic!("no writable directory in {mounts:?}")
+}
+
+/// Checks that the `sync` option makes a layer's files durable when Commit returns: on a
+/// fresh `fs` image, 8 MiB are written into an active snapshot's directory (not through a
+/// mount, whose unmount would flush), then it is committed, and the loop device's
+/// written-sectors counter must have grown by the data's size during the Commit. With
+/// `unsynced_stays_cached`, the same Commit without `sync` must leave most of it unwritten
+/// (the page cache still holds it); a backend whose commit flushes anyway (btrfs
+/// snapshots do) passes false. Returns the bytes written during each Commit (without,
+/// with `sync`).
+///
+/// # Panics
+/// When a step fails or the counter does not show the flag's effect.
+pub fn sync_flushes_the_layer(
+    fs: Fs,
+    open: SyncOpener<'_>,
+    layer_dir: LayerDir<'_>,
+    unsynced_stays_cached: bool,
+) -> (u64, u64) {
+    const DATA: usize = 8 << 20;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let image = Image::new(tmp.path(), "sync", fs);
+    let mnt = image.mount(&tmp.path().join("mnt"));
+    let mut written = [0u64; 2];
+    for (i, sync) in [false, true].into_iter().enumerate() {
+        let root = mnt.join(format!("root-{sync}"));
+        let sn = open(&root, sync).unwrap_or_else(|e| panic!("open on {fs:?}: {e}"));
+        let mounts = sn
+            .prepare("a", "", &CreateOptions::default())
+            .expect("prepare a");
+        let dir = layer_dir(&root, &mounts);
+        let data: Vec<u8> = (0..DATA).map(|i| (i * 31 + i / 4093) as u8).collect();
+        std::fs::write(dir.join("big"), &data).expect("write the layer");
+        let before = mnt.sectors_written();
+        sn.commit("c", "a", &CommitOptions::default())
+            .expect("commit");
+        written[i] = (mnt.sectors_written() - before) * 512;
+        sn.close().expect("close");
+    }
+    let [without, with] = written;
+    assert!(
+        with >= DATA as u64,
+        "{fs:?}: with sync, Commit wrote {with} bytes to the device, less than the layer's {DATA}"
+    );
+    if unsynced_stays_cached {
+        assert!(
+            without < DATA as u64 / 2,
+            "{fs:?}: without sync, Commit wrote {without} bytes: the flag made no difference"
+        );
+    }
+    (without, with)
+}
+
 /// The directories a mount list names: bind sources and overlay's upper, work and lower
 /// directories.
 fn mount_paths(mounts: &[Mount]) -> Vec<PathBuf> {
@@ -146,6 +221,7 @@ fn mount_paths(mounts: &[Mount]) -> Vec<PathBuf> {
 /// A sparse image file holding a filesystem.
 struct Image {
     path: PathBuf,
+    fs: Fs,
 }
 
 impl Image {
@@ -157,11 +233,12 @@ impl Image {
         let mut mkfs = Command::new(fs.mkfs());
         match fs {
             Fs::Ext4 => mkfs.args(["-q", "-F"]),
+            Fs::Ext4NoJournal => mkfs.args(["-q", "-F", "-O", "^has_journal"]),
             Fs::Btrfs | Fs::Xfs => mkfs.args(["-q", "-f"]),
         };
         let st = mkfs.arg(&path).status().expect("mkfs");
         assert!(st.success(), "{} failed", fs.mkfs());
-        Image { path }
+        Image { path, fs }
     }
 
     fn mount(&self, target: &Path) -> Mounted {
@@ -173,11 +250,12 @@ impl Image {
             .expect("losetup");
         assert!(out.status.success(), "losetup: {out:?}");
         let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let st = Command::new("mount")
-            .arg(&dev)
-            .arg(target)
-            .status()
-            .expect("mount");
+        let mut mount = Command::new("mount");
+        if self.fs == Fs::Xfs {
+            // The copy has the original's UUID, which xfs refuses twice unless told.
+            mount.args(["-o", "nouuid"]);
+        }
+        let st = mount.arg(&dev).arg(target).status().expect("mount");
         if !st.success() {
             let _ = Command::new("losetup").arg("-d").arg(&dev).status();
             panic!("mounting {dev} at {} failed", target.display());
@@ -193,6 +271,23 @@ impl Image {
 struct Mounted {
     target: PathBuf,
     dev: String,
+}
+
+impl Mounted {
+    /// Sectors written to the loop device so far (`/sys/block/<dev>/stat`, field 7).
+    fn sectors_written(&self) -> u64 {
+        let name = Path::new(&self.dev)
+            .file_name()
+            .expect("loop device name")
+            .to_string_lossy()
+            .into_owned();
+        let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat"))
+            .expect("loop device statistics");
+        stat.split_whitespace()
+            .nth(6)
+            .and_then(|v| v.parse().ok())
+            .expect("written sectors in the loop device statistics")
+    }
 }
 
 impl std::ops::Deref for Mounted {
