@@ -728,3 +728,89 @@ fn open_with_sync_remove_survives_a_leftover_it_cannot_delete() {
     assert!(!stuck.exists(), "cleanup deletes it once it can");
     sn.close().unwrap();
 }
+
+/// Fills a filesystem: big writes until ENOSPC, then small files until even those fail.
+fn fill_up(dir: &Path) {
+    use std::io::Write;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut f = std::fs::File::create(dir.join("fill")).unwrap();
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    for i in 0.. {
+        if std::fs::write(dir.join(format!("fill-{i}")), [1u8; 512]).is_err()
+            && std::fs::create_dir(dir.join(format!("fill-d{i}"))).is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// A store that opened once reopens on a full xfs (the `d_type` probe writes nothing when
+/// the root has entries), and under ENOSPC every call answers at once and changes nothing.
+#[test]
+fn a_full_filesystem_neither_stops_a_reopen_nor_breaks_the_store() {
+    if !privileged("a_full_filesystem_neither_stops_a_reopen_nor_breaks_the_store") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("full.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(320 << 20)
+        .unwrap();
+    let out = std::process::Command::new("mkfs.xfs")
+        .args(["-q", "-f"])
+        .arg(&img)
+        .output()
+        .expect("mkfs.xfs is needed (xfsprogs)");
+    assert!(out.status.success(), "mkfs.xfs: {out:?}");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount -o loop: {out:?}");
+    let _guard = MountGuard(mnt.clone());
+    let root = mnt.join("root");
+    let sn = OverlaySnapshotter::open(&root, cfg()).unwrap();
+    layer(&sn, "base", "", &[("f", "x")]);
+    sn.prepare("a", "base", &CreateOptions::default()).unwrap();
+    sn.close().unwrap();
+    drop(sn);
+
+    fill_up(&mnt);
+    let sn = OverlaySnapshotter::open(&root, cfg())
+        .unwrap_or_else(|e| panic!("reopening on a full filesystem: {e}"));
+    let before = sn.check().unwrap();
+    let t = std::time::Instant::now();
+    let mut refused = 0;
+    for i in 0..20 {
+        match sn.prepare(&format!("b{i}"), "base", &CreateOptions::default()) {
+            Ok(_) => {}
+            Err(e) => {
+                refused += 1;
+                assert!(e.to_string().contains("snapshots"), "names the path: {e}");
+            }
+        }
+    }
+    assert!(refused > 0, "a full filesystem refused nothing");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "calls must answer at once under ENOSPC"
+    );
+    assert_eq!(sn.stat("a").unwrap().kind, Kind::Active);
+    let after = sn.check().unwrap();
+    assert_eq!(after, before + 20 - refused, "a refused call changed nothing");
+    let leftovers: Vec<_> = snapshot_entries(&sn)
+        .into_iter()
+        .filter(|n| n.starts_with("new-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Space back, everything works again.
+    std::fs::remove_file(mnt.join("fill")).unwrap();
+    sn.prepare("c", "base", &CreateOptions::default()).unwrap();
+    sn.close().unwrap();
+}
