@@ -279,3 +279,19 @@ fn rebase_is_refused_and_changes_nothing() {
     sn.remove("base").unwrap();
     done(sn, &root);
 }
+
+#[test]
+fn prepare_commit_and_remove_grow_a_tiny_map() {
+    let Some((_tmp, root)) = root("btrfs_rules::tiny_map") else {
+        return;
+    };
+    let opts = snapshot_btrfs::BtrfsOptions {
+        map_size: snapshot_testsuite::TINY_MAP,
+        no_sync: true,
+        ..Default::default()
+    };
+    let sn = BtrfsSnapshotter::open_with(&root, &opts).unwrap();
+    snapshot_testsuite::grow_a_tiny_map(&sn);
+    assert!(sn.store().store().map_size().unwrap() > snapshot_testsuite::TINY_MAP);
+    done(sn, &root);
+}

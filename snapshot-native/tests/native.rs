@@ -700,3 +700,16 @@ fn prepare_racing_the_removal_of_its_parent_ends_as_if_ordered() {
     let left: Vec<_> = fs::read_dir(sn.root().join("snapshots")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn prepare_commit_and_remove_grow_a_tiny_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = NativeConfig {
+        map_size: snapshot_testsuite::TINY_MAP,
+        no_sync: true,
+        ..NativeConfig::default()
+    };
+    let sn = NativeSnapshotter::open(&dir.path().join("root"), config).unwrap();
+    snapshot_testsuite::grow_a_tiny_map(&sn);
+    assert!(sn.store().store().map_size().unwrap() > snapshot_testsuite::TINY_MAP);
+}

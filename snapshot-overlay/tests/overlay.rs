@@ -803,7 +803,11 @@ fn a_full_filesystem_neither_stops_a_reopen_nor_breaks_the_store() {
     );
     assert_eq!(sn.stat("a").unwrap().kind, Kind::Active);
     let after = sn.check().unwrap();
-    assert_eq!(after, before + 20 - refused, "a refused call changed nothing");
+    assert_eq!(
+        after,
+        before + 20 - refused,
+        "a refused call changed nothing"
+    );
     let leftovers: Vec<_> = snapshot_entries(&sn)
         .into_iter()
         .filter(|n| n.starts_with("new-"))
@@ -813,4 +817,20 @@ fn a_full_filesystem_neither_stops_a_reopen_nor_breaks_the_store() {
     std::fs::remove_file(mnt.join("fill")).unwrap();
     sn.prepare("c", "base", &CreateOptions::default()).unwrap();
     sn.close().unwrap();
+}
+
+#[test]
+fn prepare_commit_and_remove_grow_a_tiny_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OverlayConfig {
+        options: snapshot_core::lifecycle::Options {
+            map_size: snapshot_testsuite::TINY_MAP,
+            no_sync: true,
+            ..Default::default()
+        },
+        ..cfg()
+    };
+    let sn = open(dir.path(), config);
+    snapshot_testsuite::grow_a_tiny_map(&sn);
+    assert!(sn.store().store().map_size().unwrap() > snapshot_testsuite::TINY_MAP);
 }

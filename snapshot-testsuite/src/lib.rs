@@ -473,3 +473,52 @@ impl Drop for MountGuard {
         }
     }
 }
+
+/// The initial metastore map size to open a backend with for [`grow_a_tiny_map`]: far
+/// too small for what that function records.
+pub const TINY_MAP: usize = 64 << 10;
+
+/// Prepares, commits and removes a chain of 100 layers with 3 KB labels on a backend
+/// opened with a [`TINY_MAP`] metastore, so the map must grow several times during
+/// Prepare, Commit and Remove. Every call must succeed the first time: a transaction never
+/// runs twice, so no backend sees "map full" or a retried closure.
+///
+/// # Panics
+/// When a call fails or the store is left inconsistent.
+pub fn grow_a_tiny_map(sn: &dyn Snapshotter) {
+    use snapshot_core::{CommitOptions, CreateOptions, Labels};
+    let big = "v".repeat(3000);
+    let mut parent = String::new();
+    for i in 0..100 {
+        let name = format!("layer-{i}");
+        let key = format!("{name}-active");
+        let labels: Labels = [(format!("label-{i}"), big.clone())].into_iter().collect();
+        sn.prepare(&key, &parent, &CreateOptions { labels })
+            .unwrap_or_else(|e| panic!("prepare {key} while the map grows: {e}"));
+        let labels: Labels = [(format!("commit-{i}"), big.clone())].into_iter().collect();
+        sn.commit(
+            &name,
+            &key,
+            &CommitOptions {
+                labels,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("commit {name} while the map grows: {e}"));
+        parent = name;
+    }
+    sn.view("view", &parent, &CreateOptions::default())
+        .unwrap_or_else(|e| panic!("view while the map grows: {e}"));
+    sn.remove("view").expect("remove view");
+    for i in (0..100).rev() {
+        sn.remove(&format!("layer-{i}"))
+            .unwrap_or_else(|e| panic!("remove layer-{i} while the map grows: {e}"));
+    }
+    let mut left = 0;
+    sn.walk(&[], &mut |_| {
+        left += 1;
+        Ok(())
+    })
+    .expect("walk");
+    assert_eq!(left, 0, "every layer was removed");
+}
