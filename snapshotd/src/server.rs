@@ -109,8 +109,14 @@ pub fn bind(path: &Path) -> Result<BoundSocket, String> {
     })
 }
 
+/// How long a shutdown lets connections finish after open List streams were ended; then
+/// the server drops them, whatever their clients do.
+pub const STREAM_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves the snapshots service over `sn` on `listener` until `shutdown` completes, then
-/// stops accepting, lets the calls in flight finish and returns.
+/// stops accepting, ends open List streams (Unavailable), lets the calls in flight finish
+/// for up to [`STREAM_GRACE`] and returns. Blocking backend calls still running are the
+/// caller's to wait for (they hold `sn`).
 ///
 /// Must be called inside a tokio runtime.
 ///
@@ -123,11 +129,29 @@ pub async fn serve(
 ) -> Result<(), String> {
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| format!("registering the socket with tokio: {e}"))?;
-    tonic::transport::Server::builder()
-        .add_service(SnapshotService::new(sn).into_server())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| format!("serving: {e}"))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(SnapshotService::with_stop(sn, stop_rx).into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            let _ = stopped_tx.send(());
+        });
+    tokio::pin!(server);
+    let deadline = async {
+        if stopped_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(STREAM_GRACE).await;
+    };
+    tokio::select! {
+        r = &mut server => r.map_err(|e| format!("serving: {e}")),
+        () = deadline => {
+            log::warn!("connections still open {STREAM_GRACE:?} after the shutdown began: dropping them");
+            Ok(())
+        }
+    }
 }
 
 /// The backend to run: the configured one, else overlay where the root's filesystem

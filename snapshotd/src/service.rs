@@ -23,19 +23,49 @@ use crate::proto::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
 /// How many infos one List response carries (containerd's service sends 100).
 pub const LIST_BATCH: usize = 100;
 
+/// The most bytes of infos one List response carries: well under containerd's gRPC limit
+/// of 16 MiB a message, so snapshots with large labels never make a message too big, and
+/// what a slow client pins stays small.
+pub const LIST_BATCH_BYTES: usize = 1 << 20;
+
 /// How many List batches may wait for a slow client before the walk pauses.
 const LIST_QUEUE: usize = 2;
+
+/// How long a List waits for its client to read a batch before it gives up the stream
+/// (and the thread walking for it).
+pub const LIST_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The service: holds the snapshotter shared by every call.
 #[derive(Clone)]
 pub struct SnapshotService {
     sn: Arc<dyn Snapshotter>,
+    // Becomes true when the daemon stops: open List streams end at once.
+    stopping: tokio::sync::watch::Receiver<bool>,
+    _never: Option<Arc<tokio::sync::watch::Sender<bool>>>,
 }
 
 impl SnapshotService {
-    /// A service over `sn`.
+    /// A service over `sn` that is never told to stop.
     pub fn new(sn: Arc<dyn Snapshotter>) -> Self {
-        SnapshotService { sn }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        SnapshotService {
+            sn,
+            stopping: rx,
+            _never: Some(Arc::new(tx)),
+        }
+    }
+
+    /// A service over `sn` whose open List streams end, with Unavailable, once `stopping`
+    /// turns true.
+    pub fn with_stop(
+        sn: Arc<dyn Snapshotter>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        SnapshotService {
+            sn,
+            stopping,
+            _never: None,
+        }
     }
 
     /// The tonic server for this service, ready to add to a router.
@@ -173,16 +203,47 @@ impl Snapshots for SnapshotService {
         FilterSet::parse(&filters).map_err(|e| to_status(&e))?;
         let (tx, rx) = mpsc::channel(LIST_QUEUE);
         let sn = Arc::clone(&self.sn);
+        let stopping = self.stopping.clone();
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // Sends one message, waiting at most LIST_SEND_TIMEOUT for the client to make
+            // room and not at all once the daemon stops.
+            let send = |msg: Result<pb::ListSnapshotsResponse, Status>| -> snapshots::Result<()> {
+                let mut stopping = stopping.clone();
+                handle.block_on(async {
+                    if *stopping.borrow() {
+                        let _ = tx.try_send(Err(Status::unavailable("list: the daemon is stopping")));
+                        return Err(Error::unavailable("list: the daemon is stopping"));
+                    }
+                    tokio::select! {
+                        sent = tokio::time::timeout(LIST_SEND_TIMEOUT, tx.send(msg)) => match sent {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(_)) => Err(Error::unavailable("list: the client closed the stream")),
+                            Err(_) => Err(Error::unavailable(format!(
+                                "list: the client read nothing for {LIST_SEND_TIMEOUT:?}: stream dropped"
+                            ))),
+                        },
+                        _ = stopping.wait_for(|s| *s) => {
+                            let _ = tx.try_send(Err(Status::unavailable("list: the daemon is stopping")));
+                            Err(Error::unavailable("list: the daemon is stopping"))
+                        }
+                    }
+                })
+            };
             let mut batch = Vec::with_capacity(LIST_BATCH);
+            let mut bytes = 0;
+            let mut gone = false;
             let walked = sn.walk(&filters, &mut |info| {
-                batch.push(info_to_proto(info));
-                if batch.len() == LIST_BATCH {
+                let info = info_to_proto(info);
+                bytes += prost::Message::encoded_len(&info);
+                batch.push(info);
+                if batch.len() == LIST_BATCH || bytes >= LIST_BATCH_BYTES {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
-                    // Blocking here is fine: the walk holds no transaction while a
-                    // callback runs. A client that went away ends the walk.
-                    tx.blocking_send(Ok(pb::ListSnapshotsResponse { info: full }))
-                        .map_err(|_| Error::unavailable("list: the client closed the stream"))?;
+                    bytes = 0;
+                    // The walk holds no transaction while a callback runs. A client that
+                    // went away, stopped reading, or a stopping daemon ends the walk.
+                    send(Ok(pb::ListSnapshotsResponse { info: full }))
+                        .inspect_err(|_| gone = true)?;
                 }
                 Ok(())
             });
@@ -190,11 +251,14 @@ impl Snapshots for SnapshotService {
                 Ok(()) if batch.is_empty() => return,
                 Ok(()) => Ok(pb::ListSnapshotsResponse { info: batch }),
                 Err(e) => {
-                    log::debug!("list failed: {e}");
+                    log::debug!("list ended: {e}");
+                    if gone {
+                        return;
+                    }
                     Err(to_status(&e))
                 }
             };
-            let _ = tx.blocking_send(last);
+            let _ = send(last);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

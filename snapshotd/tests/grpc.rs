@@ -531,3 +531,87 @@ async fn shutdown_lets_the_call_in_flight_finish() {
     assert_eq!(call.await.unwrap().unwrap(), vec!["bind"]);
     assert_eq!(sn.stat("slow").unwrap().kind, snapshots::Kind::Active);
 }
+
+/// Makes `n` snapshots (native, no_sync) carrying `label_bytes` of labels each.
+fn many_with_labels(sn: &dyn snapshots::Snapshotter, n: usize, label_bytes: usize) {
+    let value = "v".repeat(3900);
+    for i in 0..n {
+        let labels: snapshots::Labels = (0..label_bytes.div_ceil(4000))
+            .map(|l| (format!("l{l}"), value.clone()))
+            .collect();
+        sn.prepare(&format!("s{i}"), "", &snapshots::CreateOptions { labels })
+            .unwrap();
+    }
+}
+
+async fn no_sync_server() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = snapshots::Options::default();
+    options.common.no_sync = true;
+    let sn = snapshots::open(
+        snapshots::Backend::Native,
+        &dir.path().join("root"),
+        &options,
+    )
+    .unwrap();
+    TestServer::with(dir, std::sync::Arc::from(sn)).await
+}
+
+/// A batch is bounded by bytes as well as by count: snapshots with large labels never make
+/// a message near gRPC's 16 MiB limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_batches_are_bounded_by_bytes() {
+    let srv = no_sync_server().await;
+    many_with_labels(&*srv.sn, 100, 60_000);
+    let mut c = srv.client().await;
+    let mut stream = c
+        .list(pb::ListSnapshotsRequest {
+            snapshotter: "snapshotd".into(),
+            filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut messages, mut infos) = (0, 0);
+    while let Some(msg) = stream.message().await.unwrap() {
+        let len = prost::Message::encoded_len(&msg);
+        assert!(
+            len <= snapshotd::service::LIST_BATCH_BYTES + 70_000,
+            "a {len}-byte List message"
+        );
+        messages += 1;
+        infos += msg.info.len();
+    }
+    assert_eq!(infos, 100);
+    assert!(messages >= 6, "6 MB of infos in {messages} messages");
+    srv.stop().await;
+}
+
+/// A client that opens List and stops reading neither pins the daemon's shutdown nor keeps
+/// it from exiting: the stream is ended and the server returns within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_a_list_whose_client_stopped_reading() {
+    let srv = no_sync_server().await;
+    many_with_labels(&*srv.sn, 600, 12_000);
+    let mut c = srv.client().await;
+    let mut stream = c
+        .list(pb::ListSnapshotsRequest {
+            snapshotter: "snapshotd".into(),
+            filters: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // One message read, then the client sits on the stream.
+    assert!(stream.message().await.unwrap().is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    tokio::time::timeout(
+        snapshotd::server::STREAM_GRACE + std::time::Duration::from_secs(10),
+        srv.stop(),
+    )
+    .await
+    .expect("the server did not stop while a client sat on a List stream");
+    println!("stopped after {:?}", t.elapsed());
+    drop(stream);
+}
