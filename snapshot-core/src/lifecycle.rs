@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <root>/lock                the root's lock (one process per root)
+//! <root>/backend             the name of the backend whose store this is
 //! <root>/metadata/           the LMDB metastore
 //! <root>/<dir>/<id>          a snapshot's tree, <dir> as Storage::kind_dir names it
 //! <root>/<dir>/new-*         a tree being built (staging)
@@ -280,19 +281,64 @@ pub fn prepare_root(root: &Path) -> Result<PathBuf> {
     Ok(abs)
 }
 
+/// The file under the root that names the backend whose store it holds.
+const BACKEND_FILE: &str = "backend";
+
+/// The backend whose store `root` holds (as its `backend` file names it), or `None` for a
+/// root without a store, or one made before roots recorded their backend.
+///
+/// # Errors
+/// Unknown when the file exists but cannot be read.
+pub fn recorded_backend(root: &Path) -> Result<Option<String>> {
+    let path = root.join(BACKEND_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path, e)),
+    }
+}
+
+/// Refuses a root another backend's store is in, and records `name` in a root that names
+/// none yet.
+fn claim_root(root: &Path, name: &str, durable: bool) -> Result<()> {
+    match recorded_backend(root)? {
+        Some(found) if found == name => Ok(()),
+        Some(found) => Err(Error::failed_precondition(format!(
+            "snapshotter root {} holds a store of the {found} backend, not {name}: open it \
+             with {found}, or pick another root for {name}",
+            root.display()
+        ))),
+        None => {
+            let path = root.join(BACKEND_FILE);
+            let tmp = root.join(format!(".{BACKEND_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{name}\n"))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::io("write", &path, e))?;
+            if durable {
+                fsync_dir(root)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 impl<S: Storage> SnapshotStore<S> {
-    /// Opens (or creates) the store at `root` for `storage`: takes the root's lock, creates
+    /// Opens (or creates) the store at `root` for `storage`: takes the root's lock, checks
+    /// that the root is this backend's (its `backend` file; a root without one is claimed),
+    /// creates
     /// the kind directories (mode 0700), opens the metastore at `<root>/metadata`, sweeps
     /// what a crash left and, with synchronous remove, deletes it. A leftover that cannot
     /// be deleted (an immutable file, a busy mount) is logged and kept for the next cleanup.
     ///
     /// # Errors
     /// InvalidArgument for a root that is not UTF-8; Unavailable when another snapshotter
-    /// (in this process or another) holds the root, naming the holder; Unknown when the
+    /// (in this process or another) holds the root, naming the holder; FailedPrecondition
+    /// when another backend's store is in the root; Unknown when the
     /// directories or the metastore cannot be made, or the sweep cannot rename.
     pub fn open(root: &Path, storage: S, options: &Options) -> Result<SnapshotStore<S>> {
         let root = prepare_root(root)?;
         let lock = RootLock::acquire(&root)?;
+        claim_root(&root, S::NAME, !options.no_sync)?;
         let sn = SnapshotStore {
             async_remove: options.async_remove.unwrap_or(S::ASYNC_REMOVE),
             sync: options.sync,

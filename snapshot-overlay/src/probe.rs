@@ -239,6 +239,47 @@ pub fn detect(root: &Path, force_userxattr: Option<bool>) -> Result<KernelFeatur
     })
 }
 
+/// Whether an overlay with its upper directory on `root`'s filesystem mounts: the check
+/// containerd's overlay plugin makes (`overlayutils.Supported`), done by mounting one in a
+/// scratch directory `<root>/.overlay-check-<pid>` (created with `root` if needed) and
+/// taking it off again. It writes, so it is for choosing a backend for a new root; a root
+/// that holds a store already says which backend made it
+/// ([`snapshot_core::lifecycle::recorded_backend`]).
+///
+/// # Errors
+/// Why not, naming the path: the mount's error (no overlay module, no privilege, an upper
+/// filesystem overlay does not take, such as overlayfs itself), or the scratch directory's.
+pub fn overlay_mounts_on(root: &Path) -> snapshot_core::Result<()> {
+    use snapshot_core::Error;
+    let root = snapshot_core::lifecycle::prepare_root(root)?;
+    let scratch = root.join(format!(".overlay-check-{}", std::process::id()));
+    let _ = snapshot_core::layout::remove_tree(&scratch);
+    let result = (|| {
+        let mut dirs = Vec::new();
+        for n in ["lower", "upper", "work", "merged"] {
+            let p = scratch.join(n);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io("create directory", &p, e))?;
+            dirs.push(p.to_string_lossy().into_owned());
+        }
+        let m = snapshot_core::Mount::new(
+            "overlay",
+            "overlay",
+            vec![
+                format!("lowerdir={}", dirs[0]),
+                format!("upperdir={}", dirs[1]),
+                format!("workdir={}", dirs[2]),
+            ],
+        );
+        let merged = Path::new(&dirs[3]);
+        snapshot_core::mount::mount_all(&[m], merged)?;
+        snapshot_core::mount::unmount_all(merged)
+    })();
+    if let Err(e) = snapshot_core::layout::remove_tree(&scratch) {
+        log::warn!("removing the overlay check {}: {e}", scratch.display());
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,66 +154,33 @@ pub async fn serve(
     }
 }
 
-/// The backend to run: the configured one, else overlay where the root's filesystem
-/// supports it, else native. The choice and its reason are logged.
+/// The backend to run: the configured one, else [`snapshots::detect`]'s choice (the one
+/// the root holds; for a new root overlay where it mounts, else native). The choice, its
+/// reason and the backend's capabilities (for containerd's proxy-plugin configuration) are
+/// logged.
 pub fn choose_backend(configured: Option<Backend>, root: &Path) -> Backend {
-    if let Some(b) = configured {
-        log::info!("backend {b} (configured)");
-        return b;
-    }
-    if Backend::Overlay.is_compiled() {
-        match overlay_supported(root) {
-            Ok(()) => {
-                log::info!(
-                    "backend overlay (detected: {} supports overlayfs)",
-                    root.display()
-                );
-                return Backend::Overlay;
-            }
-            Err(why) => log::info!(
-                "backend native (overlay is not usable at {}: {why})",
-                root.display()
-            ),
+    let backend = match configured {
+        Some(b) => {
+            log::info!("backend {b} (configured)");
+            b
         }
-    } else {
-        log::info!("backend native (overlay is not compiled in)");
-    }
-    Backend::Native
-}
-
-/// Whether an overlay with an upper directory on `root`'s filesystem mounts: the check
-/// containerd's overlay plugin makes (`overlayutils.Supported`), done by mounting one in a
-/// scratch directory under `root` and taking it off again.
-///
-/// # Errors
-/// Why not: the mount's error (no overlay module, no privilege, an upper filesystem
-/// overlay does not take, such as overlayfs itself).
-pub fn overlay_supported(root: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix("overlay-check-")
-        .tempdir_in(root)
-        .map_err(|e| format!("creating a scratch directory in {}: {e}", root.display()))?;
-    let dir = |n: &str| -> Result<String, String> {
-        let p = scratch.path().join(n);
-        std::fs::create_dir(&p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-        p.into_os_string()
-            .into_string()
-            .map_err(|p| format!("{p:?} is not UTF-8"))
+        None => {
+            let d = snapshots::detect(root);
+            log::info!("backend {} (detected: {})", d.backend, d.reason);
+            d.backend
+        }
     };
-    let (lower, upper, work, merged) = (dir("lower")?, dir("upper")?, dir("work")?, dir("merged")?);
-    let m = snapshots::Mount::new(
-        "overlay",
-        "overlay",
-        vec![
-            format!("lowerdir={lower}"),
-            format!("upperdir={upper}"),
-            format!("workdir={work}"),
-        ],
+    let caps = backend.capabilities();
+    log::info!(
+        "capabilities of {backend}: [{}] (containerd 2.x: capabilities = [{}] in its \
+         [proxy_plugins] entry)",
+        caps.join(", "),
+        caps.iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    snapshots::mount::mount_all(&[m], Path::new(&merged)).map_err(|e| e.to_string())?;
-    snapshots::mount::unmount_all(Path::new(&merged)).map_err(|e| e.to_string())?;
-    Ok(())
+    backend
 }
 
 /// Runs the daemon with `config` until SIGTERM or SIGINT: opens the backend, binds the

@@ -74,6 +74,17 @@ impl Backend {
         }
     }
 
+    /// The capabilities containerd's proxy-plugin configuration names for this backend
+    /// (`capabilities = [...]` in `[proxy_plugins.<name>]`, containerd 2.x): `rebase` for
+    /// overlay, whose layers are diffs and can be committed onto another parent; none for
+    /// native and btrfs, whose layers are full copies and refuse a rebasing Commit.
+    pub fn capabilities(self) -> &'static [&'static str] {
+        match self {
+            Backend::Overlay => &["rebase"],
+            Backend::Native | Backend::Btrfs => &[],
+        }
+    }
+
     /// The backends this build has.
     pub fn compiled() -> Vec<Backend> {
         Backend::ALL
@@ -156,6 +167,54 @@ pub fn open(backend: Backend, root: &Path, options: &Options) -> Result<Box<dyn 
     }
 }
 
+/// The backend [`detect`] chose, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    /// The backend to open.
+    pub backend: Backend,
+    /// Why, for a log line: "the root holds a native store", "... supports overlayfs", or
+    /// why overlay is not usable there.
+    pub reason: String,
+}
+
+/// Chooses the backend for `root` as the daemon does when none is configured: the one
+/// whose store the root already holds; for a new root, overlay where an overlay with its
+/// upper directory on the root's filesystem mounts (containerd's check), else native,
+/// which works anywhere. A new root's check writes a scratch directory under it.
+pub fn detect(root: &Path) -> Detected {
+    match snapshot_core::lifecycle::recorded_backend(root) {
+        Ok(Some(name)) => match name.parse::<Backend>() {
+            Ok(backend) => {
+                return Detected {
+                    backend,
+                    reason: format!("{} holds a {backend} store", root.display()),
+                }
+            }
+            Err(e) => log::warn!("{}: {e}", root.display()),
+        },
+        Ok(None) => {}
+        Err(e) => log::warn!("{e}"),
+    }
+    #[cfg(feature = "overlay")]
+    {
+        match snapshot_overlay::probe::overlay_mounts_on(root) {
+            Ok(()) => Detected {
+                backend: Backend::Overlay,
+                reason: format!("{} supports overlayfs", root.display()),
+            },
+            Err(e) => Detected {
+                backend: Backend::Native,
+                reason: format!("overlay is not usable at {}: {e}", root.display()),
+            },
+        }
+    }
+    #[cfg(not(feature = "overlay"))]
+    Detected {
+        backend: Backend::Native,
+        reason: "overlay is not compiled in".to_string(),
+    }
+}
+
 fn compiled_names() -> String {
     let names: Vec<&str> = Backend::compiled().into_iter().map(Backend::name).collect();
     if names.is_empty() {
@@ -179,6 +238,36 @@ mod tests {
         let err = "zfs".parse::<Backend>().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("zfs"), "{err}");
+    }
+
+    #[test]
+    fn only_overlay_can_rebase() {
+        assert_eq!(Backend::Overlay.capabilities(), ["rebase"]);
+        assert!(Backend::Native.capabilities().is_empty());
+        assert!(Backend::Btrfs.capabilities().is_empty());
+    }
+
+    #[cfg(feature = "native")]
+    #[test]
+    fn detect_keeps_the_backend_a_root_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        open(Backend::Native, &root, &Options::default())
+            .unwrap()
+            .close()
+            .unwrap();
+        let d = detect(&root);
+        assert_eq!(d.backend, Backend::Native, "{d:?}");
+        assert!(d.reason.contains("holds a native store"), "{d:?}");
+        // And another backend is refused on it, naming both.
+        #[cfg(feature = "overlay")]
+        if std::env::var_os("SNAPSHOT_TEST_PRIVILEGED").is_some_and(|v| v == "1") {
+            let err = open(Backend::Overlay, &root, &Options::default())
+                .err()
+                .unwrap();
+            assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err}");
+            assert!(err.to_string().contains("native") && err.to_string().contains("overlay"));
+        }
     }
 
     #[test]
