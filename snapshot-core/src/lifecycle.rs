@@ -292,6 +292,7 @@ const BACKEND_FILE: &str = "backend";
 pub fn recorded_backend(root: &Path) -> Result<Option<String>> {
     let path = root.join(BACKEND_FILE);
     match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().is_empty() => Ok(None),
         Ok(s) => Ok(Some(s.trim().to_string())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", &path, e)),
@@ -311,9 +312,17 @@ fn claim_root(root: &Path, name: &str, durable: bool) -> Result<()> {
         None => {
             let path = root.join(BACKEND_FILE);
             let tmp = root.join(format!(".{BACKEND_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{name}\n"))
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| Error::io("write", &path, e))?;
+            // Written, flushed, then renamed: a power cut leaves the whole name or none.
+            (|| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(format!("{name}\n").as_bytes())?;
+                if durable {
+                    f.sync_all()?;
+                }
+                std::fs::rename(&tmp, &path)
+            })()
+            .map_err(|e| Error::io("write", &path, e))?;
             if durable {
                 fsync_dir(root)?;
             }
