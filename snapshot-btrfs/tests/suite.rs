@@ -18,8 +18,10 @@ impl Harness for Btrfs {
     fn temp_base(&self) -> Option<PathBuf> {
         common::btrfs_mount().ok()
     }
-    fn check_available(&self) -> Result<(), String> {
-        common::btrfs_mount().map(|_| ())
+    fn check_available(&self) -> snapshot_core::Result<()> {
+        common::btrfs_mount()
+            .map(|_| ())
+            .map_err(snapshot_core::Error::unavailable)
     }
     fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn Snapshotter>> {
         Ok(Box::new(BtrfsSnapshotter::open(root)?))

@@ -20,24 +20,23 @@ use tempfile::TempDir;
 
 const EROFS: i32 = 30;
 
-/// True if the privileged tests are to run; panics when they are asked for but cannot.
+/// True if the privileged tests are to run (the workspace's one gate, the suite's); panics
+/// when they are asked for but cannot.
 fn privileged(test: &str, needs_overlay: bool) -> bool {
-    if std::env::var("SNAPSHOT_TEST_PRIVILEGED").as_deref() != Ok("1") {
-        println!("skipped: {test} needs SNAPSHOT_TEST_PRIVILEGED=1 and root");
+    if !snapshot_testsuite::privileged::require_privileged(test) {
         return false;
     }
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "{test}: SNAPSHOT_TEST_PRIVILEGED=1 is set but the test does not run as root"
-    );
     if needs_overlay {
         let fss = fs::read_to_string("/proc/filesystems").unwrap();
-        assert!(
-            fss.lines()
-                .any(|l| l.split_whitespace().last() == Some("overlay")),
-            "{test}: SNAPSHOT_TEST_PRIVILEGED=1 is set but the kernel has no overlayfs \
-             (modprobe overlay)"
-        );
+        if !fss
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some("overlay"))
+        {
+            return snapshot_testsuite::privileged::unavailable(
+                test,
+                "the kernel has no overlayfs (modprobe overlay)",
+            );
+        }
     }
     true
 }

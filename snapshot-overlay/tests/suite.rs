@@ -24,8 +24,8 @@ impl Harness for Overlay {
         }
     }
 
-    fn check_available(&self) -> Result<(), String> {
-        snapshot_overlay::probe::check_overlay_available().map_err(|e| e.to_string())
+    fn check_available(&self) -> snapshot_core::Result<()> {
+        Ok(snapshot_overlay::probe::check_overlay_available()?)
     }
 
     fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn snapshot_core::Snapshotter>> {

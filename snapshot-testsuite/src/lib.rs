@@ -110,12 +110,12 @@ pub trait Harness: Send + Sync {
         None
     }
 
-    /// Ok when the harness can run here; Err(reason) makes privileged cases fail (when SNAPSHOT_TEST_PRIVILEGED=1) or skip (unset).
+    /// Ok when the harness can run here; an error (its message the reason) makes privileged cases fail (when SNAPSHOT_TEST_PRIVILEGED=1) or skip (unset).
     ///
     /// Unprivileged cases consult it too: a backend that cannot open at all here (no
     /// kernel module, no image) skips them when privileged runs are off and fails them
     /// when they are on.
-    fn check_available(&self) -> Result<(), String> {
+    fn check_available(&self) -> snapshot_core::Result<()> {
         Ok(())
     }
 
@@ -141,7 +141,7 @@ impl<T: Harness + ?Sized> Harness for Box<T> {
     fn temp_base(&self) -> Option<PathBuf> {
         (**self).temp_base()
     }
-    fn check_available(&self) -> Result<(), String> {
+    fn check_available(&self) -> snapshot_core::Result<()> {
         (**self).check_available()
     }
     fn open(&self, root: &Path) -> snapshot_core::Result<Box<dyn Snapshotter>> {
@@ -246,7 +246,7 @@ pub fn run_case(harness: &dyn Harness, case: &str) {
         return;
     }
     if let Err(reason) = harness.check_available() {
-        if !privileged::unavailable(&test, &reason) {
+        if !privileged::unavailable(&test, &reason.to_string()) {
             return;
         }
     }

@@ -261,7 +261,7 @@ mod tests {
         assert!(d.reason.contains("holds a native store"), "{d:?}");
         // And another backend is refused on it, naming both.
         #[cfg(feature = "overlay")]
-        if std::env::var_os("SNAPSHOT_TEST_PRIVILEGED").is_some_and(|v| v == "1") {
+        if snapshot_testsuite::privileged::require_privileged("snapshots::detect_refuses_overlay") {
             let err = open(Backend::Overlay, &root, &Options::default())
                 .err()
                 .unwrap();
@@ -303,8 +303,7 @@ mod tests {
     #[cfg(feature = "overlay")]
     #[test]
     fn overlay_opens_when_privileged() {
-        if std::env::var_os("SNAPSHOT_TEST_PRIVILEGED").is_none_or(|v| v != "1") {
-            println!("skipped: overlay_opens_when_privileged (set SNAPSHOT_TEST_PRIVILEGED=1)");
+        if !snapshot_testsuite::privileged::require_privileged("snapshots::overlay_opens") {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

@@ -6,18 +6,10 @@ use std::path::{Path, PathBuf};
 use snapshot_core::{CommitOptions, CreateOptions, Snapshotter};
 use snapshot_overlay::{OverlayConfig, OverlaySnapshotter};
 
-/// True when privileged tests are asked for (`SNAPSHOT_TEST_PRIVILEGED=1`). Unset, it
-/// prints a skip line; set without root, the test fails rather than skipping.
+/// The workspace's one privileged gate (the suite's): true when privileged tests are asked
+/// for, else prints the skip line; asked for without root, the test fails.
 pub fn privileged(test: &str) -> bool {
-    if std::env::var("SNAPSHOT_TEST_PRIVILEGED").as_deref() != Ok("1") {
-        eprintln!("skipping {test}: it mounts; set SNAPSHOT_TEST_PRIVILEGED=1 (as root) to run it");
-        return false;
-    }
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "{test}: SNAPSHOT_TEST_PRIVILEGED=1 is set but the tests do not run as root"
-    );
-    true
+    snapshot_testsuite::privileged::require_privileged(test)
 }
 
 /// Unmounts everything at its path when dropped, also when a test panics.

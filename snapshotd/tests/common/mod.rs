@@ -13,18 +13,10 @@ use snapshots::{
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// True when privileged tests must run; prints a skip line otherwise.
+/// The workspace's one privileged gate (the suite's): true when privileged tests must
+/// run; prints the skip line otherwise.
 pub fn privileged(test: &str) -> bool {
-    if std::env::var_os("SNAPSHOT_TEST_PRIVILEGED").is_some_and(|v| v == "1") {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "{test}: SNAPSHOT_TEST_PRIVILEGED=1 but not running as root"
-        );
-        true
-    } else {
-        println!("skipped: {test} (set SNAPSHOT_TEST_PRIVILEGED=1 to run it, as root)");
-        false
-    }
+    snapshot_testsuite::privileged::require_privileged(test)
 }
 
 /// A snapshotter that hides its backend's cleaner: Cleanup must be Unimplemented.
