@@ -44,6 +44,7 @@ impl Harness for Overlay {
         Capabilities {
             deferred_remove: self.async_remove,
             rename_lower_dir: self.async_remove,
+            rebase: true,
         }
     }
 }

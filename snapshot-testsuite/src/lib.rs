@@ -84,14 +84,19 @@ pub struct Capabilities {
     pub deferred_remove: bool,
     /// Renaming a directory that comes from a lower layer works (overlay needs redirect_dir=on).
     pub rename_lower_dir: bool,
+    /// Commit may give a parentless snapshot a parent (containerd 2.2's rebase): only where
+    /// a layer is a diff (overlay). Without it, such a Commit must fail NotImplemented and
+    /// change nothing.
+    pub rebase: bool,
 }
 
 impl Default for Capabilities {
-    /// Removal is immediate and lower directories can be renamed.
+    /// Removal is immediate, lower directories can be renamed, no rebase.
     fn default() -> Self {
         Capabilities {
             deferred_remove: false,
             rename_lower_dir: true,
+            rebase: false,
         }
     }
 }
@@ -187,6 +192,7 @@ macro_rules! snapshotter_suite {
             root_permission,
             layers_128_mount,
             errors_not_found,
+            commit_rebase,
             errors_already_exists,
             errors_failed_precondition,
             errors_invalid_argument,

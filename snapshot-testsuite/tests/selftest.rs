@@ -228,7 +228,7 @@ fn unknown_case_panics() {
 
 #[test]
 fn case_count() {
-    assert_eq!(CASES.len(), 36);
+    assert_eq!(CASES.len(), 37);
     assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 19);
 }
 
@@ -418,4 +418,16 @@ fn capabilities_are_checked_not_trusted() {
         .filter(|p| p.to_string_lossy().contains("snapshot-suite-misdescribed-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_rebase_capability_is_checked_not_trusted() {
+    let claims = Misdescribed(snapshot_testsuite::Capabilities {
+        rebase: true,
+        ..Default::default()
+    });
+    let msg = panic_message(std::panic::catch_unwind(|| {
+        run_case(&claims, "commit_rebase")
+    }));
+    assert!(msg.contains("the harness says rebase"), "{msg}");
 }

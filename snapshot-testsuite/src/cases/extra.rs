@@ -1093,3 +1093,53 @@ pub fn hostile_keys(ctx: &mut Ctx<'_>) {
     }
     assert!(names(sn).is_empty(), "every hostile snapshot is removed");
 }
+
+/// Commit with a parent (containerd 2.2's rebase): a parentless active snapshot adopts the
+/// parent where the backend declares `rebase`; elsewhere the Commit fails NotImplemented and
+/// changes nothing. Naming the parent the snapshot already has is no rebase and works on
+/// every backend.
+pub fn commit_rebase(ctx: &mut Ctx<'_>) {
+    let can = ctx.capabilities().rebase;
+    let sn = ctx.sn();
+    commit_base(sn, "base", "");
+    sn.prepare("lone", "", &opt()).or_fail("prepare lone");
+    let onto = |parent: &str| CommitOptions {
+        parent: parent.to_string(),
+        ..CommitOptions::default()
+    };
+    let r = sn.commit("rebased", "lone", &onto("base"));
+    match (can, r) {
+        (true, Ok(())) => {
+            let info = sn.stat("rebased").or_fail("stat rebased");
+            assert_eq!(info.parent, "base", "the rebased snapshot's parent");
+            let e = sn
+                .remove("base")
+                .expect_err("remove the parent of a rebased snapshot");
+            assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        }
+        (true, Err(e)) => panic!("the harness says rebase, but Commit onto base failed: {e}"),
+        (false, Ok(())) => panic!(
+            "Commit onto a new parent succeeded, but the harness says rebase is false: a \
+             full-copy layer would record a parent whose files it lacks (set rebase: true \
+             only where layers are diffs)"
+        ),
+        (false, Err(e)) => {
+            assert_eq!(e.kind(), ErrorKind::NotImplemented, "refused rebase: {e}");
+            assert_eq!(
+                sn.stat("lone").or_fail("stat lone").kind,
+                Kind::Active,
+                "a refused rebase changes nothing"
+            );
+            assert_eq!(
+                sn.stat("rebased").map(drop).unwrap_err().kind(),
+                ErrorKind::NotFound
+            );
+            sn.commit("plain", "lone", &commit_opt())
+                .or_fail("commit lone without a parent after the refusal");
+        }
+    }
+    sn.prepare("child", "base", &opt()).or_fail("prepare child");
+    sn.commit("same", "child", &onto("base"))
+        .or_fail("commit naming the parent the snapshot has");
+    assert_eq!(sn.stat("same").or_fail("stat same").parent, "base");
+}

@@ -98,6 +98,7 @@ pub static CASES: &[Case] = &[
     case("layers_128_mount", true, containerd::layers_128_mount),
     // Beyond containerd's suite.
     case("errors_not_found", false, extra::errors_not_found),
+    case("commit_rebase", false, extra::commit_rebase),
     case("errors_already_exists", false, extra::errors_already_exists),
     case(
         "errors_failed_precondition",
