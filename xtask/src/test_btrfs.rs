@@ -61,7 +61,9 @@ pub fn run_caught() -> Result {
         }
     }
     if util::interrupted().is_none() {
-        util::header("btrfs: containerd end to end through snapshotd (--features btrfs)");
+        util::header(
+            "btrfs: containerd end to end and kill-restart through snapshotd (--features btrfs)",
+        );
         let status = util::run_interruptible(
             util::cargo()
                 .args([
@@ -72,8 +74,14 @@ pub fn run_caught() -> Result {
                     "btrfs",
                     "--test",
                     "containerd",
+                    "--test",
+                    "killrestart",
                 ])
-                .args(["--", "containerd_imports_runs_and_collects_on_btrfs"])
+                .args([
+                    "--",
+                    "containerd_imports_runs_and_collects_on_btrfs",
+                    "kill_restart_with_four_clients_on_btrfs",
+                ])
                 .env("SNAPSHOT_BTRFS_MOUNT", &mounted.target)
                 .env("SNAPSHOT_TEST_PRIVILEGED", "1"),
         )?;
