@@ -498,6 +498,13 @@ impl<S: Storage> SnapshotStore<S> {
     /// Renames a staging tree to `<kind dir>/<id>` (no replace) and makes it durable. A
     /// leftover `<id>` (an orphan of an id handed out before a crash, which no sweep has
     /// reached yet) is retired first.
+    /// Reads the store after every write in flight, a remove between its retire and its
+    /// commit included (they run inside write transactions): how a call that failed on a
+    /// missing tree learns whether another call took it away. Commits nothing.
+    fn settled<T>(&self, f: impl FnOnce(&WriteTxn<'_>) -> Result<T>) -> Result<T> {
+        self.store.write(|tx| f(tx))
+    }
+
     fn publish(&self, staged: &mut Staged<'_, S>, kind: Kind, id: u64) -> Result<PathBuf> {
         let dst = self.tree(kind, id);
         match rename_noreplace(&staged.path, &dst) {
@@ -561,10 +568,7 @@ impl<S: Storage> SnapshotStore<S> {
                     drop(st);
                     // Another call changed the parent during the fill: end as if it
                     // came first.
-                    match self
-                        .store
-                        .read(|tx| tx.check_create(kind, key, parent, &opts.labels))
-                    {
+                    match self.settled(|tx| tx.check_create(kind, key, parent, &opts.labels)) {
                         Err(later) => return Err(later),
                         Ok(ids) if ids.first().copied() != parent_id => continue,
                         Ok(_) => return Err(e),
@@ -585,14 +589,14 @@ impl<S: Storage> SnapshotStore<S> {
                     self.publish(st, kind, s.id)?;
                     published = Some(s.id);
                 }
-                Ok(s)
+                // Before the commit, while no other call can reach the snapshot: once it
+                // is visible, another client may commit or remove it (and a backend's
+                // mounts may read its tree).
+                self.storage
+                    .mounts(&s, &self.tree(kind, s.id), Some(&opts.labels))
             });
             match res {
-                Ok(s) => {
-                    return self
-                        .storage
-                        .mounts(&s, &self.tree(kind, s.id), Some(&opts.labels))
-                }
+                Ok(mounts) => return Ok(mounts),
                 Err(e) => {
                     // The transaction did not commit: the published tree goes.
                     if let Some(id) = published {
@@ -633,7 +637,7 @@ impl<S: Storage> SnapshotStore<S> {
                 Ok(p) => p,
                 Err(e) => {
                     // Removed (or committed) by another call meanwhile: end as if ordered.
-                    match self.store.read(|tx| tx.check_commit(key, name, opts)) {
+                    match self.settled(|tx| tx.check_commit(key, name, opts)) {
                         Err(later) => return Err(later),
                         Ok(p) if p.id != plan.id => continue,
                         Ok(_) => return Err(e),
@@ -853,7 +857,7 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
         match self.storage.measure(&self.tree(Kind::Active, s.id)) {
             // Removed, committed or replaced by another call since the lookup: end as if
             // that call came first.
-            Err(e) => match self.snapshot(key) {
+            Err(e) => match self.settled(|tx| tx.snapshot(key)) {
                 Ok(now) if now == s => Err(e),
                 Ok(_) => Err(changed_error(key)),
                 Err(later) => Err(later),
@@ -878,8 +882,19 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
                 truncate_for_message(key)
             )));
         }
-        self.storage
+        match self
+            .storage
             .mounts(&s, &self.tree(s.kind, s.id), labels.as_ref())
+        {
+            // Committed or removed by another call since the lookup: end as if it came
+            // first.
+            Err(e) => match self.settled(|tx| tx.snapshot(key)) {
+                Ok(now) if now == s => Err(e),
+                Ok(_) => self.mounts(key),
+                Err(later) => Err(later),
+            },
+            ok => ok,
+        }
     }
 
     fn prepare(&self, key: &str, parent: &str, opts: &CreateOptions) -> Result<Vec<Mount>> {
