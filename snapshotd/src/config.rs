@@ -20,6 +20,7 @@
 //! redirect_dir = false           # mount with redirect_dir=on (renames of lower dirs)
 //! ```
 
+use crate::error::DaemonError;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -159,9 +160,9 @@ impl Config {
     /// if it exists) and merges `flags` over it.
     ///
     /// # Errors
-    /// A message naming the file when it cannot be read or parsed, or naming the bad
+    /// [`DaemonError`] naming the file when it cannot be read or parsed, or naming the bad
     /// value (backend, log level).
-    pub fn load(flags: &Flags) -> Result<Config, String> {
+    pub fn load(flags: &Flags) -> Result<Config, DaemonError> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
             None => {
@@ -179,10 +180,10 @@ impl Config {
     /// Merges `flags` over `file` over the defaults.
     ///
     /// # Errors
-    /// A message naming a bad backend or log level.
-    pub fn merge(flags: &Flags, file: FileConfig) -> Result<Config, String> {
+    /// [`DaemonError`] naming a bad backend or log level.
+    pub fn merge(flags: &Flags, file: FileConfig) -> Result<Config, DaemonError> {
         let backend = match flags.backend.as_ref().or(file.backend.as_ref()) {
-            Some(name) => Some(name.parse::<Backend>().map_err(|e| e.to_string())?),
+            Some(name) => Some(name.parse::<Backend>().map_err(DaemonError::Value)?),
             None => None,
         };
         let level = flags
@@ -220,10 +221,13 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, String> {
+fn read_file(path: &Path) -> Result<FileConfig, DaemonError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("reading config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config file {} is not valid: {e}", path.display()))
+        .map_err(|e| DaemonError::io("reading config file", path, e))?;
+    toml::from_str(&text).map_err(|e| DaemonError::ConfigSyntax {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 impl BackendOptions {
@@ -305,9 +309,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = Config::merge(&flags(&["--backend", "zfs"]), FileConfig::default()).unwrap_err();
+        let e = Config::merge(&flags(&["--backend", "zfs"]), FileConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("zfs"), "{e}");
-        let e = Config::merge(&flags(&["--log-level", "loud"]), FileConfig::default()).unwrap_err();
+        let e = Config::merge(&flags(&["--log-level", "loud"]), FileConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("loud"), "{e}");
     }
 
@@ -320,7 +328,8 @@ mod tests {
             config: Some(bad.clone()),
             ..Flags::default()
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(&bad.display().to_string()), "{e}");
         let unknown = dir.path().join("unknown.toml");
         std::fs::write(&unknown, "bakend = \"native\"\n").unwrap();
@@ -328,14 +337,16 @@ mod tests {
             config: Some(unknown),
             ..Flags::default()
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("bakend"), "{e}");
         let missing = dir.path().join("missing.toml");
         let e = Config::load(&Flags {
             config: Some(missing.clone()),
             ..Flags::default()
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(&missing.display().to_string()), "{e}");
     }
 

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod error;
 pub mod logger;
 pub mod notify;
 pub mod proto;

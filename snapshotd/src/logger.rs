@@ -36,10 +36,10 @@ impl Log for StderrLogger {
 /// Parses a level name: `off`, `error`, `warn`, `info`, `debug`, `trace`.
 ///
 /// # Errors
-/// A message naming the bad value and the valid ones.
-pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
-    LevelFilter::from_str(s)
-        .map_err(|_| format!("unknown log level {s:?}: use off, error, warn, info, debug or trace"))
+/// [`DaemonError::LogLevel`](crate::error::DaemonError::LogLevel) naming the bad value and
+/// the valid ones.
+pub fn parse_level(s: &str) -> Result<LevelFilter, crate::error::DaemonError> {
+    LevelFilter::from_str(s).map_err(|_| crate::error::DaemonError::LogLevel(s.to_string()))
 }
 
 /// Installs the stderr logger at `level`. A second call keeps the first logger and only

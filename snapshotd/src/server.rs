@@ -11,6 +11,7 @@ use snapshots::{Backend, Snapshotter};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{BackendOptions, Config};
+use crate::error::DaemonError;
 use crate::notify::notify_or_log;
 use crate::service::SnapshotService;
 
@@ -55,53 +56,54 @@ impl BoundSocket {
 ///
 /// # Errors
 /// A message naming the path and saying what to do.
-pub fn bind(path: &Path) -> Result<BoundSocket, String> {
+pub fn bind(path: &Path) -> Result<BoundSocket, DaemonError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("creating socket directory {}: {e}", dir.display()))?;
+                .map_err(|e| DaemonError::io("creating socket directory", dir, e))?;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711));
         }
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
-                return Err(format!(
-                    "socket {} is in use by a running daemon: stop it first or pick another \
-                     --address",
-                    path.display()
-                ))
+                return Err(DaemonError::Socket {
+                    path: path.to_path_buf(),
+                    problem: "is in use by a running daemon: stop it first or pick another \
+                              --address",
+                })
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 log::info!("replacing stale socket {}", path.display());
                 std::fs::remove_file(path)
-                    .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+                    .map_err(|e| DaemonError::io("removing stale socket", path, e))?;
             }
             Err(e) => {
-                return Err(format!(
-                    "socket {} exists and cannot be probed ({e}): remove it if no daemon uses it",
-                    path.display()
+                return Err(DaemonError::io(
+                    "probing (remove it if no daemon uses it) socket",
+                    path,
+                    e,
                 ))
             }
         },
         Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket: remove it or pick another --address",
-                path.display()
-            ))
+            return Err(DaemonError::Socket {
+                path: path.to_path_buf(),
+                problem: "exists and is not a socket: remove it or pick another --address",
+            })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("checking socket path {}: {e}", path.display())),
+        Err(e) => return Err(DaemonError::io("checking socket path", path, e)),
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| format!("binding socket {}: {e}", path.display()))?;
+        .map_err(|e| DaemonError::io("binding socket", path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(|e| format!("setting mode 0660 on socket {}: {e}", path.display()))?;
+        .map_err(|e| DaemonError::io("setting mode 0660 on socket", path, e))?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("socket {}: setting non-blocking: {e}", path.display()))?;
-    let m = std::fs::symlink_metadata(path)
-        .map_err(|e| format!("checking socket {}: {e}", path.display()))?;
+        .map_err(|e| DaemonError::io("setting non-blocking mode on socket", path, e))?;
+    let m =
+        std::fs::symlink_metadata(path).map_err(|e| DaemonError::io("checking socket", path, e))?;
     Ok(BoundSocket {
         listener,
         path: path.to_owned(),
@@ -126,9 +128,12 @@ pub async fn serve(
     sn: Arc<dyn Snapshotter>,
     listener: std::os::unix::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), String> {
-    let listener = tokio::net::UnixListener::from_std(listener)
-        .map_err(|e| format!("registering the socket with tokio: {e}"))?;
+) -> Result<(), DaemonError> {
+    let listener =
+        tokio::net::UnixListener::from_std(listener).map_err(|source| DaemonError::Runtime {
+            what: "registering the socket with tokio",
+            source,
+        })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -146,7 +151,7 @@ pub async fn serve(
         tokio::time::sleep(STREAM_GRACE).await;
     };
     tokio::select! {
-        r = &mut server => r.map_err(|e| format!("serving: {e}")),
+        r = &mut server => r.map_err(DaemonError::Serve),
         () = deadline => {
             log::warn!("connections still open {STREAM_GRACE:?} after the shutdown began: dropping them");
             Ok(())
@@ -190,7 +195,7 @@ pub fn choose_backend(configured: Option<Backend>, root: &Path) -> Backend {
 /// # Errors
 /// A message saying what failed (backend, socket, runtime); the socket is removed and
 /// the store closed on every path that opened them.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut backend = choose_backend(config.backend, &config.root);
     let options = config.options.to_options();
     let opened = match snapshots::open(backend, &config.root, &options) {
@@ -207,11 +212,10 @@ pub fn run(config: Config) -> Result<(), String> {
         other => other,
     };
     warn_unused_options(backend, &config.options);
-    let sn: Arc<dyn Snapshotter> = Arc::from(opened.map_err(|e| {
-        format!(
-            "opening the {backend} snapshotter at {}: {e}",
-            config.root.display()
-        )
+    let sn: Arc<dyn Snapshotter> = Arc::from(opened.map_err(|source| DaemonError::Open {
+        backend,
+        root: config.root.clone(),
+        source,
     })?);
     let result = serve_until_signal(Arc::clone(&sn), &config.address, backend, &config.root);
     drain(&sn);
@@ -241,12 +245,15 @@ fn serve_until_signal(
     address: &Path,
     backend: Backend,
     root: &Path,
-) -> Result<(), String> {
+) -> Result<(), DaemonError> {
     let socket = bind(address)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the async runtime: {e}"));
+        .map_err(|source| DaemonError::Runtime {
+            what: "starting the async runtime",
+            source,
+        });
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
@@ -258,7 +265,11 @@ fn serve_until_signal(
         Ok(l) => l,
         Err(e) => {
             socket.remove();
-            return Err(format!("socket {}: {e}", address.display()));
+            return Err(DaemonError::io(
+                "duplicating the listener of socket",
+                address,
+                e,
+            ));
         }
     };
     let result = runtime.block_on(async {
@@ -284,10 +295,11 @@ fn serve_until_signal(
 }
 
 /// A future that completes at the first SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<impl Future<Output = ()>, String> {
+fn shutdown_signal() -> Result<impl Future<Output = ()>, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let handler = |what| move |source| DaemonError::Runtime { what, source };
+    let mut term = signal(SignalKind::terminate()).map_err(handler("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(handler("SIGINT handler"))?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => log::info!("SIGTERM received"),

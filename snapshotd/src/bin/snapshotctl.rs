@@ -138,7 +138,7 @@ fn main() {
         .build();
     let result = match runtime {
         Ok(rt) => rt.block_on(run(cli)),
-        Err(e) => Err(format!("starting the async runtime: {e}")),
+        Err(e) => Err(CtlError::Runtime(e)),
     };
     if let Err(e) = result {
         eprintln!("snapshotctl: {e}");
@@ -146,35 +146,59 @@ fn main() {
     }
 }
 
-async fn client(address: &Path) -> Result<Client, String> {
-    connect(address).await.map_err(|e| {
-        format!(
-            "cannot connect to snapshotd at {}: {e}: is the daemon running? (--address)",
-            address.display()
-        )
+/// What makes snapshotctl fail; the message is what it prints.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(
+        "cannot connect to snapshotd at {}: {source}: is the daemon running? (--address)",
+        address.display()
+    )]
+    Connect {
+        address: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("label {0:?} is not key=value")]
+    Label(String),
+    #[error("removing {key:?}: {source}")]
+    Remove {
+        key: String,
+        #[source]
+        source: Error,
+    },
+    /// The daemon's answer or a mount's error, with containerd's error kind.
+    #[error("{0}")]
+    Snapshot(#[from] Error),
+}
+
+async fn client(address: &Path) -> Result<Client, CtlError> {
+    connect(address).await.map_err(|source| CtlError::Connect {
+        address: address.to_path_buf(),
+        source,
     })
 }
 
-fn err(status: tonic::Status) -> String {
-    let e: Error = from_status(&status);
-    e.to_string()
+fn err(status: tonic::Status) -> CtlError {
+    CtlError::Snapshot(from_status(&status))
 }
 
-fn parse_labels(pairs: &[String]) -> Result<HashMap<String, String>, String> {
+fn parse_labels(pairs: &[String]) -> Result<HashMap<String, String>, CtlError> {
     pairs
         .iter()
         .map(|p| match p.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(format!("label {p:?} is not key=value")),
+            _ => Err(CtlError::Label(p.clone())),
         })
         .collect()
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), CtlError> {
     let json = cli.json;
     // Unmount needs no daemon.
     if let Command::Unmount { dir } = &cli.command {
-        snapshots::mount::unmount_all(dir).map_err(|e| e.to_string())?;
+        snapshots::mount::unmount_all(dir).map_err(CtlError::from)?;
         if json {
             println!("{}", json!({ "unmounted": dir }));
         }
@@ -338,7 +362,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                     ..Default::default()
                 })
                 .await
-                .map_err(|s| format!("removing {key:?}: {}", err(s)))?;
+                .map_err(|s| CtlError::Remove {
+                    key: key.clone(),
+                    source: from_status(&s),
+                })?;
             }
             if json {
                 println!("{}", json!({ "removed": keys }));
@@ -383,7 +410,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Mount { key, dir } => {
             let mounts = mounts(&mut c, &key).await?;
-            snapshots::mount::mount_all(&mounts, &dir).map_err(|e| e.to_string())?;
+            snapshots::mount::mount_all(&mounts, &dir).map_err(CtlError::from)?;
             if json {
                 println!("{}", json!({ "mounted": key, "at": dir }));
             }
@@ -393,7 +420,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-async fn list(c: &mut Client, filters: Vec<String>) -> Result<Vec<Info>, String> {
+async fn list(c: &mut Client, filters: Vec<String>) -> Result<Vec<Info>, CtlError> {
     let mut stream = c
         .list(pb::ListSnapshotsRequest {
             filters,
@@ -409,7 +436,7 @@ async fn list(c: &mut Client, filters: Vec<String>) -> Result<Vec<Info>, String>
     Ok(out)
 }
 
-async fn stat(c: &mut Client, key: &str) -> Result<Info, String> {
+async fn stat(c: &mut Client, key: &str) -> Result<Info, CtlError> {
     let r = c
         .stat(pb::StatSnapshotRequest {
             key: key.to_string(),
@@ -421,7 +448,7 @@ async fn stat(c: &mut Client, key: &str) -> Result<Info, String> {
     Ok(info_from_proto(r.info.unwrap_or_default()))
 }
 
-async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, String> {
+async fn mounts(c: &mut Client, key: &str) -> Result<Vec<Mount>, CtlError> {
     let r = c
         .mounts(pb::MountsRequest {
             key: key.to_string(),

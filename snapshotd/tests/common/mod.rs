@@ -65,7 +65,7 @@ pub struct TestServer {
     pub socket: PathBuf,
     pub sn: Arc<dyn Snapshotter>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::result::Result<(), String>>>,
+    task: Option<JoinHandle<std::result::Result<(), snapshotd::error::DaemonError>>>,
 }
 
 impl TestServer {
