@@ -834,3 +834,46 @@ fn prepare_commit_and_remove_grow_a_tiny_map() {
     snapshot_testsuite::grow_a_tiny_map(&sn);
     assert!(sn.store().store().map_size().unwrap() > snapshot_testsuite::TINY_MAP);
 }
+
+/// A root is made absolute, and a root that an overlay option string cannot carry is
+/// refused before anything is written, naming the path.
+#[test]
+fn roots_are_absolute_and_must_fit_in_mount_options() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["with,comma", "with:colon"] {
+        let root = dir.path().join(bad);
+        let err = OverlaySnapshotter::open(&root, cfg()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains(&*root.to_string_lossy()), "{err}");
+        assert!(!root.join("metadata").exists(), "nothing written for {bad}");
+    }
+    let cwd = std::env::current_dir().unwrap();
+    let rel = dir
+        .path()
+        .join("rel-root")
+        .strip_prefix(&cwd)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| {
+            // The temp dir is not under the cwd: reach it with enough `..`.
+            let ups = cwd.components().count() - 1;
+            let mut p = std::path::PathBuf::new();
+            for _ in 0..ups {
+                p.push("..");
+            }
+            p.join(dir.path().strip_prefix("/").unwrap())
+                .join("rel-root")
+        });
+    assert!(rel.is_relative());
+    let sn = OverlaySnapshotter::open(&rel, cfg()).unwrap();
+    assert!(sn.root().is_absolute(), "{}", sn.root().display());
+    layer(&sn, "base", "", &[("f", "x")]);
+    let m = sn.prepare("a", "base", &CreateOptions::default()).unwrap();
+    for o in &m[0].options {
+        if let Some(v) = o
+            .strip_prefix("upperdir=")
+            .or_else(|| o.strip_prefix("lowerdir="))
+        {
+            assert!(Path::new(v).is_absolute(), "{o}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::{self, Result, MARKER_LABEL};
+use crate::util::{self, Result, XtaskError, MARKER_LABEL};
 
 pub fn run() -> Result {
     util::require_root("clean")?;
@@ -70,11 +70,20 @@ pub fn unmount(target: &Path) -> Result {
                 std::thread::sleep(std::time::Duration::from_millis(100))
             }
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(format!("unmount {}: {e}", target.display())),
+            Err(source) => {
+                return Err(XtaskError::Unmount {
+                    target: target.to_path_buf(),
+                    lazy: false,
+                    source,
+                })
+            }
         }
     }
-    unmount(target, UnmountFlags::DETACH)
-        .map_err(|e| format!("unmount -l {}: {e}", target.display()))
+    unmount(target, UnmountFlags::DETACH).map_err(|source| XtaskError::Unmount {
+        target: target.to_path_buf(),
+        lazy: true,
+        source,
+    })
 }
 
 /// Loop devices that are the project's: backed by a file under `target/test-images`, or

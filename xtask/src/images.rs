@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::util::{self, Result, MARKER_LABEL};
+use crate::util::{self, Result, XtaskError, MARKER_LABEL};
 
 /// Size of the sparse btrfs image.
 const BTRFS_IMAGE_SIZE: u64 = 2 << 30;
@@ -25,14 +25,23 @@ pub fn btrfs_image() -> PathBuf {
 pub fn build_btrfs() -> Result<PathBuf> {
     util::require_tool("mkfs.btrfs", "btrfs-progs")?;
     let dir = util::images_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| XtaskError::Io {
+        what: "mkdir",
+        path: dir.clone(),
+        source,
+    })?;
     let img = btrfs_image();
-    let file = std::fs::File::create(&img).map_err(|e| format!("create {}: {e}", img.display()))?;
-    file.set_len(BTRFS_IMAGE_SIZE)
-        .map_err(|e| format!("size {}: {e}", img.display()))?;
+    let io_error = |what| {
+        let path = img.clone();
+        move |source| XtaskError::Io { what, path, source }
+    };
+    let file = std::fs::File::create(&img).map_err(io_error("create"))?;
+    file.set_len(BTRFS_IMAGE_SIZE).map_err(io_error("size"))?;
     drop(file);
     let dev = attach(&img)?;
-    let path = dev.path().ok_or("the loop device has no path")?;
+    let path = dev
+        .path()
+        .ok_or_else(|| XtaskError::LoopNoPath { image: img.clone() })?;
     let res = util::run_tool(
         Command::new("mkfs.btrfs")
             .args(["-q", "-f", "-L", MARKER_LABEL])
@@ -48,21 +57,22 @@ pub fn build_btrfs() -> Result<PathBuf> {
 /// Attaches `img` to a free loop device with autoclear, so the device frees itself when
 /// its last user (the mount) goes, even if xtask is killed.
 pub fn attach(img: &std::path::Path) -> Result<loopdev::LoopDevice> {
-    let control = loopdev::LoopControl::open()
-        .map_err(|e| format!("open /dev/loop-control: {e} (modprobe loop)"))?;
+    let control = loopdev::LoopControl::open().map_err(XtaskError::LoopControl)?;
     // next_free reserves nothing: another process can take the device first.
     for _ in 0..5 {
-        let dev = control
-            .next_free()
-            .map_err(|e| format!("find a free loop device: {e}"))?;
+        let dev = control.next_free().map_err(XtaskError::NoFreeLoop)?;
         match dev.with().autoclear(true).attach(img) {
             Ok(()) => return Ok(dev),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue,
-            Err(e) => return Err(format!("attach {} to a loop device: {e}", img.display())),
+            Err(source) => {
+                return Err(XtaskError::LoopAttach {
+                    image: img.to_path_buf(),
+                    source,
+                })
+            }
         }
     }
-    Err(format!(
-        "attach {}: every free loop device was taken",
-        img.display()
-    ))
+    Err(XtaskError::LoopsTaken {
+        image: img.to_path_buf(),
+    })
 }

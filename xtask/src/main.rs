@@ -2,6 +2,7 @@
 //! subcommand; `util` holds what they share.
 
 mod clean;
+mod error;
 mod images;
 mod test;
 mod test_btrfs;

@@ -2,7 +2,7 @@
 //! `SNAPSHOT_TEST_PRIVILEGED=1` is in the environment (CI sets it); btrfs runs on the
 //! loop-device image through the test-btrfs flow.
 
-use crate::util::{self, Result};
+use crate::util::{self, Result, XtaskError};
 
 pub fn run() -> Result {
     util::catch_signals();
@@ -46,6 +46,6 @@ pub fn run() -> Result {
         println!("all phases passed");
         Ok(())
     } else {
-        Err(format!("failed phases: {}", failed.join(", ")))
+        Err(XtaskError::Failed { phases: failed })
     }
 }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::util::{self, Result};
+use crate::util::{self, Result, XtaskError};
 use crate::{clean, images};
 
 pub fn run() -> Result {
@@ -91,14 +91,15 @@ pub fn run_caught() -> Result {
     }
     drop(mounted);
     if let Some(sig) = util::interrupted() {
-        return Err(format!(
-            "interrupted by signal {sig}; mounts and loop devices removed"
-        ));
+        return Err(XtaskError::Interrupted {
+            signal: sig,
+            outcome: "mounts and loop devices removed",
+        });
     }
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("btrfs tests failed ({})", failed.join(", ")))
+        Err(XtaskError::BtrfsFailed { runs: failed })
     }
 }
 
@@ -113,9 +114,15 @@ struct Mounted {
 impl Mounted {
     fn new(img: &std::path::Path) -> Result<Mounted> {
         let target = util::mounts_dir().join(format!("btrfs-{}", std::process::id()));
-        std::fs::create_dir_all(&target).map_err(|e| format!("mkdir {}: {e}", target.display()))?;
+        std::fs::create_dir_all(&target).map_err(|source| XtaskError::Io {
+            what: "mkdir",
+            path: target.clone(),
+            source,
+        })?;
         let dev = images::attach(img)?;
-        let device = dev.path().ok_or("the loop device has no path")?;
+        let device = dev.path().ok_or_else(|| XtaskError::LoopNoPath {
+            image: img.to_path_buf(),
+        })?;
         let mut m = Mounted {
             device,
             target,
@@ -128,12 +135,10 @@ impl Mounted {
             rustix::mount::MountFlags::empty(),
             None,
         )
-        .map_err(|e| {
-            format!(
-                "mount -t btrfs {} {}: {e} (modprobe btrfs)",
-                m.device.display(),
-                m.target.display()
-            )
+        .map_err(|source| XtaskError::Mount {
+            device: m.device.clone(),
+            target: m.target.clone(),
+            source,
         })?;
         // With the mount holding the device, autoclear frees it at the unmount.
         m.loopdev.take();

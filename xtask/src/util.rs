@@ -6,8 +6,10 @@ use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-/// An error message for the user.
-pub type Result<T = ()> = std::result::Result<T, String>;
+pub use crate::error::XtaskError;
+
+/// What the subcommands return.
+pub type Result<T = ()> = std::result::Result<T, XtaskError>;
 
 /// The filesystem label that marks the project's test images.
 pub const MARKER_LABEL: &str = "snapshots-rs-test";
@@ -36,41 +38,48 @@ pub fn header(title: &str) {
 }
 
 /// Fails with the install command when `tool` is not on PATH.
-pub fn require_tool(tool: &str, package: &str) -> Result {
+pub fn require_tool(tool: &'static str, package: &'static str) -> Result {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
     if found {
         Ok(())
     } else {
-        Err(format!(
-            "{tool} is missing: install it with `apt-get install -y {package}`"
-        ))
+        Err(XtaskError::Tool { tool, package })
     }
 }
 
 /// Fails unless the process is root, naming the command to run instead.
-pub fn require_root(what: &str) -> Result {
+pub fn require_root(command: &'static str) -> Result {
     if rustix::process::geteuid().is_root() {
         Ok(())
     } else {
-        Err(format!(
-            "{what} needs root (loop devices and mounts): run `sudo -E env \"PATH=$PATH\" cargo xtask {what}`"
-        ))
+        Err(XtaskError::NotRoot { command })
     }
 }
 
 /// Runs a short tool and fails with its output when it does not succeed.
 pub fn run_tool(cmd: &mut Command) -> Result {
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| spawn_error("running", cmd, e))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(XtaskError::Command {
+            command: format!("{cmd:?}"),
+            status: out.status,
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
+    }
+}
+
+fn spawn_error(what: &'static str, cmd: &Command, source: std::io::Error) -> XtaskError {
+    XtaskError::Spawn {
+        what,
+        command: format!("{cmd:?}"),
+        source,
     }
 }
 
@@ -115,13 +124,13 @@ pub fn interrupted() -> Option<i32> {
 /// SIGINT, then SIGKILL after 10 s, and this returns Err once the group is gone.
 pub fn run_interruptible(cmd: &mut Command) -> Result<ExitStatus> {
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("starting {cmd:?}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error("starting", cmd, e))?;
     let pgid = rustix::process::Pid::from_child(&child);
     let mut sent: Option<Instant> = None;
     loop {
         if let Some(status) = child
             .try_wait()
-            .map_err(|e| format!("waiting for {cmd:?}: {e}"))?
+            .map_err(|e| spawn_error("waiting for", cmd, e))?
         {
             if let Some(sig) = interrupted() {
                 // What is left of the group (the test binary under cargo) must be gone
@@ -133,9 +142,10 @@ pub fn run_interruptible(cmd: &mut Command) -> Result<ExitStatus> {
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                return Err(format!(
-                    "interrupted by signal {sig}: the tests were stopped"
-                ));
+                return Err(XtaskError::Interrupted {
+                    signal: sig,
+                    outcome: "the tests were stopped",
+                });
             }
             return Ok(status);
         }

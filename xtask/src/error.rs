@@ -1,0 +1,128 @@
+//! [`XtaskError`]: why a subcommand stopped.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// Why a subcommand stopped. The message names the path, tool or command and says what to
+/// do; `main` prints it after `xtask: ` and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum XtaskError {
+    /// A filesystem call on `path` failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "mkdir".
+        what: &'static str,
+        /// The path it was done on.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A program the subcommand needs is not on PATH.
+    #[error("{tool} is missing: install it with `apt-get install -y {package}`")]
+    Tool {
+        /// The program, e.g. "mkfs.btrfs".
+        tool: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
+    },
+    /// The subcommand needs root and xtask is not running as root.
+    #[error(
+        "{command} needs root (loop devices and mounts): run `sudo -E env \"PATH=$PATH\" cargo xtask {command}`"
+    )]
+    NotRoot {
+        /// The xtask subcommand, e.g. "test-btrfs".
+        command: &'static str,
+    },
+    /// A child process could not be started or waited for.
+    #[error("{what} {command}: {source}")]
+    Spawn {
+        /// "running", "starting" or "waiting for".
+        what: &'static str,
+        /// The command line, as `Command`'s Debug prints it.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A tool ran and did not succeed.
+    #[error("{command} failed ({status}): {output}")]
+    Command {
+        /// The command line, as `Command`'s Debug prints it.
+        command: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// What it printed, stdout then stderr.
+        output: String,
+    },
+    /// SIGINT or SIGTERM stopped the run.
+    #[error("interrupted by signal {signal}: {outcome}")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What xtask did about it, e.g. "the tests were stopped".
+        outcome: &'static str,
+    },
+    /// Unmounting failed.
+    #[error("unmount{} {}: {source}", if *lazy { " -l" } else { "" }, target.display())]
+    Unmount {
+        /// The mount point.
+        target: PathBuf,
+        /// Whether it was the lazy (detaching) unmount.
+        lazy: bool,
+        /// The OS error.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// Mounting the btrfs image's loop device failed.
+    #[error("mount -t btrfs {} {}: {source} (modprobe btrfs)", device.display(), target.display())]
+    Mount {
+        /// The loop device.
+        device: PathBuf,
+        /// The mount point.
+        target: PathBuf,
+        /// The OS error.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// `/dev/loop-control` does not open.
+    #[error("open /dev/loop-control: {0} (modprobe loop)")]
+    LoopControl(#[source] io::Error),
+    /// The kernel gave no free loop device.
+    #[error("find a free loop device: {0}")]
+    NoFreeLoop(#[source] io::Error),
+    /// Attaching the image to a loop device failed.
+    #[error("attach {} to a loop device: {source}", image.display())]
+    LoopAttach {
+        /// The image file.
+        image: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Other processes took every free loop device before xtask could attach.
+    #[error("attach {}: every free loop device was taken", image.display())]
+    LoopsTaken {
+        /// The image file.
+        image: PathBuf,
+    },
+    /// An attached loop device reports no `/dev` path.
+    #[error("the loop device attached to {} has no path", image.display())]
+    LoopNoPath {
+        /// The image file.
+        image: PathBuf,
+    },
+    /// Phases of `cargo xtask test` failed; their output is above.
+    #[error("failed phases: {}", phases.join(", "))]
+    Failed {
+        /// The phases, e.g. "workspace", "btrfs".
+        phases: Vec<&'static str>,
+    },
+    /// Runs of the btrfs tests failed; their output is above.
+    #[error("btrfs tests failed ({})", runs.join(", "))]
+    BtrfsFailed {
+        /// The runs, e.g. "quotas on".
+        runs: Vec<&'static str>,
+    },
+}
