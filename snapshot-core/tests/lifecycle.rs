@@ -487,25 +487,15 @@ fn a_parent_replaced_during_the_fill_makes_the_create_start_over() {
 fn a_tiny_map_grows_under_prepare_commit_and_remove() {
     let tmp = tempfile::tempdir().unwrap();
     let options = Options {
-        map_size: 64 << 10,
+        map_size: snapshot_testsuite::TINY_MAP,
         ..Options::default()
     };
     let sn = open_with(tmp.path(), Dirs::default(), &options);
-    let big = "v".repeat(3000);
-    let mut parent = String::new();
-    for i in 0..200 {
-        let name = format!("layer-{i}");
-        let key = format!("{name}-active");
-        let labels: Labels = [(format!("label-{i}"), big.clone())].into_iter().collect();
-        sn.prepare(&key, &parent, &CreateOptions { labels })
-            .unwrap();
-        sn.commit(&name, &key, &CommitOptions::default()).unwrap();
-        parent = name;
-    }
-    assert!(sn.store().map_size().unwrap() > 64 << 10, "the map grew");
-    for i in (0..200).rev() {
-        sn.remove(&format!("layer-{i}")).unwrap();
-    }
+    snapshot_testsuite::grow_a_tiny_map(&sn);
+    assert!(
+        sn.store().map_size().unwrap() > snapshot_testsuite::TINY_MAP,
+        "the map grew"
+    );
     assert_eq!(sn.check().unwrap(), 0);
     assert!(names(&snapshots_dir(&sn)).is_empty());
 }

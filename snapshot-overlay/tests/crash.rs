@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::{privileged, MountGuard};
 use snapshot_core::{Cleaner, CommitOptions, CreateOptions, Info, Kind, Snapshotter};
@@ -24,27 +24,7 @@ const LOG_ENV: &str = "OVERLAY_CRASH_LOG";
 const ROUND_ENV: &str = "OVERLAY_CRASH_ROUND";
 const ROUNDS: u64 = 8;
 
-/// xorshift64: the test needs varied timings, not good randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(extra: u64) -> Rng {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        Rng((t ^ (extra.wrapping_mul(0x9E37_79B9_7F4A_7C15))) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use snapshot_testsuite::rng::Rng;
 
 fn config(round: u64) -> OverlayConfig {
     // Alternate the removal modes so both kinds of leftovers are met.

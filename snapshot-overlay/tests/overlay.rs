@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::{layer, open, privileged, snapshot_entries, MountGuard};
+use common::{layer, loop_mounted, open, privileged, snapshot_entries, MountGuard};
 use snapshot_core::{
     labels, Cleaner, CommitOptions, CreateOptions, ErrorKind, Info, Kind, Snapshotter,
 };
@@ -106,36 +106,11 @@ fn d_type_refusal_on_a_real_filesystem_without_d_type() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("no-dtype.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let out = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-O", "^filetype,^has_journal"])
-        .arg(&img)
-        .output()
-        .expect("mkfs.ext4 is needed (e2fsprogs)");
-    assert!(
-        out.status.success(),
-        "mkfs.ext4: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (mnt, _guard) = loop_mounted(
+        dir.path(),
+        32 << 20,
+        &["mkfs.ext4", "-q", "-F", "-O", "^filetype,^has_journal"],
     );
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    // mount(8) sets up the loop device with autoclear, so unmounting frees it.
-    let out = std::process::Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount -o loop: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _guard = MountGuard(mnt.clone());
     let root = mnt.join("root");
     assert!(
         !snapshot_overlay::probe::supports_d_type(&mnt).unwrap(),
@@ -753,27 +728,7 @@ fn a_full_filesystem_neither_stops_a_reopen_nor_breaks_the_store() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("full.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(320 << 20)
-        .unwrap();
-    let out = std::process::Command::new("mkfs.xfs")
-        .args(["-q", "-f"])
-        .arg(&img)
-        .output()
-        .expect("mkfs.xfs is needed (xfsprogs)");
-    assert!(out.status.success(), "mkfs.xfs: {out:?}");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&img)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mount -o loop: {out:?}");
-    let _guard = MountGuard(mnt.clone());
+    let (mnt, _guard) = loop_mounted(dir.path(), 320 << 20, &["mkfs.xfs", "-q", "-f"]);
     let root = mnt.join("root");
     let sn = OverlaySnapshotter::open(&root, cfg()).unwrap();
     layer(&sn, "base", "", &[("f", "x")]);

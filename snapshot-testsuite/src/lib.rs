@@ -74,6 +74,7 @@ pub mod cases;
 pub mod fstest;
 pub mod powercut;
 pub mod privileged;
+pub mod rng;
 
 pub use cases::{Case, CASES};
 

@@ -532,6 +532,17 @@ async fn shutdown_lets_the_call_in_flight_finish() {
     assert_eq!(sn.stat("slow").unwrap().kind, snapshots::Kind::Active);
 }
 
+/// The List stream of every snapshot.
+async fn list_all(c: &mut Client) -> tonic::Streaming<pb::ListSnapshotsResponse> {
+    c.list(pb::ListSnapshotsRequest {
+        snapshotter: "snapshotd".into(),
+        filters: vec![],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// Makes `n` snapshots (native, no_sync) carrying `label_bytes` of labels each.
 fn many_with_labels(sn: &dyn snapshots::Snapshotter, n: usize, label_bytes: usize) {
     let value = "v".repeat(3900);
@@ -564,14 +575,7 @@ async fn list_batches_are_bounded_by_bytes() {
     let srv = no_sync_server().await;
     many_with_labels(&*srv.sn, 100, 60_000);
     let mut c = srv.client().await;
-    let mut stream = c
-        .list(pb::ListSnapshotsRequest {
-            snapshotter: "snapshotd".into(),
-            filters: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = list_all(&mut c).await;
     let (mut messages, mut infos) = (0, 0);
     while let Some(msg) = stream.message().await.unwrap() {
         let len = prost::Message::encoded_len(&msg);
@@ -594,14 +598,7 @@ async fn shutdown_ends_a_list_whose_client_stopped_reading() {
     let srv = no_sync_server().await;
     many_with_labels(&*srv.sn, 600, 12_000);
     let mut c = srv.client().await;
-    let mut stream = c
-        .list(pb::ListSnapshotsRequest {
-            snapshotter: "snapshotd".into(),
-            filters: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = list_all(&mut c).await;
     // One message read, then the client sits on the stream.
     assert!(stream.message().await.unwrap().is_some());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

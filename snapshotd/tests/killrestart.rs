@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::{privileged, wait_for, ChildGuard};
 use snapshotd::client::{connect, Client};
@@ -63,30 +63,7 @@ impl Model {
     }
 }
 
-/// xorshift64: varied timings, not good randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(extra: u64) -> Rng {
-        let t = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        Rng((t ^ extra.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick(&mut self, v: &[String]) -> Option<String> {
-        (!v.is_empty()).then(|| v[self.below(v.len() as u64) as usize].clone())
-    }
-}
+use snapshot_testsuite::rng::Rng;
 
 enum Op {
     Prepare { key: String, parent: String },

@@ -126,3 +126,71 @@ pub enum XtaskError {
         runs: Vec<&'static str>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_object_and_the_fix() {
+        let cases = [
+            (
+                XtaskError::Io {
+                    what: "mkdir",
+                    path: "/t/x".into(),
+                    source: io::Error::from_raw_os_error(libc::EACCES),
+                },
+                "mkdir /t/x: Permission denied (os error 13)",
+            ),
+            (
+                XtaskError::Tool {
+                    tool: "mkfs.btrfs",
+                    package: "btrfs-progs",
+                },
+                "mkfs.btrfs is missing: install it with `apt-get install -y btrfs-progs`",
+            ),
+            (
+                XtaskError::NotRoot { command: "clean" },
+                "clean needs root (loop devices and mounts): run `sudo -E env \"PATH=$PATH\" cargo xtask clean`",
+            ),
+            (
+                XtaskError::Unmount {
+                    target: "/m".into(),
+                    lazy: true,
+                    source: rustix::io::Errno::BUSY,
+                },
+                "unmount -l /m: Device or resource busy (os error 16)",
+            ),
+            (
+                XtaskError::Unmount {
+                    target: "/m".into(),
+                    lazy: false,
+                    source: rustix::io::Errno::BUSY,
+                },
+                "unmount /m: Device or resource busy (os error 16)",
+            ),
+            (
+                XtaskError::Interrupted {
+                    signal: 2,
+                    outcome: "the tests were stopped",
+                },
+                "interrupted by signal 2: the tests were stopped",
+            ),
+            (
+                XtaskError::Failed {
+                    phases: vec!["workspace", "btrfs"],
+                },
+                "failed phases: workspace, btrfs",
+            ),
+            (
+                XtaskError::BtrfsFailed {
+                    runs: vec!["quotas on"],
+                },
+                "btrfs tests failed (quotas on)",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.to_string(), want);
+        }
+    }
+}

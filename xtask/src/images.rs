@@ -31,12 +31,14 @@ pub fn build_btrfs() -> Result<PathBuf> {
         source,
     })?;
     let img = btrfs_image();
-    let io_error = |what| {
-        let path = img.clone();
-        move |source| XtaskError::Io { what, path, source }
+    let io_error = |what, source| XtaskError::Io {
+        what,
+        path: img.clone(),
+        source,
     };
-    let file = std::fs::File::create(&img).map_err(io_error("create"))?;
-    file.set_len(BTRFS_IMAGE_SIZE).map_err(io_error("size"))?;
+    let file = std::fs::File::create(&img).map_err(|e| io_error("create", e))?;
+    file.set_len(BTRFS_IMAGE_SIZE)
+        .map_err(|e| io_error("size", e))?;
     drop(file);
     let dev = attach(&img)?;
     let path = dev

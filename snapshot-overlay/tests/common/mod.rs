@@ -61,3 +61,27 @@ pub fn snapshot_entries(sn: &OverlaySnapshotter) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A filesystem image of `size` bytes under `dir`, made by `mkfs` (the program and its
+/// options; the image path is appended) and loop-mounted at `<dir>/mnt`: mount(8) sets
+/// the loop device up with autoclear, so the guard's unmount frees it.
+pub fn loop_mounted(dir: &Path, size: u64, mkfs: &[&str]) -> (PathBuf, MountGuard) {
+    let img = dir.join("fs.img");
+    std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+    let out = std::process::Command::new(mkfs[0])
+        .args(&mkfs[1..])
+        .arg(&img)
+        .output()
+        .unwrap_or_else(|e| panic!("{} is needed: {e}", mkfs[0]));
+    assert!(out.status.success(), "{}: {out:?}", mkfs[0]);
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount -o loop: {out:?}");
+    (mnt.clone(), MountGuard(mnt))
+}
