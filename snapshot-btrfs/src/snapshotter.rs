@@ -85,7 +85,11 @@ impl Storage for BtrfsStorage {
         if fs::symlink_metadata(tree).is_err() {
             return Ok(());
         }
-        Ok(sys::delete_subvolume(tree)?)
+        match sys::delete_subvolume(tree) {
+            // Another deleter (a purge racing a remove's own delete) took it first.
+            Err(_) if fs::symlink_metadata(tree).is_err() => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     fn sync_published(&self, tree: &Path) -> Result<()> {

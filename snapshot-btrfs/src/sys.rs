@@ -95,7 +95,8 @@ pub fn delete_subvolume(path: &Path) -> Result<()> {
             .delete(DeleteFlags::RECURSIVE)
             .map_err(|e| lib_err("delete subvolume", path, e)),
         Err(_) if path.is_dir() && Subvolume::is_subvolume(path).is_err() => {
-            fs::remove_dir_all(path).map_err(|e| BtrfsError::io("remove directory", path, e))
+            snapshot_core::layout::remove_tree(path)
+                .map_err(|e| BtrfsError::io("remove directory", path, e))
         }
         Err(e) => Err(lib_err("open subvolume", path, e)),
     }

@@ -188,7 +188,14 @@ impl std::error::Error for Error {
 
 impl From<heed::Error> for Error {
     fn from(err: heed::Error) -> Self {
-        Error::unknown("metastore").with_source(err)
+        match err {
+            // Load, not damage: every reader slot is taken by calls in flight.
+            heed::Error::Mdb(heed::MdbError::ReadersFull) => Error::unavailable(
+                "metastore: every reader slot is in use by calls in flight: retry the call",
+            )
+            .with_source(err),
+            err => Error::unknown("metastore").with_source(err),
+        }
     }
 }
 

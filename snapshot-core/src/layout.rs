@@ -65,11 +65,75 @@ impl RootLock {
     }
 }
 
-/// Deletes a tree; one that is already gone is fine.
+/// Deletes a tree; one that is already gone is fine. Holds a bounded number of directories open
+/// and recurses on the heap, so a tree of any depth goes (std's `remove_dir_all` keeps a
+/// descriptor and a stack frame per level: a deep enough chain made by a container aborts
+/// the process or exhausts its descriptors). Symlinks are deleted, never followed.
+///
+/// # Errors
+/// The OS error of the first entry that cannot be deleted.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r,
+    use rustix::fs::{statat, unlinkat, AtFlags, FileType, CWD};
+    let meta = match statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(m) => m,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if FileType::from_raw_mode(meta.st_mode) != FileType::Directory {
+        return gone_ok(unlinkat(CWD, path, AtFlags::empty()));
+    }
+    match crate::walk::open_dir(CWD, path) {
+        Ok(top) => crate::walk::walk(top, &mut Remover)?,
+        Err(e) if crate::walk::vanished(e) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    gone_ok(unlinkat(CWD, path, AtFlags::REMOVEDIR))
+}
+
+/// Deletes what a walk meets: files as it scans, directories as it leaves them.
+struct Remover;
+
+impl crate::walk::Visitor for Remover {
+    fn scan(&mut self, dir: &std::os::fd::OwnedFd) -> io::Result<Vec<std::ffi::CString>> {
+        use rustix::fs::{statat, unlinkat, AtFlags, Dir, FileType};
+        let mut subdirs = Vec::new();
+        for entry in Dir::read_from(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let is_dir = match entry.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(m) => FileType::from_raw_mode(m.st_mode) == FileType::Directory,
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                _ => false,
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+            } else {
+                gone_ok(unlinkat(dir, name, AtFlags::empty()))?;
+            }
+        }
+        Ok(subdirs)
+    }
+
+    fn left(&mut self, parent: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> io::Result<()> {
+        gone_ok(rustix::fs::unlinkat(
+            parent,
+            name,
+            rustix::fs::AtFlags::REMOVEDIR,
+        ))
+    }
+}
+
+fn gone_ok(r: rustix::io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        r => r.map_err(Into::into),
     }
 }
 

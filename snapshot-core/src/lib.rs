@@ -25,6 +25,7 @@ mod record;
 mod snapshotter;
 mod types;
 pub mod usage;
+mod walk;
 
 pub use error::{Error, ErrorKind, Result};
 pub use snapshotter::{Cleaner, Snapshotter};

@@ -49,6 +49,10 @@ use crate::types::{CommitOptions, CreateOptions, Info, Kind, Labels, Mount, Usag
 use crate::{Cleaner, Snapshotter};
 
 const STAGING_PREFIX: &str = "new-";
+
+/// Numbers staging and retired names, process-wide: a store closed and opened again in
+/// one process never reuses a name a call of the closed one may still hold.
+static NAMES: AtomicU64 = AtomicU64::new(0);
 const RETIRED_PREFIX: &str = "rm-";
 
 /// How often a create or commit starts over when another call changed the snapshot it
@@ -241,7 +245,6 @@ pub struct SnapshotStore<S: Storage> {
     async_remove: bool,
     sync: bool,
     durable: bool,
-    counter: AtomicU64,
     // Staging paths of running creates and commits: the sweep leaves them alone.
     staging: Mutex<HashSet<PathBuf>>,
     // Removes hold the read side from their retire until the commit (or the restore);
@@ -301,7 +304,7 @@ pub fn recorded_backend(root: &Path) -> Result<Option<String>> {
 
 /// Refuses a root another backend's store is in, and records `name` in a root that names
 /// none yet.
-fn claim_root(root: &Path, name: &str, durable: bool) -> Result<()> {
+fn claim_root(root: &Path, name: &str) -> Result<()> {
     match recorded_backend(root)? {
         Some(found) if found == name => Ok(()),
         Some(found) => Err(Error::failed_precondition(format!(
@@ -317,16 +320,13 @@ fn claim_root(root: &Path, name: &str, durable: bool) -> Result<()> {
                 use std::io::Write;
                 let mut f = std::fs::File::create(&tmp)?;
                 f.write_all(format!("{name}\n").as_bytes())?;
-                if durable {
-                    f.sync_all()?;
-                }
+                f.sync_all()?;
                 std::fs::rename(&tmp, &path)
             })()
             .map_err(|e| Error::io("write", &path, e))?;
-            if durable {
-                fsync_dir(root)?;
-            }
-            Ok(())
+            // Once per root, so even with no_sync: an empty or lost name would let another
+            // backend claim the root after a power cut.
+            fsync_dir(root)
         }
     }
 }
@@ -347,7 +347,7 @@ impl<S: Storage> SnapshotStore<S> {
     pub fn open(root: &Path, storage: S, options: &Options) -> Result<SnapshotStore<S>> {
         let root = prepare_root(root)?;
         let lock = RootLock::acquire(&root)?;
-        claim_root(&root, S::NAME, !options.no_sync)?;
+        claim_root(&root, S::NAME)?;
         let sn = SnapshotStore {
             async_remove: options.async_remove.unwrap_or(S::ASYNC_REMOVE),
             sync: options.sync,
@@ -361,7 +361,6 @@ impl<S: Storage> SnapshotStore<S> {
             )?,
             storage,
             root,
-            counter: AtomicU64::new(0),
             staging: Mutex::default(),
             removing: RwLock::new(()),
             lock: Mutex::new(Some(lock)),
@@ -465,7 +464,7 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     fn stage(&self, kind: Kind) -> Staged<'_, S> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = NAMES.fetch_add(1, Ordering::Relaxed);
         let path = self
             .root
             .join(self.storage.kind_dir(kind))
@@ -519,7 +518,11 @@ impl<S: Storage> SnapshotStore<S> {
         staged.published = true;
         // Without this a power cut can leave a record whose tree never reached the disk.
         if self.durable {
-            self.storage.sync_published(&dst)?;
+            if let Err(e) = self.storage.sync_published(&dst) {
+                // The transaction aborts: the tree it would have recorded goes too.
+                self.discard(&dst);
+                return Err(e);
+            }
         }
         Ok(dst)
     }
@@ -532,7 +535,7 @@ impl<S: Storage> SnapshotStore<S> {
         loop {
             match rename_noreplace(src, &dst) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let n = self.counter.fetch_add(1, Ordering::Relaxed);
+                    let n = NAMES.fetch_add(1, Ordering::Relaxed);
                     dst = dir.join(format!("{RETIRED_PREFIX}{stem}-{}-{n}", std::process::id()));
                 }
                 r => return r,
@@ -801,16 +804,28 @@ impl<S: Storage> SnapshotStore<S> {
         for dir in self.dirs() {
             let entries =
                 std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
-            trees.extend(
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| {
-                        e.file_name()
-                            .to_str()
-                            .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
-                    })
-                    .map(|e| e.path()),
-            );
+            for entry in entries.filter_map(|e| e.ok()) {
+                let name = entry.file_name();
+                let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(RETIRED_PREFIX)) else {
+                    continue;
+                };
+                // A live record's tree whose restore failed (no remove is between its
+                // rename and its commit while the lock is held): never deleted.
+                if let Ok(id) = rest.parse::<u64>() {
+                    let live = self.store.read(|tx| tx.kind_of(id))?;
+                    if live.is_some_and(|k| self.root.join(self.storage.kind_dir(k)) == dir)
+                        && std::fs::symlink_metadata(dir.join(rest)).is_err()
+                    {
+                        log::error!(
+                            "{} belongs to a live snapshot (id {id}) whose restore failed: \
+                             kept; cleanup retries the restore",
+                            entry.path().display()
+                        );
+                        continue;
+                    }
+                }
+                trees.push(entry.path());
+            }
         }
         drop(listing);
         let mut first = None;

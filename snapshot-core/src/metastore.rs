@@ -53,6 +53,8 @@ use crate::types::{CommitOptions, Info, Kind, Labels, Usage};
 pub const WALK_BATCH: usize = 100;
 
 const SCHEMA_VERSION: u32 = 1;
+/// LMDB reader slots (its default is 126).
+const MAX_READERS: u32 = 1024;
 const NEXT_ID: &[u8] = b"next_id";
 const VERSION_KEY: &[u8] = b"version";
 
@@ -377,7 +379,10 @@ fn open_env(dir: &Path, opts: &StoreOptions) -> Result<Env<WithoutTls>> {
     let page = rustix::param::page_size();
     options
         .map_size(opts.map_size.max(page).div_ceil(page) * page)
-        .max_dbs(8);
+        .max_dbs(8)
+        // Above any number of calls the daemon runs at once (tokio's blocking pool has
+        // 512 threads), so a burst of reads never finds the reader table full.
+        .max_readers(MAX_READERS);
     if opts.no_sync {
         // SAFETY: NO_SYNC only drops the fsync at commit; it is unsafe in heed because it
         // voids durability across power loss, which the option documents.

@@ -2,23 +2,24 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat, CWD};
+use rustix::fs::{statat, AtFlags, Dir, FileType, Stat, CWD};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 use crate::types::Usage;
+use crate::walk::{open_dir, vanished, walk, Visitor};
 
 /// The usage of the tree at `root`: the sum of `st_blocks * 512` and the count over
 /// unique `(dev, inode)` pairs, the root included. Symlinks are not followed; entries that
 /// vanish during the walk are skipped (a running container may delete files meanwhile).
 ///
-/// The walk holds a file descriptor of each directory on its way down and reaches every
-/// entry relative to it with `O_NOFOLLOW`: a container that swaps a directory for a
-/// symlink during the walk makes the walk skip that entry, never count what the symlink
-/// points at.
+/// The walk holds a bounded number of directories open, whatever the depth, and reaches every
+/// entry relative to its directory with `O_NOFOLLOW`: a container that swaps a directory
+/// for a symlink during the walk makes the walk skip that entry, never count what the
+/// symlink points at.
 ///
 /// # Errors
 /// NotFound when `root` itself does not exist; Unknown for other I/O errors.
@@ -35,92 +36,69 @@ pub fn disk_usage(root: &Path) -> Result<Usage> {
         Errno::NOENT => Error::not_found(format!("usage of {}: no such directory", root.display())),
         e => Error::io("stat", root, e.into()),
     })?;
-    let mut seen = HashSet::new();
-    let mut usage = Usage::default();
-    account(&meta, &mut seen, &mut usage);
+    let mut counter = Counter {
+        seen: HashSet::new(),
+        usage: Usage::default(),
+    };
+    counter.account(&meta);
     if FileType::from_raw_mode(meta.st_mode) != FileType::Directory {
-        return Ok(usage);
+        return Ok(counter.usage);
     }
     let top = match open_dir(CWD, root) {
         Ok(fd) => fd,
-        Err(e) if vanished(e) => return Ok(usage),
+        Err(e) if vanished(e) => return Ok(counter.usage),
         Err(e) => return Err(Error::io("open directory", root, e.into())),
     };
-    // Each level: the directory's fd and the subdirectories still to visit in it.
-    let mut stack: Vec<(OwnedFd, Vec<CString>)> = Vec::new();
-    let subdirs = scan(&top, root, &mut seen, &mut usage)?;
-    stack.push((top, subdirs));
-    while let Some((dir, pending)) = stack.last_mut() {
-        let Some(name) = pending.pop() else {
-            stack.pop();
-            continue;
-        };
-        let fd = match open_dir(&*dir, name.as_c_str()) {
-            Ok(fd) => fd,
-            // Deleted, or swapped for a symlink or a file, since the scan saw it.
-            Err(e) if vanished(e) => continue,
-            Err(e) => return Err(Error::io("open directory under", root, e.into())),
-        };
-        let subdirs = scan(&fd, root, &mut seen, &mut usage)?;
-        stack.push((fd, subdirs));
-    }
-    Ok(usage)
+    walk(top, &mut counter).map_err(|e| Error::io("walk the tree under", root, e))?;
+    Ok(counter.usage)
 }
 
-/// Accounts every entry of `dir` and returns the names of its subdirectories.
-fn scan(
-    dir: &OwnedFd,
-    root: &Path,
-    seen: &mut HashSet<(u64, u64)>,
-    usage: &mut Usage,
-) -> Result<Vec<CString>> {
-    let mut subdirs = Vec::new();
-    let entries =
-        Dir::read_from(dir).map_err(|e| Error::io("read directory under", root, e.into()))?;
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if vanished(e) => break,
-            Err(e) => return Err(Error::io("read directory under", root, e.into())),
-        };
-        let name = entry.file_name();
-        if name == c"." || name == c".." {
-            continue;
-        }
-        let meta = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(m) => m,
-            Err(e) if vanished(e) => continue,
-            Err(e) => return Err(Error::io("stat under", root, e.into())),
-        };
-        if account(&meta, seen, usage)
-            && FileType::from_raw_mode(meta.st_mode) == FileType::Directory
+/// Counts what a walk meets: blocks and unique inodes.
+struct Counter {
+    // Only inodes with several links: the others cannot be met twice.
+    seen: HashSet<(u64, u64)>,
+    usage: Usage,
+}
+
+impl Counter {
+    /// Counts `meta` unless its inode was counted already; true when it was new.
+    fn account(&mut self, meta: &Stat) -> bool {
+        if meta.st_nlink > 1
+            && FileType::from_raw_mode(meta.st_mode) != FileType::Directory
+            && !self.seen.insert((meta.st_dev, meta.st_ino))
         {
-            subdirs.push(name.to_owned());
+            return false;
         }
+        self.usage.inodes += 1;
+        self.usage.size += meta.st_blocks as u64 * 512;
+        true
     }
-    Ok(subdirs)
 }
 
-fn open_dir<Fd: AsFd, P: rustix::path::Arg>(at: Fd, path: P) -> rustix::io::Result<OwnedFd> {
-    openat(
-        at,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
-
-fn account(meta: &Stat, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) -> bool {
-    if !seen.insert((meta.st_dev, meta.st_ino)) {
-        return false;
+impl Visitor for Counter {
+    fn scan(&mut self, dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
+        let mut subdirs = Vec::new();
+        for entry in Dir::read_from(dir)? {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if vanished(e) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let meta = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(m) => m,
+                Err(e) if vanished(e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if self.account(&meta) && FileType::from_raw_mode(meta.st_mode) == FileType::Directory {
+                subdirs.push(name.to_owned());
+            }
+        }
+        Ok(subdirs)
     }
-    usage.inodes += 1;
-    usage.size += meta.st_blocks as u64 * 512;
-    true
-}
-
-fn vanished(e: Errno) -> bool {
-    matches!(e, Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
 }
 
 #[cfg(test)]

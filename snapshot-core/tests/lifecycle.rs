@@ -499,3 +499,23 @@ fn a_tiny_map_grows_under_prepare_commit_and_remove() {
     assert_eq!(sn.check().unwrap(), 0);
     assert!(names(&snapshots_dir(&sn)).is_empty());
 }
+
+/// A live snapshot's tree left as `rm-<id>` (its restore failed) is never purged: the next
+/// cleanup restores it instead.
+#[test]
+fn purge_never_deletes_the_tree_of_a_live_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open(tmp.path());
+    let id = layer(&sn, "base", "", "keep me");
+    let snaps = snapshots_dir(&sn);
+    fs::rename(snaps.join(id.to_string()), snaps.join(format!("rm-{id}"))).unwrap();
+    fs::create_dir(snaps.join("rm-999")).unwrap(); // a removed snapshot's: goes
+    assert_eq!(sn.purge().unwrap(), 1);
+    assert_eq!(names(&snaps), vec![format!("rm-{id}")]);
+    sn.cleanup().unwrap();
+    assert_eq!(
+        fs::read_to_string(sn.tree(Kind::Committed, id).join("data")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(sn.check().unwrap(), 1);
+}

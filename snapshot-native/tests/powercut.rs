@@ -55,3 +55,17 @@ fn power_cut_on_xfs() {
         power_cut(Fs::Xfs, &open);
     }
 }
+
+#[test]
+fn power_cut_keeps_the_data_a_prepare_copied() {
+    for fs in [Fs::Ext4, Fs::Xfs, Fs::Btrfs] {
+        let test = format!("native::power_cut_keeps_copied_data ({fs:?})");
+        if require_privileged_with_tools(&test, &[fs.mkfs(), "losetup"]) {
+            snapshot_testsuite::powercut::power_cut_keeps_copied_data(
+                fs,
+                &open,
+                &snapshot_testsuite::powercut::writable_dir,
+            );
+        }
+    }
+}

@@ -124,6 +124,58 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
     sn.close().expect("close");
 }
 
+/// For a backend whose Prepare copies its parent (native): a power cut right after a
+/// Prepare on a parent returned keeps the copy's file contents, not only its names. The
+/// parent's layer has a 1 MiB file (committed without `sync`, so only the Prepare can have
+/// made the copy durable); after the cut, the child's copy must hold all of it.
+///
+/// # Panics
+/// When a step fails or the copy lost data.
+pub fn power_cut_keeps_copied_data(fs: Fs, open: Opener<'_>, layer_dir: LayerDir<'_>) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let image = Image::new(tmp.path(), "live", fs);
+    let mnt = image.mount(&tmp.path().join("mnt"));
+    let root = mnt.join("root");
+    let sn = open(&root).unwrap_or_else(|e| panic!("open on {fs:?}: {e}"));
+    let opts = CreateOptions::default();
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: usize| (i * 13 + i / 511) as u8)
+        .collect();
+    let m = sn.prepare("base-a", "", &opts).expect("prepare base-a");
+    std::fs::write(layer_dir(&root, &m).join("data"), &data).expect("write the layer");
+    sn.commit("base", "base-a", &CommitOptions::default())
+        .expect("commit base");
+    let m = sn.prepare("child", "base", &opts).expect("prepare child");
+    let child = layer_dir(&root, &m)
+        .strip_prefix(&*mnt)
+        .expect("the child is under the mount")
+        .to_path_buf();
+    let copy = tmp.path().join("copy.img");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&image.path)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "copying the image failed");
+    let _ = sn.close();
+    drop(sn);
+    drop(mnt);
+    drop(image);
+    let after = Image { path: copy, fs };
+    let mnt = after.mount(&tmp.path().join("mnt-copy"));
+    let sn = open(&mnt.join("root")).expect("open after the power cut");
+    assert!(sn.stat("child").is_ok(), "{fs:?}: the child is lost");
+    let got = std::fs::read(mnt.join(&child).join("data")).unwrap_or_default();
+    assert!(
+        got == data,
+        "{fs:?}: the child's copy of the parent's file has {} of its {} bytes after the cut",
+        got.len(),
+        data.len()
+    );
+    sn.close().expect("close");
+}
+
 /// Opens a backend on a root with the `sync` option on or off.
 pub type SyncOpener<'a> = &'a dyn Fn(&Path, bool) -> snapshot_core::Result<Box<dyn Snapshotter>>;
 
