@@ -65,13 +65,18 @@ pub struct CopyStats {
     pub xattrs: u64,
 }
 
+/// How many directory levels below its root a copied tree may have (Linux's own limit on
+/// path length allows about 2048 levels of one-letter names).
+pub const MAX_DEPTH: usize = 2048;
+
 /// Copies the tree at `src` into the existing, empty directory `dst`, which takes the
 /// mode, owner, times and extended attributes of `src` itself. See the [module
 /// documentation](self) for what is kept.
 ///
 /// # Errors
 /// [`NativeError`] naming the path of the first entry that could not be read or
-/// recreated; the destination is then left half-filled for the caller to delete.
+/// recreated, or of a directory more than [`MAX_DEPTH`] levels down; the destination is
+/// then left half-filled for the caller to delete.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -115,6 +120,9 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats, NativeError> {
             continue;
         };
         if let Some(child) = copier.copy_entry(frame, &name)? {
+            if stack.len() > MAX_DEPTH {
+                return Err(NativeError::too_deep(src.join(&child.rel)));
+            }
             stack.push(child);
         }
     }

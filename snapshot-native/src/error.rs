@@ -44,9 +44,31 @@ pub enum NativeError {
         #[source]
         source: io::Error,
     },
+    /// The source tree is deeper than the copy goes ([`crate::copy::MAX_DEPTH`]): each
+    /// level holds two descriptors and the path of the level, so a deeper tree (a
+    /// container can make one in seconds) would exhaust the process.
+    #[error(
+        "directory {} is more than {max} levels below the root of the tree being copied: \
+         the native backend does not copy trees that deep; flatten the layer",
+        path.display()
+    )]
+    TooDeep {
+        /// The directory past the limit.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl NativeError {
+    /// The variant for a source tree deeper than the copy goes.
+    pub(crate) fn too_deep(path: impl Into<PathBuf>) -> Self {
+        NativeError::TooDeep {
+            path: path.into(),
+            max: crate::copy::MAX_DEPTH,
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,
@@ -64,6 +86,9 @@ impl From<NativeError> for snapshot_core::Error {
     fn from(err: NativeError) -> Self {
         let message = err.to_string();
         let source = match err {
+            NativeError::TooDeep { .. } => {
+                return snapshot_core::Error::failed_precondition(message)
+            }
             NativeError::Io { source, .. }
             | NativeError::Xattr { source, .. }
             | NativeError::HardLink { source, .. } => source,

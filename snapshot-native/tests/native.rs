@@ -713,3 +713,48 @@ fn prepare_commit_and_remove_grow_a_tiny_map() {
     snapshot_testsuite::grow_a_tiny_map(&sn);
     assert!(sn.store().store().map_size().unwrap() > snapshot_testsuite::TINY_MAP);
 }
+
+/// A parent deeper than the copy goes is refused with FailedPrecondition naming the
+/// directory, not copied until the process runs out of descriptors or memory.
+#[test]
+fn a_parent_too_deep_to_copy_is_refused_clearly() {
+    use rustix::fs::{mkdirat, openat, OFlags};
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(&dir.path().join("root"));
+    sn.prepare("deep-a", "", &CreateOptions::default()).unwrap();
+    let tree = sn
+        .root()
+        .join("snapshots")
+        .join(sn.store().snapshot("deep-a").unwrap().id.to_string());
+    let mut fd = openat(
+        rfs::CWD,
+        &tree,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..snapshot_native::copy::MAX_DEPTH + 10 {
+        mkdirat(&fd, "d", Mode::from_raw_mode(0o755)).unwrap();
+        fd = openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    drop(fd);
+    sn.commit("deep", "deep-a", &CommitOptions::default())
+        .unwrap();
+    let err = sn
+        .prepare("child", "deep", &CreateOptions::default())
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        snapshot_core::ErrorKind::FailedPrecondition,
+        "{err}"
+    );
+    assert!(err.to_string().contains("levels"), "{err}");
+    assert_eq!(
+        sn.stat("child").unwrap_err().kind(),
+        snapshot_core::ErrorKind::NotFound
+    );
+    // Nothing half-copied is left, and the deep layer is still removable.
+    sn.remove("deep").unwrap();
+    let left: Vec<_> = fs::read_dir(sn.root().join("snapshots")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
