@@ -113,6 +113,14 @@ pub enum XtaskError {
         /// The image file.
         image: PathBuf,
     },
+    /// A subcommand's arguments are wrong: `problem` says how.
+    #[error("{command}: {problem}")]
+    Usage {
+        /// The subcommand.
+        command: &'static str,
+        /// What is wrong, or the usage line.
+        problem: &'static str,
+    },
     /// Phases of `cargo xtask test` failed; their output is above.
     #[error("failed phases: {}", phases.join(", "))]
     Failed {

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: project automation (matklad's xtask pattern). One file per
 //! subcommand; `util` holds what they share.
 
+mod bench;
 mod clean;
 mod error;
 mod images;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 const COMMANDS: &[(&str, &str)] = &[
     ("test", "run every test of the workspace, btrfs on a loop-device image (the README's test command)"),
     ("test-btrfs", "build and mount the btrfs image, run snapshot-btrfs's tests on it (quotas off, then on), unmount"),
+    ("bench", "run the benchmarks on a fresh loop-mounted image: [--backend native|overlay|btrfs] [--quick] [--json FILE]"),
     ("images", "build the test images under target/test-images/"),
     ("clean", "unmount and detach leftover test mounts and loop devices of this project"),
     ("help", "print this list"),
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(),
         Some("test-btrfs") => test_btrfs::run(),
+        Some("bench") => bench::run(&args[1..]),
         Some("images") => images::run(),
         Some("clean") => clean::run(),
         None | Some("help" | "-h" | "--help") => {

@@ -4,7 +4,6 @@
 //! backend (`snapshotd --features btrfs`), and always unmounts and detaches: after
 //! failures, and after SIGINT/SIGTERM, which stop the tests first.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use crate::util::{self, Result, XtaskError};
@@ -23,7 +22,7 @@ pub fn run_caught() -> Result {
     clean::clean_all()?;
     util::header("btrfs: image");
     let img = images::build_btrfs()?;
-    let mounted = Mounted::new(&img)?;
+    let mounted = images::Mounted::new(&img, "btrfs")?;
     println!(
         "mounted {} ({}) at {}",
         img.display(),
@@ -100,90 +99,5 @@ pub fn run_caught() -> Result {
         Ok(())
     } else {
         Err(XtaskError::BtrfsFailed { runs: failed })
-    }
-}
-
-/// The image attached (autoclear) and mounted; dropping it unmounts everything under the
-/// mount point and lets the loop device go.
-struct Mounted {
-    device: PathBuf,
-    target: PathBuf,
-    loopdev: Option<loopdev::LoopDevice>,
-}
-
-impl Mounted {
-    fn new(img: &std::path::Path) -> Result<Mounted> {
-        let target = util::mounts_dir().join(format!("btrfs-{}", std::process::id()));
-        std::fs::create_dir_all(&target).map_err(|source| XtaskError::Io {
-            what: "mkdir",
-            path: target.clone(),
-            source,
-        })?;
-        let dev = images::attach(img)?;
-        let device = dev.path().ok_or_else(|| XtaskError::LoopNoPath {
-            image: img.to_path_buf(),
-        })?;
-        let mut m = Mounted {
-            device,
-            target,
-            loopdev: Some(dev),
-        };
-        rustix::mount::mount(
-            &m.device,
-            &m.target,
-            "btrfs",
-            rustix::mount::MountFlags::empty(),
-            None,
-        )
-        .map_err(|source| XtaskError::Mount {
-            device: m.device.clone(),
-            target: m.target.clone(),
-            source,
-        })?;
-        // With the mount holding the device, autoclear frees it at the unmount.
-        m.loopdev.take();
-        Ok(m)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        util::header("btrfs: cleanup");
-        for m in clean::mounts_under(&self.target) {
-            match clean::unmount(&m) {
-                Ok(()) => println!("unmounted {}", m.display()),
-                Err(e) => eprintln!("xtask: {e}"),
-            }
-        }
-        if let Some(dev) = self.loopdev.take() {
-            let _ = dev.detach();
-        }
-        if let Err(e) = std::fs::remove_dir(&self.target) {
-            eprintln!("xtask: rmdir {}: {e}", self.target.display());
-        }
-        // Autoclear detaches once the last user is gone; wait for it so the caller sees
-        // a clean table.
-        let name = self
-            .device
-            .file_name()
-            .map(|n| n.to_owned())
-            .unwrap_or_default();
-        let backing = PathBuf::from("/sys/block")
-            .join(name)
-            .join("loop/backing_file");
-        for _ in 0..50 {
-            if !backing.exists() {
-                println!("detached {}", self.device.display());
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        if let Ok(ld) = loopdev::LoopDevice::open(&self.device) {
-            let _ = ld.detach();
-        }
-        eprintln!(
-            "xtask: {} did not detach by itself; detached it",
-            self.device.display()
-        );
     }
 }

@@ -1,0 +1,418 @@
+//! The workloads: each opens the backend on a fresh root under the bench root, runs its
+//! calls, times each, and measures the floors it is compared with.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use snapshots::{CommitOptions, CreateOptions, Labels, Mount, Snapshotter};
+
+use crate::floors;
+use crate::{io_err, Args, Doing, Result, Row};
+
+/// Sizes of a run.
+struct Sizes {
+    chain: usize,
+    meta: usize,
+    store: usize,
+    files: usize,
+    reps: usize,
+    clients: usize,
+    client_chain: usize,
+}
+
+impl Sizes {
+    fn of(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                chain: 20,
+                meta: 200,
+                store: 500,
+                files: 2_000,
+                reps: 3,
+                clients: 4,
+                client_chain: 5,
+            }
+        } else {
+            Sizes {
+                chain: 100,
+                meta: 2_000,
+                store: 5_000,
+                files: 20_000,
+                reps: 5,
+                clients: 8,
+                client_chain: 20,
+            }
+        }
+    }
+}
+
+fn open(args: &Args, name: &str) -> Result<Box<dyn Snapshotter>> {
+    let root = args.root.join(name);
+    if root.exists() {
+        let _ = snapshots::snapshot_core::layout::remove_tree(&root);
+    }
+    snapshots::open(args.backend, &root, &snapshots::Options::default())
+        .doing(|| format!("open {} at {}", args.backend, root.display()))
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+/// Mounts `mounts` at `target`, runs `f` on the mounted tree, unmounts.
+fn through_mount<T>(
+    mounts: &[Mount],
+    target: &Path,
+    f: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
+    std::fs::create_dir_all(target).map_err(io_err("create", target))?;
+    snapshots::mount::mount_all(mounts, target)
+        .doing(|| format!("mount at {}", target.display()))?;
+    let r = f(target);
+    snapshots::mount::unmount_all(target).doing(|| format!("unmount {}", target.display()))?;
+    r
+}
+
+fn write_files(dir: &Path, n: usize, tag: &str) -> Result {
+    for i in 0..n {
+        let f = dir.join(format!("{tag}-{i}"));
+        std::fs::write(&f, tag.as_bytes()).map_err(io_err("write", &f))?;
+    }
+    Ok(())
+}
+
+/// The directory a backend walks for an active snapshot's usage: the bind source
+/// (native), the upper directory (overlay); `None` for a device mount (btrfs), whose
+/// tree is walked through a mount.
+fn own_tree(mounts: &[Mount]) -> Option<PathBuf> {
+    for m in mounts {
+        if let Some(u) = m.options.iter().find_map(|o| o.strip_prefix("upperdir=")) {
+            return Some(PathBuf::from(u));
+        }
+        if m.kind == "bind" {
+            return Some(PathBuf::from(&m.source));
+        }
+    }
+    None
+}
+
+pub fn all(args: &Args) -> Result<Vec<Row>> {
+    let s = Sizes::of(args.quick);
+    let scratch = args.root.join("floors");
+    std::fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+    let lmdb = floors::lmdb(&scratch, s.meta.min(500))?;
+    let dirs: &[&str] = match args.backend {
+        snapshots::Backend::Overlay => &["fs", "work"],
+        _ => &[],
+    };
+    let publish = floors::publish(&scratch, dirs, s.meta.min(500))?;
+    let prepare_floor = publish + lmdb.write;
+    println!(
+        "floors: durable LMDB transaction {:?}, read transaction {:?}, publish (mkdir, rename, fsync) {:?}",
+        lmdb.write, lmdb.read, publish
+    );
+    let mut rows = Vec::new();
+    rows.extend(chain(args, &s, prepare_floor, lmdb.write)?);
+    rows.extend(meta(args, &s, prepare_floor, lmdb)?);
+    rows.extend(store(args, &s, lmdb.read, lmdb.write)?);
+    rows.extend(big_tree(args, &s)?);
+    rows.extend(concurrent(args, &s)?);
+    Ok(rows)
+}
+
+/// `chain`: layers, each a Prepare on the previous commit, a mount, 10 files written, an
+/// unmount and a Commit; then Mounts of an active snapshot at depth 1 and at the top.
+fn chain(
+    args: &Args,
+    s: &Sizes,
+    prepare_floor: Duration,
+    write_floor: Duration,
+) -> Result<Vec<Row>> {
+    println!("chain: {} layers", s.chain);
+    let sn = open(args, "chain")?;
+    let target = args.root.join("chain-mnt");
+    let (mut prep, mut commit, mut layer) = (Vec::new(), Vec::new(), Vec::new());
+    let mut parent = String::new();
+    for i in 0..s.chain {
+        let (key, name) = (format!("l{i}-active"), format!("l{i}"));
+        let start = Instant::now();
+        let (m, t) = timed(|| sn.prepare(&key, &parent, &CreateOptions::default()));
+        let m = m.doing(|| format!("prepare {key}"))?;
+        prep.push(t);
+        through_mount(&m, &target, |dir| write_files(dir, 10, &name))?;
+        let (r, t) = timed(|| sn.commit(&name, &key, &CommitOptions::default()));
+        r.doing(|| format!("commit {name}"))?;
+        commit.push(t);
+        layer.push(start.elapsed());
+        parent = name;
+    }
+    let mut rows = vec![
+        Row::new(
+            "chain",
+            "prepare on the previous layer",
+            prep,
+            Some(prepare_floor),
+        ),
+        Row::new("chain", "commit of 10 files", commit, Some(write_floor)),
+        Row::new(
+            "chain",
+            "layer (prepare, mount, write, commit)",
+            layer,
+            None,
+        ),
+    ];
+    for (label, p) in [("1", "l0".to_string()), ("top", parent.clone())] {
+        let key = format!("mounts-{label}");
+        sn.prepare(&key, &p, &CreateOptions::default())
+            .doing(|| format!("prepare {key}"))?;
+        let mut v = Vec::new();
+        for _ in 0..s.meta {
+            let (r, t) = timed(|| sn.mounts(&key));
+            std::hint::black_box(r.doing(|| format!("mounts {key}"))?);
+            v.push(t);
+        }
+        let depth = if label == "1" { 1 } else { s.chain };
+        rows.push(Row::new(
+            "mounts",
+            format!("mounts at depth {depth}"),
+            v,
+            None,
+        ));
+    }
+    sn.close().doing(|| "close".into())?;
+    Ok(rows)
+}
+
+/// `meta`: Prepare without parent, Stat, Remove, many times.
+fn meta(args: &Args, s: &Sizes, prepare_floor: Duration, lmdb: floors::Lmdb) -> Result<Vec<Row>> {
+    println!("meta: {} × prepare, stat, remove", s.meta);
+    let sn = open(args, "meta")?;
+    let (mut p, mut st, mut rm) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..s.meta {
+        let key = format!("m{i}");
+        let (r, t) = timed(|| sn.prepare(&key, "", &CreateOptions::default()));
+        r.doing(|| format!("prepare {key}"))?;
+        p.push(t);
+        let (r, t) = timed(|| sn.stat(&key));
+        r.doing(|| format!("stat {key}"))?;
+        st.push(t);
+        let (r, t) = timed(|| sn.remove(&key));
+        r.doing(|| format!("remove {key}"))?;
+        rm.push(t);
+    }
+    sn.close().doing(|| "close".into())?;
+    Ok(vec![
+        Row::new("meta", "prepare without parent", p, Some(prepare_floor)),
+        Row::new("meta", "stat", st, Some(lmdb.read)),
+        Row::new("meta", "remove (empty tree)", rm, Some(lmdb.write)),
+    ])
+}
+
+/// A store of many committed snapshots with labels: Stat, Walk of all, Walk with a label
+/// filter matching 1 %, and Remove there against Remove in a store of 10.
+fn store(args: &Args, s: &Sizes, read_floor: Duration, write_floor: Duration) -> Result<Vec<Row>> {
+    println!("store: {} committed snapshots with labels", s.store);
+    let sn = open(args, "store")?;
+    for i in 0..s.store {
+        let key = format!("s{i}-active");
+        sn.prepare(&key, "", &CreateOptions::default())
+            .doing(|| format!("prepare {key}"))?;
+        let labels: Labels = [
+            ("containerd.io/gc.root".to_string(), "yes".to_string()),
+            (
+                "tag".to_string(),
+                if i % 100 == 0 { "rare" } else { "common" }.to_string(),
+            ),
+            ("n".to_string(), i.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        sn.commit(&format!("s{i}"), &key, &CommitOptions::with_labels(labels))
+            .doing(|| format!("commit s{i}"))?;
+    }
+    let mut stat = Vec::new();
+    for i in 0..s.meta {
+        let key = format!("s{}", (i * 7919) % s.store);
+        let (r, t) = timed(|| sn.stat(&key));
+        r.doing(|| format!("stat {key}"))?;
+        stat.push(t);
+    }
+    let mut walk_all = Vec::new();
+    let mut walk_rare = Vec::new();
+    for _ in 0..s.reps {
+        for (filters, v) in [
+            (vec![], &mut walk_all),
+            (vec!["labels.tag==rare".to_string()], &mut walk_rare),
+        ] {
+            let mut n = 0;
+            let (r, t) = timed(|| {
+                sn.walk(&filters, &mut |_| {
+                    n += 1;
+                    Ok(())
+                })
+            });
+            r.doing(|| "walk".into())?;
+            v.push(t);
+        }
+    }
+    let remove_at = |sn: &dyn Snapshotter, tag: &str| -> Result<Vec<Duration>> {
+        let mut v = Vec::new();
+        // Warm up (untimed): a fresh store's file grows with its first pages.
+        for i in 0..s.meta.min(500) {
+            let key = format!("{tag}-warm-{i}");
+            sn.prepare(&key, "", &CreateOptions::default())
+                .doing(|| format!("prepare {key}"))?;
+            sn.remove(&key).doing(|| format!("remove {key}"))?;
+        }
+        for i in 0..s.meta.min(500) {
+            let key = format!("{tag}-{i}");
+            sn.prepare(&key, "", &CreateOptions::default())
+                .doing(|| format!("prepare {key}"))?;
+            let (r, t) = timed(|| sn.remove(&key));
+            r.doing(|| format!("remove {key}"))?;
+            v.push(t);
+        }
+        Ok(v)
+    };
+    let big = remove_at(&*sn, "big")?;
+    sn.close().doing(|| "close".into())?;
+    let small_sn = open(args, "store-10")?;
+    for i in 0..10 {
+        small_sn
+            .prepare(&format!("x{i}"), "", &CreateOptions::default())
+            .doing(|| format!("prepare x{i}"))?;
+    }
+    let small = remove_at(&*small_sn, "small")?;
+    small_sn.close().doing(|| "close".into())?;
+    let n = s.store;
+    Ok(vec![
+        Row::new("store", format!("stat at {n}"), stat, Some(read_floor)),
+        Row::new("store", format!("walk all {n}"), walk_all, None),
+        Row::new("store", "walk, label filter matching 1 %", walk_rare, None),
+        Row::new("store", format!("remove at {n}"), big, Some(write_floor)),
+        Row::new("store", "remove at 10", small, Some(write_floor)),
+    ])
+}
+
+/// `usage` and `remove` of an active snapshot holding many files.
+fn big_tree(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
+    println!("usage, remove: {} files", s.files);
+    let sn = open(args, "big")?;
+    let target = args.root.join("big-mnt");
+    let (mut usage, mut walk_floor, mut remove) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..s.reps.min(3) {
+        let key = format!("big-{rep}");
+        let m = sn
+            .prepare(&key, "", &CreateOptions::default())
+            .doing(|| format!("prepare {key}"))?;
+        through_mount(&m, &target, |dir| floors::populate(&dir.join("t"), s.files))?;
+        rustix::fs::sync();
+        for _ in 0..s.reps {
+            let (r, t) = timed(|| sn.usage(&key));
+            r.doing(|| format!("usage {key}"))?;
+            usage.push(t);
+        }
+        match own_tree(&m) {
+            Some(tree) => walk_floor.push(floors::walk(&tree)?),
+            None => walk_floor.push(through_mount(&m, &target, floors::walk)?),
+        }
+        let (r, t) = timed(|| {
+            sn.remove(&key)?;
+            match sn.as_cleaner() {
+                Some(c) => c.cleanup(),
+                None => Ok(()),
+            }
+        });
+        r.doing(|| format!("remove {key}"))?;
+        remove.push(t);
+    }
+    sn.close().doing(|| "close".into())?;
+    let scratch = args.root.join("floors");
+    let remove_floor = floors::remove(&scratch, s.files)?;
+    walk_floor.sort_unstable();
+    let n = s.files;
+    Ok(vec![
+        Row::new(
+            "usage",
+            format!("usage of {n} files"),
+            usage,
+            Some(walk_floor[walk_floor.len() / 2]),
+        ),
+        Row::new(
+            "remove",
+            format!("remove + cleanup of {n} files"),
+            remove,
+            Some(remove_floor),
+        ),
+    ])
+}
+
+/// `concurrent`: several clients each building a chain at once, against one client.
+fn concurrent(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
+    println!(
+        "concurrent: {} clients × {} layers",
+        s.clients, s.client_chain
+    );
+    let sn: Arc<dyn Snapshotter> = Arc::from(open(args, "concurrent")?);
+    let run = |clients: usize| -> Result<Duration> {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let sn = Arc::clone(&sn);
+                let target = args.root.join(format!("conc-mnt-{clients}-{c}"));
+                let layers = s.client_chain;
+                std::thread::spawn(move || -> Result {
+                    let mut parent = String::new();
+                    for i in 0..layers {
+                        let (key, name) = (
+                            format!("c{clients}-{c}-{i}-a"),
+                            format!("c{clients}-{c}-{i}"),
+                        );
+                        let m = sn
+                            .prepare(&key, &parent, &CreateOptions::default())
+                            .doing(|| format!("prepare {key}"))?;
+                        through_mount(&m, &target, |dir| write_files(dir, 10, &name))?;
+                        sn.commit(&name, &key, &CommitOptions::default())
+                            .doing(|| format!("commit {name}"))?;
+                        parent = name;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("a client panicked")?;
+        }
+        Ok(start.elapsed())
+    };
+    let one = run(1)?;
+    let many = run(s.clients)?;
+    sn.close().doing(|| "close".into())?;
+    let per_layer = |d: Duration, layers: usize| d / layers as u32;
+    let one_rate = per_layer(one, s.client_chain);
+    let many_rate = per_layer(many, s.client_chain * s.clients);
+    println!(
+        "concurrent: {:.0} layers/s with 1 client, {:.0} with {} ({:.2}×)",
+        1.0 / one_rate.as_secs_f64(),
+        1.0 / many_rate.as_secs_f64(),
+        s.clients,
+        one_rate.as_secs_f64() / many_rate.as_secs_f64()
+    );
+    Ok(vec![
+        Row::new(
+            "concurrent",
+            "time per layer, 1 client",
+            vec![one_rate],
+            None,
+        ),
+        Row::new(
+            "concurrent",
+            format!("time per layer, {} clients", s.clients),
+            vec![many_rate],
+            Some(one_rate),
+        ),
+    ])
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--json FILE]`: builds a
+//! fresh image (journaled ext4; btrfs for the btrfs backend), mounts it under
+//! `target/test-mounts`, runs `snapshot-bench` (release) on it with the same arguments,
+//! and unmounts, also after a failure or SIGINT/SIGTERM. The root filesystem of a
+//! development machine is not what a node runs on (here: ext4 without a journal, mounted
+//! with `discard`), so benchmarks never run on it.
+
+use crate::images::{self, Mounted};
+use crate::util::{self, Result, XtaskError};
+
+/// Size of the sparse benchmark image.
+const IMAGE_SIZE: u64 = 8 << 30;
+
+pub fn run(args: &[String]) -> Result {
+    util::require_root("bench")?;
+    util::catch_signals();
+    let mut backend = "overlay".to_string();
+    let mut pass = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => {
+                backend = it.next().cloned().ok_or(XtaskError::Usage {
+                    command: "bench",
+                    problem: "--backend needs native, overlay or btrfs",
+                })?;
+            }
+            "--quick" => pass.push(a.clone()),
+            "--json" => {
+                let file = it.next().ok_or(XtaskError::Usage {
+                    command: "bench",
+                    problem: "--json needs a file",
+                })?;
+                // The bench runs in the workspace root; a relative path means the caller's.
+                let abs = std::path::absolute(file).map_err(|source| XtaskError::Io {
+                    what: "resolve",
+                    path: file.into(),
+                    source,
+                })?;
+                pass.push("--json".into());
+                pass.push(abs.to_string_lossy().into_owned());
+            }
+            _ => {
+                return Err(XtaskError::Usage {
+                    command: "bench",
+                    problem: "usage: cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--json FILE]",
+                })
+            }
+        }
+    }
+    let (img, fstype) = if backend == "btrfs" {
+        (images::build_btrfs()?, "btrfs")
+    } else {
+        (images::build_ext4("bench-ext4.img", IMAGE_SIZE)?, "ext4")
+    };
+    let mounted = Mounted::new(&img, fstype)?;
+    util::header(&format!(
+        "bench: {backend} on {fstype} ({} at {})",
+        mounted.device.display(),
+        mounted.target.display()
+    ));
+    let mut cmd = util::cargo();
+    cmd.args(["run", "--release", "-p", "snapshot-bench"]);
+    if backend == "btrfs" {
+        cmd.args(["--features", "btrfs"]);
+    }
+    cmd.arg("--")
+        .arg("--root")
+        .arg(mounted.target.join("bench"))
+        .args(["--backend", &backend])
+        .args(&pass);
+    let status = util::run_interruptible(&mut cmd)?;
+    drop(mounted);
+    if let Some(signal) = util::interrupted() {
+        return Err(XtaskError::Interrupted {
+            signal,
+            outcome: "mounts and loop devices removed",
+        });
+    }
+    if !status.success() {
+        return Err(XtaskError::Failed {
+            phases: vec!["bench"],
+        });
+    }
+    Ok(())
+}
