@@ -7,6 +7,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
+use crate::proto::snapshots as pb;
 use crate::proto::snapshots::snapshots_client::SnapshotsClient;
 
 /// A connected client of the `Snapshots` service.
@@ -26,4 +27,219 @@ pub async fn connect(path: &Path) -> Result<Client, tonic::transport::Error> {
         }))
         .await?;
     Ok(SnapshotsClient::new(channel))
+}
+
+/// A [`Snapshotter`](snapshots::Snapshotter) whose calls go to a snapshots service over
+/// its unix socket: what a Rust program (or the benchmark's daemon column) uses to drive a
+/// running `snapshotd` through the same trait as an in-process backend. Each call blocks
+/// on a small runtime of its own.
+pub struct RemoteSnapshotter {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl RemoteSnapshotter {
+    /// Connects to the service on `path`.
+    ///
+    /// # Errors
+    /// Unavailable naming the socket when it cannot be reached; Unknown when no runtime
+    /// can be started.
+    pub fn connect(path: &Path) -> snapshots::Result<RemoteSnapshotter> {
+        // One worker of its own: the connection's task must run between calls too (to
+        // answer the server's pings and its GOAWAY at shutdown).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| snapshots::Error::unknown(format!("starting a runtime: {e}")))?;
+        let client = runtime.block_on(connect(path)).map_err(|e| {
+            snapshots::Error::unavailable(format!(
+                "cannot connect to snapshotd at {}: {e}: is the daemon running?",
+                path.display()
+            ))
+        })?;
+        Ok(RemoteSnapshotter { runtime, client })
+    }
+
+    fn call<T, F, Fut>(&self, f: F) -> snapshots::Result<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.runtime
+            .block_on(f(self.client.clone()))
+            .map(tonic::Response::into_inner)
+            .map_err(|s| crate::convert::from_status(&s))
+    }
+}
+
+const SNAPSHOTTER: &str = "snapshotd";
+
+fn mounts_of(m: Vec<crate::proto::types::Mount>) -> Vec<snapshots::Mount> {
+    m.into_iter()
+        .map(crate::convert::mount_from_proto)
+        .collect()
+}
+
+impl snapshots::Snapshotter for RemoteSnapshotter {
+    fn stat(&self, key: &str) -> snapshots::Result<snapshots::Info> {
+        let r = self.call(|mut c| async move {
+            c.stat(pb::StatSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            })
+            .await
+        })?;
+        Ok(crate::convert::info_from_proto(r.info.unwrap_or_default()))
+    }
+
+    fn update(
+        &self,
+        info: &snapshots::Info,
+        fieldpaths: &[String],
+    ) -> snapshots::Result<snapshots::Info> {
+        let r = self.call(|mut c| async move {
+            c.update(pb::UpdateSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                info: Some(crate::convert::info_to_proto(info)),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: fieldpaths.to_vec(),
+                }),
+            })
+            .await
+        })?;
+        Ok(crate::convert::info_from_proto(r.info.unwrap_or_default()))
+    }
+
+    fn usage(&self, key: &str) -> snapshots::Result<snapshots::Usage> {
+        let r = self.call(|mut c| async move {
+            c.usage(pb::UsageRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            })
+            .await
+        })?;
+        Ok(snapshots::Usage {
+            size: r.size.max(0) as u64,
+            inodes: r.inodes.max(0) as u64,
+        })
+    }
+
+    fn mounts(&self, key: &str) -> snapshots::Result<Vec<snapshots::Mount>> {
+        let r = self.call(|mut c| async move {
+            c.mounts(pb::MountsRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            })
+            .await
+        })?;
+        Ok(mounts_of(r.mounts))
+    }
+
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &snapshots::CreateOptions,
+    ) -> snapshots::Result<Vec<snapshots::Mount>> {
+        let r = self.call(|mut c| async move {
+            c.prepare(pb::PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: opts.labels.clone().into_iter().collect(),
+            })
+            .await
+        })?;
+        Ok(mounts_of(r.mounts))
+    }
+
+    fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &snapshots::CreateOptions,
+    ) -> snapshots::Result<Vec<snapshots::Mount>> {
+        let r = self.call(|mut c| async move {
+            c.view(pb::ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: opts.labels.clone().into_iter().collect(),
+            })
+            .await
+        })?;
+        Ok(mounts_of(r.mounts))
+    }
+
+    fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        opts: &snapshots::CommitOptions,
+    ) -> snapshots::Result<()> {
+        self.call(|mut c| async move {
+            c.commit(pb::CommitSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                name: name.into(),
+                key: key.into(),
+                labels: opts.labels.clone().into_iter().collect(),
+                parent: opts.parent.clone(),
+            })
+            .await
+        })
+    }
+
+    fn remove(&self, key: &str) -> snapshots::Result<()> {
+        self.call(|mut c| async move {
+            c.remove(pb::RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+            })
+            .await
+        })
+    }
+
+    fn walk(
+        &self,
+        filters: &[String],
+        f: &mut dyn FnMut(&snapshots::Info) -> snapshots::Result<()>,
+    ) -> snapshots::Result<()> {
+        let mut stream = self.call(|mut c| async move {
+            c.list(pb::ListSnapshotsRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                filters: filters.to_vec(),
+            })
+            .await
+        })?;
+        loop {
+            let batch = self
+                .runtime
+                .block_on(stream.message())
+                .map_err(|s| crate::convert::from_status(&s))?;
+            let Some(batch) = batch else { return Ok(()) };
+            for info in batch.info {
+                f(&crate::convert::info_from_proto(info))?;
+            }
+        }
+    }
+
+    fn close(&self) -> snapshots::Result<()> {
+        Ok(())
+    }
+
+    fn as_cleaner(&self) -> Option<&dyn snapshots::Cleaner> {
+        Some(self)
+    }
+}
+
+impl snapshots::Cleaner for RemoteSnapshotter {
+    fn cleanup(&self) -> snapshots::Result<()> {
+        self.call(|mut c| async move {
+            c.cleanup(pb::CleanupRequest {
+                snapshotter: SNAPSHOTTER.into(),
+            })
+            .await
+        })
+    }
 }
