@@ -124,6 +124,7 @@ fn parse_args() -> Result<Args> {
 /// One line of the result.
 #[derive(Debug, Clone)]
 pub struct Row {
+    pub via: &'static str,
     pub workload: &'static str,
     pub op: String,
     pub n: usize,
@@ -144,6 +145,7 @@ impl Row {
         let n = samples.len();
         let pick = |q: f64| samples[((n as f64 - 1.0) * q).round() as usize];
         Row {
+            via: "library",
             workload,
             op: op.into(),
             n,
@@ -173,12 +175,13 @@ fn fmt_d(d: Duration) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<12} {:<40} {:>6} {:>11} {:>11} {:>11} {:>7}",
-        "workload", "operation", "n", "median", "p99", "floor", "ratio"
+        "{:<8} {:<12} {:<40} {:>6} {:>11} {:>11} {:>11} {:>7}",
+        "via", "workload", "operation", "n", "median", "p99", "floor", "ratio"
     );
     for r in rows {
         println!(
-            "{:<12} {:<40} {:>6} {:>11} {:>11} {:>11} {:>7}",
+            "{:<8} {:<12} {:<40} {:>6} {:>11} {:>11} {:>11} {:>7}",
+            r.via,
             r.workload,
             r.op,
             r.n,
@@ -206,7 +209,8 @@ fn json(rows: &[Row], args: &Args, fs: &str) -> String {
             out.push(',');
         }
         out.push_str(&format!(
-            "{{\"workload\":\"{}\",\"op\":\"{}\",\"n\":{},\"median_ns\":{},\"p99_ns\":{},\"floor_ns\":{},\"ratio\":{}}}",
+            "{{\"via\":\"{}\",\"workload\":\"{}\",\"op\":\"{}\",\"n\":{},\"median_ns\":{},\"p99_ns\":{},\"floor_ns\":{},\"ratio\":{}}}",
+            r.via,
             r.workload,
             esc(&r.op),
             r.n,

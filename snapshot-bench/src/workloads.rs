@@ -47,13 +47,42 @@ impl Sizes {
     }
 }
 
+/// How the workloads reach the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// In process, through the library.
+    Library,
+    /// Through `snapshotd`'s service on a unix socket (gRPC), as containerd calls it.
+    Daemon,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Library => "library",
+            Via::Daemon => "daemon",
+        }
+    }
+}
+
+thread_local! {
+    static VIA: std::cell::Cell<Via> = const { std::cell::Cell::new(Via::Library) };
+}
+
 fn open(args: &Args, name: &str) -> Result<Box<dyn Snapshotter>> {
-    let root = args.root.join(name);
+    let via = VIA.with(|v| v.get());
+    let root = args.root.join(format!("{name}-{}", via.name()));
     if root.exists() {
         let _ = snapshots::snapshot_core::layout::remove_tree(&root);
     }
-    snapshots::open(args.backend, &root, &snapshots::Options::default())
-        .doing(|| format!("open {} at {}", args.backend, root.display()))
+    let sn = snapshots::open(args.backend, &root, &snapshots::Options::default())
+        .doing(|| format!("open {} at {}", args.backend, root.display()))?;
+    match via {
+        Via::Library => Ok(sn),
+        Via::Daemon => Ok(Box::new(
+            snapshotd::server::Background::serve(sn).doing(|| "serve on a socket".into())?,
+        )),
+    }
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
@@ -115,11 +144,19 @@ pub fn all(args: &Args) -> Result<Vec<Row>> {
         lmdb.write, lmdb.read, publish
     );
     let mut rows = Vec::new();
-    rows.extend(chain(args, &s, prepare_floor, lmdb.write)?);
-    rows.extend(meta(args, &s, prepare_floor, lmdb)?);
-    rows.extend(store(args, &s, lmdb.read, lmdb.write)?);
-    rows.extend(big_tree(args, &s)?);
-    rows.extend(concurrent(args, &s)?);
+    for via in [Via::Library, Via::Daemon] {
+        println!("-- through the {}", via.name());
+        VIA.with(|v| v.set(via));
+        let start = rows.len();
+        rows.extend(chain(args, &s, prepare_floor, lmdb.write)?);
+        rows.extend(meta(args, &s, prepare_floor, lmdb)?);
+        rows.extend(store(args, &s, lmdb.read, lmdb.write)?);
+        rows.extend(big_tree(args, &s)?);
+        rows.extend(concurrent(args, &s)?);
+        for r in &mut rows[start..] {
+            r.via = via.name();
+        }
+    }
     Ok(rows)
 }
 

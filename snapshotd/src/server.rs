@@ -4,12 +4,13 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use snapshots::{Backend, Snapshotter};
+use snapshots::{Backend, Cleaner, CommitOptions, CreateOptions, Info, Mount, Snapshotter, Usage};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::client::RemoteSnapshotter;
 use crate::config::{BackendOptions, Config};
 use crate::error::DaemonError;
 use crate::notify::notify_or_log;
@@ -321,5 +322,125 @@ fn drain(sn: &Arc<dyn Snapshotter>) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+type ServeTask = tokio::task::JoinHandle<Result<(), DaemonError>>;
+
+/// A snapshotter served on a unix socket (in a temporary directory) by a runtime of its
+/// own, with a [`RemoteSnapshotter`] connected to it: every call goes through the socket
+/// and the daemon's service, as containerd's would. Close (or drop) stops serving and
+/// closes the backend. For tests and the benchmark's daemon column.
+pub struct Background {
+    remote: RemoteSnapshotter,
+    runtime: tokio::runtime::Runtime,
+    // Taken by the first close.
+    serving: Mutex<Option<(tokio::sync::oneshot::Sender<()>, ServeTask)>>,
+    sn: Arc<dyn Snapshotter>,
+    // The socket lives outside the root (the suite checks nothing is written beside it).
+    socket_dir: tempfile::TempDir,
+}
+
+impl Background {
+    /// Serves `sn` and connects to it.
+    ///
+    /// # Errors
+    /// Unknown when the runtime, the socket or the connection cannot be made.
+    pub fn serve(sn: Box<dyn Snapshotter>) -> snapshots::Result<Background> {
+        let unknown = |what: &str, e: &dyn std::fmt::Display| {
+            snapshots::Error::unknown(format!("serving in the background: {what}: {e}"))
+        };
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| unknown("runtime", &e))?;
+        let sn: Arc<dyn Snapshotter> = Arc::from(sn);
+        let socket_dir = tempfile::tempdir().map_err(|e| unknown("socket directory", &e))?;
+        let socket = socket_dir.path().join("sd.sock");
+        let bound = bind(&socket).map_err(|e| unknown("socket", &e))?;
+        let listener = bound
+            .listener
+            .try_clone()
+            .map_err(|e| unknown("socket", &e))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let _guard = runtime.enter();
+            runtime.spawn(serve(Arc::clone(&sn), listener, async {
+                let _ = stopped.await;
+            }))
+        };
+        let remote = RemoteSnapshotter::connect(&socket)?;
+        Ok(Background {
+            remote,
+            runtime,
+            serving: Mutex::new(Some((stop, task))),
+            sn,
+            socket_dir,
+        })
+    }
+
+    fn shut(&self) -> snapshots::Result<()> {
+        let Some((stop, task)) = self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let _ = stop.send(());
+        let _ = self.runtime.block_on(task);
+        let _ = std::fs::remove_file(self.socket_dir.path().join("sd.sock"));
+        self.sn.close()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.shut();
+    }
+}
+
+impl Snapshotter for Background {
+    fn stat(&self, key: &str) -> snapshots::Result<Info> {
+        self.remote.stat(key)
+    }
+    fn update(&self, info: &Info, fieldpaths: &[String]) -> snapshots::Result<Info> {
+        self.remote.update(info, fieldpaths)
+    }
+    fn usage(&self, key: &str) -> snapshots::Result<Usage> {
+        self.remote.usage(key)
+    }
+    fn mounts(&self, key: &str) -> snapshots::Result<Vec<Mount>> {
+        self.remote.mounts(key)
+    }
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &CreateOptions,
+    ) -> snapshots::Result<Vec<Mount>> {
+        self.remote.prepare(key, parent, opts)
+    }
+    fn view(&self, key: &str, parent: &str, opts: &CreateOptions) -> snapshots::Result<Vec<Mount>> {
+        self.remote.view(key, parent, opts)
+    }
+    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> snapshots::Result<()> {
+        self.remote.commit(name, key, opts)
+    }
+    fn remove(&self, key: &str) -> snapshots::Result<()> {
+        self.remote.remove(key)
+    }
+    fn walk(
+        &self,
+        filters: &[String],
+        f: &mut dyn FnMut(&Info) -> snapshots::Result<()>,
+    ) -> snapshots::Result<()> {
+        self.remote.walk(filters, f)
+    }
+    /// Stops serving and closes the backend, as a daemon's shutdown does: later calls
+    /// find no server (Unavailable).
+    fn close(&self) -> snapshots::Result<()> {
+        self.shut()
+    }
+    fn as_cleaner(&self) -> Option<&dyn Cleaner> {
+        Some(&self.remote)
     }
 }
