@@ -4,16 +4,12 @@
 //! that passes in process must pass through the socket.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use snapshot_testsuite::{snapshotter_suite, Harness};
-use snapshotd::client::RemoteSnapshotter;
-use snapshots::{
-    Backend, Cleaner, CommitOptions, CreateOptions, Info, Mount, Options, Result, Snapshotter,
-    Usage,
-};
+use snapshotd::server::Background;
+use snapshots::{Backend, Options, Result, Snapshotter};
 
-/// A backend served on a socket, and the remote client of it.
+/// The native backend, served on a socket and reached through it.
 struct ThroughDaemon;
 
 impl Harness for ThroughDaemon {
