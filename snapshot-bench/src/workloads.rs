@@ -19,6 +19,7 @@ struct Sizes {
     reps: usize,
     clients: usize,
     client_chain: usize,
+    scale: usize,
 }
 
 impl Sizes {
@@ -32,6 +33,7 @@ impl Sizes {
                 reps: 3,
                 clients: 4,
                 client_chain: 5,
+                scale: 10_000,
             }
         } else {
             Sizes {
@@ -42,6 +44,7 @@ impl Sizes {
                 reps: 5,
                 clients: 8,
                 client_chain: 20,
+                scale: 100_000,
             }
         }
     }
@@ -75,7 +78,13 @@ fn open(args: &Args, name: &str) -> Result<Box<dyn Snapshotter>> {
     if root.exists() {
         let _ = snapshots::snapshot_core::layout::remove_tree(&root);
     }
-    let sn = snapshots::open(args.backend, &root, &snapshots::Options::default())
+    reopen(args, &root)
+}
+
+/// Opens the backend durably on `root` as it is, through the current [`Via`].
+fn reopen(args: &Args, root: &Path) -> Result<Box<dyn Snapshotter>> {
+    let via = VIA.with(|v| v.get());
+    let sn = snapshots::open(args.backend, root, &snapshots::Options::default())
         .doing(|| format!("open {} at {}", args.backend, root.display()))?;
     match via {
         Via::Library => Ok(sn),
@@ -153,6 +162,7 @@ pub fn all(args: &Args) -> Result<Vec<Row>> {
         rows.extend(store(args, &s, lmdb.read, lmdb.write)?);
         rows.extend(big_tree(args, &s)?);
         rows.extend(concurrent(args, &s)?);
+        rows.extend(scale(args, &s)?);
         for r in &mut rows[start..] {
             r.via = via.name();
         }
@@ -452,4 +462,78 @@ fn concurrent(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
             Some(one_rate),
         ),
     ])
+}
+
+/// The resident memory of this process, from `/proc/self/status`, in KiB.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `scale`: Prepare and Stat in a store of 1,000 committed snapshots and in one of
+/// `s.scale` (populated fast with `no_sync`, then reopened durable), and the resident
+/// memory after a Walk of the large one.
+fn scale(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
+    let via = VIA.with(|v| v.get());
+    let mut rows = Vec::new();
+    for n in [1_000, s.scale] {
+        println!("scale: {n} committed snapshots");
+        let root = args.root.join(format!("scale-{n}-{}", via.name()));
+        if root.exists() {
+            let _ = snapshots::snapshot_core::layout::remove_tree(&root);
+        }
+        let mut fast = snapshots::Options::default();
+        fast.common.no_sync = true;
+        let sn = snapshots::open(args.backend, &root, &fast)
+            .doing(|| format!("open {} at {}", args.backend, root.display()))?;
+        for i in 0..n {
+            let key = format!("s{i}-a");
+            sn.prepare(&key, "", &CreateOptions::default())
+                .doing(|| format!("prepare {key}"))?;
+            sn.commit(&format!("s{i}"), &key, &CommitOptions::default())
+                .doing(|| format!("commit s{i}"))?;
+        }
+        sn.close().doing(|| "close".into())?;
+        drop(sn);
+        let before = resident_kib();
+        let sn = reopen(args, &root)?;
+        let (mut prep, mut stat) = (Vec::new(), Vec::new());
+        for j in 0..s.meta.min(500) {
+            let key = format!("p{j}");
+            let (r, t) = timed(|| sn.prepare(&key, "", &CreateOptions::default()));
+            r.doing(|| format!("prepare {key}"))?;
+            prep.push(t);
+        }
+        for j in 0..s.meta {
+            let key = format!("s{}", (j * 7919) % n);
+            let (r, t) = timed(|| sn.stat(&key));
+            r.doing(|| format!("stat {key}"))?;
+            stat.push(t);
+        }
+        let mut seen = 0;
+        sn.walk(&[], &mut |_| {
+            seen += 1;
+            Ok(())
+        })
+        .doing(|| "walk".into())?;
+        let after = resident_kib();
+        println!(
+            "scale: {n} snapshots (walked {seen}): resident {before} KiB before opening, {after} KiB after the walk ({} via)",
+            via.name()
+        );
+        sn.close().doing(|| "close".into())?;
+        rows.push(Row::new("scale", format!("prepare at {n}"), prep, None));
+        rows.push(Row::new("scale", format!("stat at {n}"), stat, None));
+    }
+    // The large store's rows against the small one's: cost must not grow with the store.
+    let (small_prep, small_stat) = (rows[0].median, rows[1].median);
+    rows[2].floor = Some(small_prep);
+    rows[3].floor = Some(small_stat);
+    Ok(rows)
 }
