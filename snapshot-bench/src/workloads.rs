@@ -528,6 +528,9 @@ fn scale(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
             via.name()
         );
         sn.close().doing(|| "close".into())?;
+        drop(sn);
+        // The next stores need the inodes.
+        let _ = snapshots::snapshot_core::layout::remove_tree(&root);
         rows.push(Row::new("scale", format!("prepare at {n}"), prep, None));
         rows.push(Row::new("scale", format!("stat at {n}"), stat, None));
     }
