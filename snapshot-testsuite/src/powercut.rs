@@ -295,23 +295,37 @@ impl Image {
 
     fn mount(&self, target: &Path) -> Mounted {
         std::fs::create_dir_all(target).expect("mount point");
+        // mount(8) attaches the loop device with autoclear: the unmount frees it, so no
+        // device outlives the test even when a step in between fails.
+        let options = match self.fs {
+            // The copy has the original's UUID, which xfs refuses twice unless told.
+            Fs::Xfs => "loop,nouuid",
+            _ => "loop",
+        };
+        let st = Command::new("mount")
+            .args(["-o", options])
+            .arg(&self.path)
+            .arg(target)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "mounting {} at {} failed",
+            self.path.display(),
+            target.display()
+        );
         let out = Command::new("losetup")
-            .args(["--find", "--show"])
+            .arg("-j")
             .arg(&self.path)
             .output()
             .expect("losetup");
-        assert!(out.status.success(), "losetup: {out:?}");
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let mut mount = Command::new("mount");
-        if self.fs == Fs::Xfs {
-            // The copy has the original's UUID, which xfs refuses twice unless told.
-            mount.args(["-o", "nouuid"]);
-        }
-        let st = mount.arg(&dev).arg(target).status().expect("mount");
-        if !st.success() {
-            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-            panic!("mounting {dev} at {} failed", target.display());
-        }
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let dev = listing
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Mounted {
             target: target.to_path_buf(),
             dev,
@@ -319,7 +333,7 @@ impl Image {
     }
 }
 
-/// A mounted loop device; unmounted and detached on drop.
+/// A loop-mounted image; unmounted on drop, which frees the loop device.
 struct Mounted {
     target: PathBuf,
     dev: String,
@@ -351,7 +365,14 @@ impl std::ops::Deref for Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.target).status();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        let unmounted = Command::new("umount")
+            .arg(&self.target)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy: detach it from the tree now; the kernel lets it (and the loop device)
+            // go once the last user closes it.
+            let _ = Command::new("umount").arg("-l").arg(&self.target).status();
+        }
     }
 }
