@@ -283,3 +283,58 @@ fn run(args: &Args) -> Result {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(v: u64) -> Duration {
+        Duration::from_micros(v)
+    }
+
+    #[test]
+    fn rows_take_median_p99_and_ratio_to_floor() {
+        let samples: Vec<Duration> = (1..=100).rev().map(us).collect();
+        let r = Row::new("meta", "stat", samples, Some(us(25)));
+        assert_eq!(r.n, 100);
+        assert_eq!(r.median, us(51), "the sorted middle");
+        assert_eq!(r.p99, us(99));
+        assert!((r.ratio().unwrap() - 51.0 / 25.0).abs() < 1e-9);
+        let none = Row::new("meta", "x", vec![us(3)], None);
+        assert_eq!((none.median, none.p99, none.ratio()), (us(3), us(3), None));
+        assert_eq!(
+            Row::new("m", "x", vec![us(3)], Some(Duration::ZERO)).ratio(),
+            None
+        );
+    }
+
+    #[test]
+    fn json_has_every_row_and_escapes_text() {
+        let args = Args {
+            root: "/r".into(),
+            backend: Backend::Native,
+            quick: true,
+            json: None,
+        };
+        let rows = vec![
+            Row::new("chain", "prepare \"on\" parent", vec![us(10)], Some(us(5))),
+            Row::new("meta", "stat", vec![us(2)], None),
+        ];
+        let j = json(&rows, &args, "ext4 on /dev/loop0");
+        assert!(j.starts_with("{\"backend\":\"native\",\"filesystem\":\"ext4 on /dev/loop0\",\"quick\":true,\"rows\":["));
+        assert!(j.contains("\"op\":\"prepare \\\"on\\\" parent\""), "{j}");
+        assert!(
+            j.contains("\"median_ns\":10000,\"p99_ns\":10000,\"floor_ns\":5000,\"ratio\":2.000"),
+            "{j}"
+        );
+        assert!(j.contains("\"floor_ns\":null,\"ratio\":null"), "{j}");
+        assert_eq!(j.matches("\"workload\"").count(), 2);
+    }
+
+    #[test]
+    fn durations_print_in_readable_units() {
+        assert_eq!(fmt_d(Duration::from_nanos(1_500)), "1.5 µs");
+        assert_eq!(fmt_d(us(2_500)), "2.50 ms");
+        assert_eq!(fmt_d(Duration::from_millis(3_210)), "3.21 s");
+    }
+}
