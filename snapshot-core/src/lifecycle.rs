@@ -735,6 +735,13 @@ impl<S: Storage> SnapshotStore<S> {
         self.store.write(|tx| self.sweep_in(tx))
     }
 
+    /// The kind of the live snapshot `id` when its tree belongs in `dir`.
+    fn living_in(&self, tx: &impl Reader, id: u64, dir: &Path) -> Result<Option<Kind>> {
+        Ok(tx
+            .kind_of(id)?
+            .filter(|&k| self.root.join(self.storage.kind_dir(k)) == dir))
+    }
+
     fn sweep_in(&self, tx: &WriteTxn<'_>) -> Result<usize> {
         let mut n = 0;
         for dir in self.dirs() {
@@ -744,29 +751,23 @@ impl<S: Storage> SnapshotStore<S> {
                 let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
-                let lives_here = |id: u64| -> Result<bool> {
-                    Ok(tx
-                        .kind_of(id)?
-                        .is_some_and(|k| self.root.join(self.storage.kind_dir(k)) == dir))
-                };
                 if let Some(id) = name
                     .strip_prefix(RETIRED_PREFIX)
                     .and_then(|n| n.parse::<u64>().ok())
                 {
-                    if lives_here(id)?
-                        && std::fs::symlink_metadata(dir.join(id.to_string())).is_err()
-                    {
-                        log::warn!(
-                            "restoring {} whose remove did not commit",
-                            entry.path().display()
-                        );
-                        let kind = tx.kind_of(id)?.unwrap_or(Kind::Committed);
-                        self.restore(kind, id);
+                    if let Some(kind) = self.living_in(tx, id, &dir)? {
+                        if std::fs::symlink_metadata(dir.join(id.to_string())).is_err() {
+                            log::warn!(
+                                "restoring {} whose remove did not commit",
+                                entry.path().display()
+                            );
+                            self.restore(kind, id);
+                        }
                     }
                     continue;
                 }
                 let orphan = if let Ok(id) = name.parse::<u64>() {
-                    !lives_here(id)?
+                    self.living_in(tx, id, &dir)?.is_none()
                 } else if name.starts_with(STAGING_PREFIX) {
                     // Checked per entry, after the listing saw it: a create registers its
                     // staging path before it makes anything there.
@@ -812,10 +813,8 @@ impl<S: Storage> SnapshotStore<S> {
                 // A live record's tree whose restore failed (no remove is between its
                 // rename and its commit while the lock is held): never deleted.
                 if let Ok(id) = rest.parse::<u64>() {
-                    let live = self.store.read(|tx| tx.kind_of(id))?;
-                    if live.is_some_and(|k| self.root.join(self.storage.kind_dir(k)) == dir)
-                        && std::fs::symlink_metadata(dir.join(rest)).is_err()
-                    {
+                    let live = self.store.read(|tx| self.living_in(tx, id, &dir))?;
+                    if live.is_some() && std::fs::symlink_metadata(dir.join(rest)).is_err() {
                         log::error!(
                             "{} belongs to a live snapshot (id {id}) whose restore failed: \
                              kept; cleanup retries the restore",

@@ -69,21 +69,12 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
     sn.view("view", "committed", &opts).expect("view");
     sn.prepare("removed", "", &opts).expect("prepare removed");
     sn.remove("removed").expect("remove");
-    // The power cut: the image as the block device holds it now.
-    let copy = tmp.path().join("copy.img");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&image.path)
-        .arg(&copy)
-        .status()
-        .expect("cp");
-    assert!(st.success(), "copying the image failed");
+    let after = image.cut(tmp.path());
     let _ = sn.close();
     drop(sn);
     drop(mnt);
     drop(image);
 
-    let after = Image { path: copy, fs };
     let mnt = after.mount(&tmp.path().join("mnt-copy"));
     let root = mnt.join("root");
     let sn = open(&root).unwrap_or_else(|e| panic!("open after the power cut on {fs:?}: {e}"));
@@ -150,19 +141,11 @@ pub fn power_cut_keeps_copied_data(fs: Fs, open: Opener<'_>, layer_dir: LayerDir
         .strip_prefix(&*mnt)
         .expect("the child is under the mount")
         .to_path_buf();
-    let copy = tmp.path().join("copy.img");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(&image.path)
-        .arg(&copy)
-        .status()
-        .expect("cp");
-    assert!(st.success(), "copying the image failed");
+    let after = image.cut(tmp.path());
     let _ = sn.close();
     drop(sn);
     drop(mnt);
     drop(image);
-    let after = Image { path: copy, fs };
     let mnt = after.mount(&tmp.path().join("mnt-copy"));
     let sn = open(&mnt.join("root")).expect("open after the power cut");
     assert!(sn.stat("child").is_ok(), "{fs:?}: the child is lost");
@@ -291,6 +274,23 @@ impl Image {
         let st = mkfs.arg(&path).status().expect("mkfs");
         assert!(st.success(), "{} failed", fs.mkfs());
         Image { path, fs }
+    }
+
+    /// The power cut: a copy (`<dir>/copy.img`) of the image as the block device holds it
+    /// now, with no sync first.
+    fn cut(&self, dir: &Path) -> Image {
+        let copy = dir.join("copy.img");
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&self.path)
+            .arg(&copy)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copying the image failed");
+        Image {
+            path: copy,
+            fs: self.fs,
+        }
     }
 
     fn mount(&self, target: &Path) -> Mounted {

@@ -73,8 +73,8 @@ impl SnapshotService {
         SnapshotsServer::new(self)
     }
 
-    /// Runs `f` on the calling task: for the cheap reads (Stat, Mounts), one LMDB read
-    /// transaction of a microsecond, where the hop to the blocking pool would cost more
+    /// Runs `f` on the calling task: for Stat, one LMDB read transaction of a microsecond
+    /// (it waits for a writer only while the map grows, which is rare), where the hop to the blocking pool would cost more
     /// than the call.
     fn inline<T>(
         &self,
@@ -146,7 +146,9 @@ impl Snapshots for SnapshotService {
         request: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = request.into_inner();
-        let mounts = self.inline(|sn| sn.mounts(&r.key))?;
+        // Not inline: a Mounts racing a Remove re-reads the store after the writes in
+        // flight, which waits for the writer.
+        let mounts = self.blocking(move |sn| sn.mounts(&r.key)).await?;
         Ok(Response::new(pb::MountsResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
         }))
