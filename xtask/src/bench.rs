@@ -8,6 +8,8 @@
 use crate::images::{self, Mounted};
 use crate::util::{self, Result, XtaskError};
 
+const USAGE: &str = "usage: cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--json FILE]\n       cargo xtask bench --against containerd [--quick] [--json FILE]";
+
 /// Size of the sparse benchmark image.
 const IMAGE_SIZE: u64 = 8 << 30;
 
@@ -16,6 +18,8 @@ pub fn run(args: &[String]) -> Result {
     util::catch_signals();
     let mut backend = "overlay".to_string();
     let mut pass = Vec::new();
+    let mut against = None;
+    let mut json = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -26,6 +30,15 @@ pub fn run(args: &[String]) -> Result {
                 })?;
             }
             "--quick" => pass.push(a.clone()),
+            "--against" => match it.next().map(String::as_str) {
+                Some("containerd") => against = Some("containerd"),
+                _ => {
+                    return Err(XtaskError::Usage {
+                        command: "bench",
+                        problem: "--against takes `containerd` (its overlay snapshotter, served the same way)",
+                    })
+                }
+            },
             "--json" => {
                 let file = it.next().ok_or(XtaskError::Usage {
                     command: "bench",
@@ -39,14 +52,25 @@ pub fn run(args: &[String]) -> Result {
                 })?;
                 pass.push("--json".into());
                 pass.push(abs.to_string_lossy().into_owned());
+                json = Some(abs);
             }
             _ => {
                 return Err(XtaskError::Usage {
                     command: "bench",
-                    problem: "usage: cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--json FILE]",
+                    problem: USAGE,
                 })
             }
         }
+    }
+    if against.is_some() {
+        if backend != "overlay" {
+            return Err(XtaskError::Usage {
+                command: "bench",
+                problem: "--against containerd compares overlay with containerd's overlay: drop --backend",
+            });
+        }
+        let quick = pass.iter().any(|a| a == "--quick");
+        return crate::compare::run(IMAGE_SIZE, quick, json);
     }
     let (img, fstype) = if backend == "btrfs" {
         (images::build_btrfs()?, "btrfs")
