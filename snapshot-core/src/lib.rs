@@ -14,6 +14,7 @@
 //! - [`mount`]: mounting what a snapshotter returns (long overlay stacks included).
 #![warn(missing_docs)]
 
+mod blank;
 pub mod error;
 pub mod filter;
 pub mod keyspace;

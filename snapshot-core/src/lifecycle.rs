@@ -39,7 +39,9 @@ use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::blank::{Blanks, BATCH};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyspace::truncate_for_message;
@@ -94,7 +96,7 @@ impl Default for Options {
 /// What a backend does to its trees; [`SnapshotStore`] does the rest.
 ///
 /// Every path handed to a hook is absolute and lies under the root.
-pub trait Storage: Send + Sync {
+pub trait Storage: Send + Sync + 'static {
     /// The backend's name, as errors and logs quote it (`native`, `overlay`, `btrfs`).
     const NAME: &'static str;
     /// Remove's default ([`Options::async_remove`] `None`).
@@ -122,6 +124,28 @@ pub trait Storage: Send + Sync {
     /// Whatever fails; when the parent was removed meanwhile, the caller reports that
     /// instead.
     fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()>;
+
+    /// Whether a blank tree (what [`fill`](Self::fill) builds for an active snapshot
+    /// without a parent), made ahead and adapted with [`adapt_blank`](Self::adapt_blank),
+    /// can be the tree of a new active snapshot (on a parent or not). Default: only
+    /// without a parent. See "Blank trees" in [`crate::lifecycle`].
+    fn blank_serves(&self, has_parent: bool) -> bool {
+        !has_parent
+    }
+
+    /// Turns `tree`, a durable blank tree, into the tree of a new active snapshot on
+    /// `parent` (called only where [`blank_serves`](Self::blank_serves) allows a parent);
+    /// returns whether it changed anything, which is then made durable with
+    /// [`sync_published`](Self::sync_published) before the record commits. Default:
+    /// nothing to do.
+    ///
+    /// # Errors
+    /// Whatever fails; when the parent was removed meanwhile, the caller reports that
+    /// instead.
+    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<bool> {
+        let _ = (tree, parent);
+        Ok(false)
+    }
 
     /// The usage of an active snapshot's tree (default: a walk, [`crate::usage::disk_usage`]).
     ///
@@ -236,12 +260,34 @@ impl<S: Storage> Drop for Staged<'_, S> {
     }
 }
 
+/// A blank tree a create took from the pool; dropping it deletes the tree unless its
+/// record committed, and lets its id go.
+struct BlankTree<'a, S: Storage> {
+    owner: &'a SnapshotStore<S>,
+    pool: &'a Blanks,
+    id: u64,
+    path: PathBuf,
+    changed: bool,
+    recorded: bool,
+}
+
+impl<S: Storage> Drop for BlankTree<'_, S> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.owner.discard(&self.path);
+        }
+        self.pool.release(self.id);
+    }
+}
+
 /// A snapshotter made of a [`Storage`] and the shared lifecycle: it implements
 /// [`Snapshotter`] and [`Cleaner`] for every backend.
 pub struct SnapshotStore<S: Storage> {
-    storage: S,
+    storage: Arc<S>,
     root: PathBuf,
-    store: MetaStore,
+    store: Arc<MetaStore>,
+    // Durable blank active trees made ahead (durable stores only).
+    blanks: Option<Arc<Blanks>>,
     async_remove: bool,
     sync: bool,
     durable: bool,
@@ -352,14 +398,15 @@ impl<S: Storage> SnapshotStore<S> {
             async_remove: options.async_remove.unwrap_or(S::ASYNC_REMOVE),
             sync: options.sync,
             durable: !options.no_sync,
-            store: MetaStore::open(
+            store: Arc::new(MetaStore::open(
                 &root.join("metadata"),
                 &StoreOptions {
                     no_sync: options.no_sync,
                     map_size: options.map_size,
                 },
-            )?,
-            storage,
+            )?),
+            blanks: (!options.no_sync).then(Arc::default),
+            storage: Arc::new(storage),
             root,
             staging: Mutex::default(),
             removing: RwLock::new(()),
@@ -399,6 +446,13 @@ impl<S: Storage> SnapshotStore<S> {
     /// Whether Remove leaves trees to cleanup.
     pub fn async_remove(&self) -> bool {
         self.async_remove
+    }
+
+    /// The ids of the blank trees made ahead that no create has taken yet, lowest first
+    /// (after waiting for a refill that is running). Empty for a store opened with
+    /// [`Options::no_sync`], which makes none.
+    pub fn blank_trees(&self) -> Vec<u64> {
+        self.blanks.as_ref().map(|b| b.ready()).unwrap_or_default()
     }
 
     /// `<root>/<kind dir>/<id>`, the tree of a snapshot of `kind`.
@@ -563,12 +617,25 @@ impl<S: Storage> SnapshotStore<S> {
                 .store
                 .read(|tx| tx.check_create(kind, key, parent, &opts.labels))?;
             let parent_id = parent_ids.first().copied();
+            let parent_tree = parent_id.map(|p| self.tree(Kind::Committed, p));
             let mut staged = None;
+            let mut blank = None;
             if self.storage.has_tree(kind, parent_id.is_some()) {
-                let st = self.stage(kind);
-                let parent_tree = parent_id.map(|p| self.tree(Kind::Committed, p));
-                if let Err(e) = self.storage.fill(&st.path, kind, parent_tree.as_deref()) {
-                    drop(st);
+                let built = match self.take_blank(kind, parent_tree.as_deref()) {
+                    Some(Ok(b)) => {
+                        blank = Some(b);
+                        Ok(())
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        let st = self.stage(kind);
+                        let r = self.storage.fill(&st.path, kind, parent_tree.as_deref());
+                        staged = Some(st);
+                        r
+                    }
+                };
+                if let Err(e) = built {
+                    drop(staged.take());
                     // Another call changed the parent during the fill: end as if it
                     // came first.
                     match self.settled(|tx| tx.check_create(kind, key, parent, &opts.labels)) {
@@ -577,12 +644,14 @@ impl<S: Storage> SnapshotStore<S> {
                         Ok(_) => return Err(e),
                     }
                 }
-                staged = Some(st);
             }
             let mut changed = false;
             let mut published = None;
             let res = self.store.write(|tx| {
-                let s = tx.create(kind, key, parent, &opts.labels)?;
+                let s = match &blank {
+                    Some(b) => tx.create_with_id(b.id, kind, key, parent, &opts.labels)?,
+                    None => tx.create(kind, key, parent, &opts.labels)?,
+                };
                 if s.parent_ids.first().copied() != parent_id {
                     // The parent was removed and made again since the fill began.
                     changed = true;
@@ -592,6 +661,10 @@ impl<S: Storage> SnapshotStore<S> {
                     self.publish(st, kind, s.id)?;
                     published = Some(s.id);
                 }
+                if let Some(b) = blank.as_ref().filter(|b| b.changed) {
+                    // What the adaptation changed (an owner) is durable before the record.
+                    self.storage.sync_published(&b.path)?;
+                }
                 // Before the commit, while no other call can reach the snapshot: once it
                 // is visible, another client may commit or remove it (and a backend's
                 // mounts may read its tree).
@@ -599,7 +672,12 @@ impl<S: Storage> SnapshotStore<S> {
                     .mounts(&s, &self.tree(kind, s.id), Some(&opts.labels))
             });
             match res {
-                Ok(mounts) => return Ok(mounts),
+                Ok(mounts) => {
+                    if let Some(b) = blank.as_mut() {
+                        b.recorded = true;
+                    }
+                    return Ok(mounts);
+                }
                 Err(e) => {
                     // The transaction did not commit: the published tree goes.
                     if let Some(id) = published {
@@ -612,6 +690,71 @@ impl<S: Storage> SnapshotStore<S> {
             }
         }
         Err(changed_error(key))
+    }
+
+    /// A blank tree for a new snapshot of `kind` on `parent` (adapted to it), when the
+    /// pool has one and the backend can use it; starts a refill when the pool runs low.
+    fn take_blank(&self, kind: Kind, parent: Option<&Path>) -> Option<Result<BlankTree<'_, S>>> {
+        let pool = self.blanks.as_deref()?;
+        if kind != Kind::Active || !self.storage.blank_serves(parent.is_some()) {
+            return None;
+        }
+        let (id, refill) = pool.take();
+        if refill {
+            self.refill();
+        }
+        let id = id?;
+        let mut b = BlankTree {
+            owner: self,
+            pool,
+            id,
+            path: self.tree(Kind::Active, id),
+            changed: false,
+            recorded: false,
+        };
+        Some(match parent {
+            None => Ok(b),
+            Some(p) => self.storage.adapt_blank(&b.path, p).map(|changed| {
+                b.changed = changed;
+                b
+            }),
+        })
+    }
+
+    /// Makes [`BATCH`] blank trees in a background thread, durable before the pool hands
+    /// any of them out. The caller owns the pool's refill (see [`Blanks::take`]).
+    fn refill(&self) {
+        let Some(pool) = &self.blanks else { return };
+        let (storage, store, pool) = (
+            Arc::clone(&self.storage),
+            Arc::clone(&self.store),
+            Arc::clone(pool),
+        );
+        let dir = self.root.join(self.storage.kind_dir(Kind::Active));
+        let spawned = std::thread::Builder::new()
+            .name("blank-trees".into())
+            .spawn(move || {
+                let made = make_blanks(&*storage, &store, &pool, &dir);
+                for id in pool.filled(made) {
+                    delete_blank(&*storage, &pool, &dir, id);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("{}: no thread to make blank trees ahead: {e}", S::NAME);
+            if let Some(pool) = &self.blanks {
+                pool.filled(Vec::new());
+            }
+        }
+    }
+
+    /// Closes the pool and deletes the trees no create took.
+    fn close_blanks(&self) {
+        if let Some(pool) = &self.blanks {
+            let dir = self.root.join(self.storage.kind_dir(Kind::Active));
+            for id in pool.close() {
+                delete_blank(&*self.storage, pool, &dir, id);
+            }
+        }
     }
 
     fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> Result<()> {
@@ -768,6 +911,7 @@ impl<S: Storage> SnapshotStore<S> {
                 }
                 let orphan = if let Ok(id) = name.parse::<u64>() {
                     self.living_in(tx, id, &dir)?.is_none()
+                        && !self.blanks.as_ref().is_some_and(|b| b.holds(id))
                 } else if name.starts_with(STAGING_PREFIX) {
                     // Checked per entry, after the listing saw it: a create registers its
                     // staging path before it makes anything there.
@@ -942,6 +1086,7 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
     }
 
     fn close(&self) -> Result<()> {
+        self.close_blanks();
         self.store.close()?;
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(())
@@ -957,6 +1102,52 @@ impl<S: Storage> Cleaner for SnapshotStore<S> {
         self.sweep()?;
         self.purge().map(drop)
     }
+}
+
+impl<S: Storage> Drop for SnapshotStore<S> {
+    fn drop(&mut self) {
+        self.close_blanks();
+    }
+}
+
+/// Makes up to [`BATCH`] blank active trees in `dir` under reserved ids and makes them
+/// durable; returns the ids of those made (held), none when the flush failed.
+fn make_blanks<S: Storage>(storage: &S, store: &MetaStore, pool: &Blanks, dir: &Path) -> Vec<u64> {
+    let mut made = Vec::with_capacity(BATCH);
+    for _ in 0..BATCH {
+        let Ok(id) = store.reserve_id() else { break };
+        // Held before anything exists at the path, so a sweep never takes it for an orphan.
+        if !pool.hold(id) {
+            break;
+        }
+        if let Err(e) = storage.fill(&dir.join(id.to_string()), Kind::Active, None) {
+            log::warn!("{}: making a blank tree ahead: {e}", S::NAME);
+            delete_blank(storage, pool, dir, id);
+            break;
+        }
+        made.push(id);
+    }
+    let synced = made
+        .iter()
+        .try_for_each(|id| storage.sync_published(&dir.join(id.to_string())));
+    if let Err(e) = synced {
+        log::warn!("{}: flushing blank trees made ahead: {e}", S::NAME);
+        for id in made.drain(..) {
+            delete_blank(storage, pool, dir, id);
+        }
+    }
+    made
+}
+
+/// Deletes the blank tree `id` (a leftover is the next sweep's) and lets its id go.
+fn delete_blank<S: Storage>(storage: &S, pool: &Blanks, dir: &Path, id: u64) {
+    let tree = dir.join(id.to_string());
+    if std::fs::symlink_metadata(&tree).is_ok() {
+        if let Err(e) = storage.delete(&tree) {
+            log::warn!("{}: deleting blank tree {}: {e}", S::NAME, tree.display());
+        }
+    }
+    pool.release(id);
 }
 
 fn changed_error(key: &str) -> Error {

@@ -26,6 +26,11 @@ struct Dirs {
     gate: Mutex<Option<Arc<Barrier>>>,
     flushes: AtomicUsize,
     freezes: AtomicUsize,
+    // Whether creates may take blank trees made ahead (the default backends' way); the
+    // tests of the staging path leave it off.
+    blanks: bool,
+    // Every tree sync_published flushed, in order.
+    synced: Mutex<Vec<PathBuf>>,
 }
 
 impl Storage for Dirs {
@@ -58,6 +63,25 @@ impl Storage for Dirs {
             }
         }
         Ok(())
+    }
+
+    fn blank_serves(&self, _has_parent: bool) -> bool {
+        self.blanks
+    }
+
+    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<bool> {
+        fs::metadata(parent).map_err(|e| Error::io("open parent", parent, e))?;
+        let src = parent.join("data");
+        if !src.exists() {
+            return Ok(false);
+        }
+        fs::copy(&src, tree.join("data")).map_err(|e| Error::io("copy", &src, e))?;
+        Ok(true)
+    }
+
+    fn sync_published(&self, tree: &Path) -> Result<()> {
+        self.synced.lock().unwrap().push(tree.to_path_buf());
+        snapshot_core::layout::fsync_dir(tree)
     }
 
     fn flush(&self, tree: &Path) -> Result<()> {
@@ -518,4 +542,117 @@ fn purge_never_deletes_the_tree_of_a_live_snapshot() {
         "keep me"
     );
     assert_eq!(sn.check().unwrap(), 1);
+}
+
+fn open_with_blanks(root: &Path) -> Store {
+    let storage = Dirs {
+        blanks: true,
+        ..Dirs::default()
+    };
+    open_with(root, storage, &Options::default())
+}
+
+/// The numeric entries of `dir` that no snapshot of `sn` records.
+fn unrecorded(sn: &Store, dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = names(dir).iter().filter_map(|n| n.parse().ok()).collect();
+    let mut recorded = Vec::new();
+    sn.walk(&[], &mut |i| {
+        recorded.push(sn.snapshot(&i.name).unwrap().id);
+        Ok(())
+    })
+    .unwrap();
+    ids.retain(|id| !recorded.contains(id));
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn creates_take_durable_blank_trees_made_ahead_and_publish_nothing_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open_with_blanks(tmp.path());
+    // The first create finds the pool empty: it builds its own tree and starts a refill.
+    sn.prepare("first", "", &opt()).unwrap();
+    let first = sn.snapshot("first").unwrap().id;
+    let ready = sn.blank_trees();
+    assert_eq!(ready.len(), 16, "one refill makes a batch");
+    assert_eq!(unrecorded(&sn, &snapshots_dir(&sn)), ready);
+    assert!(!ready.contains(&first));
+    let synced_before = sn.storage().synced.lock().unwrap().clone();
+    for id in &ready {
+        let tree = sn.tree(Kind::Active, *id);
+        assert_eq!(
+            synced_before.iter().filter(|p| **p == tree).count(),
+            1,
+            "blank tree {id} is flushed once, before any create may take it"
+        );
+    }
+    // A cleanup (its sweep) leaves the pool's trees alone.
+    sn.cleanup().unwrap();
+    assert_eq!(unrecorded(&sn, &snapshots_dir(&sn)), ready);
+
+    // The next create records the oldest blank tree and flushes nothing itself.
+    let mounts = sn.prepare("second", "", &opt()).unwrap();
+    let second = sn.snapshot("second").unwrap().id;
+    assert_eq!(second, ready[0]);
+    assert_eq!(
+        mounts[0].source,
+        sn.tree(Kind::Active, second).to_string_lossy()
+    );
+    let synced = sn.storage().synced.lock().unwrap().clone();
+    let tree = sn.tree(Kind::Active, second);
+    assert_eq!(synced.iter().filter(|p| **p == tree).count(), 1);
+    sn.check().unwrap();
+
+    // On a parent whose layer has data the blank tree is adapted (here: the data copied)
+    // and flushed again before the record commits.
+    layer(&sn, "base", "", "base data");
+    sn.prepare("child", "base", &opt()).unwrap();
+    let child = sn.tree(Kind::Active, sn.snapshot("child").unwrap().id);
+    assert_eq!(fs::read_to_string(child.join("data")).unwrap(), "base data");
+    let synced = sn.storage().synced.lock().unwrap().clone();
+    assert_eq!(synced.iter().filter(|p| **p == child).count(), 2);
+
+    // Closing deletes the trees no create took; recorded ones stay.
+    sn.close().unwrap();
+    let root = sn.root().to_path_buf();
+    drop(sn);
+    let sn = open_with_blanks(&root);
+    assert!(unrecorded(&sn, &snapshots_dir(&sn)).is_empty());
+    assert!(sn.tree(Kind::Active, second).is_dir());
+    sn.check().unwrap();
+}
+
+#[test]
+fn blank_trees_left_by_a_crash_are_orphans_to_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let copy = tmp.path().join("copy");
+    let sn = open_with_blanks(&root);
+    sn.prepare("a", "", &opt()).unwrap();
+    let ready = sn.blank_trees();
+    assert!(!ready.is_empty());
+    // What a power cut or SIGKILL leaves: the pool's trees without records.
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&root)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(sn);
+    fs::remove_file(copy.join("lock")).ok();
+    let sn = open_with_blanks(&copy);
+    assert!(
+        unrecorded(&sn, &snapshots_dir(&sn)).is_empty(),
+        "the open's sweep retired them: {:?}",
+        names(&snapshots_dir(&sn))
+    );
+    // New creates get fresh trees, never one of the crashed pool's.
+    sn.prepare("b", "", &opt()).unwrap();
+    sn.prepare("c", "", &opt()).unwrap();
+    sn.check().unwrap();
+    sn.cleanup().unwrap();
+    assert!(names(&snapshots_dir(&sn))
+        .iter()
+        .all(|n| !n.starts_with("rm-")));
 }

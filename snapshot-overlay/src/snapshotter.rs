@@ -58,6 +58,15 @@ impl Storage for OverlayStorage {
         Ok(())
     }
 
+    fn blank_serves(&self, _has_parent: bool) -> bool {
+        // A layer starts empty whatever its parent: only the owner is the parent's.
+        true
+    }
+
+    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<bool> {
+        inherit_owner(&parent.join("fs"), &tree.join("fs"))
+    }
+
     fn measure(&self, tree: &Path) -> Result<Usage> {
         disk_usage(&tree.join("fs"))
     }
@@ -232,7 +241,8 @@ fn make_dir(path: &Path, mode: u32) -> Result<()> {
 /// Gives `fs` the owner of the parent's layer, as containerd does: the overlay's root
 /// takes the upper directory's owner, so without this a container on an image whose root
 /// belongs to a user would see root's ownership instead.
-fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<()> {
+/// Gives `fs` the owner of `parent_fs`; returns whether it had another.
+fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<bool> {
     let meta = std::fs::metadata(parent_fs).map_err(|source| OverlayError::StatParent {
         path: parent_fs.to_path_buf(),
         source,
@@ -242,8 +252,9 @@ fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<()> {
         source,
     };
     let cur = std::fs::symlink_metadata(fs).map_err(set)?;
-    if (cur.uid(), cur.gid()) != (meta.uid(), meta.gid()) {
-        std::os::unix::fs::lchown(fs, Some(meta.uid()), Some(meta.gid())).map_err(set)?;
+    if (cur.uid(), cur.gid()) == (meta.uid(), meta.gid()) {
+        return Ok(false);
     }
-    Ok(())
+    std::os::unix::fs::lchown(fs, Some(meta.uid()), Some(meta.gid())).map_err(set)?;
+    Ok(true)
 }

@@ -239,8 +239,15 @@ fn end_to_end(backend: &str, root_base: Option<&Path>) {
         out.status.success() || err.contains("not implemented"),
         "cleanup: {err}"
     );
-    // Every directory that holds snapshots is empty (btrfs keeps active and view
-    // subvolumes beside the committed ones).
+    drop(ctrd);
+    let st = sd
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("snapshotd exits");
+    assert!(st.success(), "snapshotd: {st:?}\n{}", sd.log());
+    assert!(!sd_sock.exists());
+    // Every directory that holds snapshots is empty once the daemon stopped (btrfs keeps
+    // active and view subvolumes beside the committed ones; the blank trees made ahead
+    // for creates to come are deleted at the stop).
     for dir in ["snapshots", "active", "view"] {
         let Ok(entries) = fs::read_dir(sd_root.join(dir)) else {
             assert_ne!(
@@ -254,13 +261,6 @@ fn end_to_end(backend: &str, root_base: Option<&Path>) {
         let left: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
         assert!(left.is_empty(), "files left in the backend root: {left:?}");
     }
-
-    drop(ctrd);
-    let st = sd
-        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
-        .expect("snapshotd exits");
-    assert!(st.success(), "snapshotd: {st:?}\n{}", sd.log());
-    assert!(!sd_sock.exists());
 }
 
 struct Image {

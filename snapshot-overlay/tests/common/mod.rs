@@ -52,11 +52,19 @@ pub fn layer(sn: &OverlaySnapshotter, name: &str, parent: &str, files: &[(&str, 
     sn.commit(name, &key, &CommitOptions::default()).unwrap();
 }
 
-/// The entry names of `<root>/snapshots`, sorted.
+/// The entry names of `<root>/snapshots`, sorted, without the blank trees the store made
+/// ahead for creates to come.
 pub fn snapshot_entries(sn: &OverlaySnapshotter) -> Vec<String> {
+    let blanks: Vec<String> = sn
+        .store()
+        .blank_trees()
+        .iter()
+        .map(u64::to_string)
+        .collect();
     let mut v: Vec<String> = std::fs::read_dir(sn.root().join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !blanks.contains(n))
         .collect();
     v.sort();
     v
