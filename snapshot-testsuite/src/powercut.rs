@@ -44,6 +44,9 @@ impl Fs {
 /// Opens a backend on a root.
 pub type Opener<'a> = &'a dyn Fn(&Path) -> snapshot_core::Result<Box<dyn Snapshotter>>;
 
+/// How many more active snapshots [`power_cut`] makes before the cut.
+const ACTIVES: usize = 24;
+
 /// Runs Prepare, Commit, View and Remove on a fresh `fs` image, copies the image right
 /// after the last call returned, and checks on the copy that every acknowledged call is
 /// there: the committed layer, the active and view snapshots with every directory their
@@ -62,6 +65,14 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
     sn.commit("base", "base-a", &CommitOptions::default())
         .expect("commit base");
     sn.prepare("active", "base", &opts).expect("prepare active");
+    // Enough creates that a store making trees ahead (the shared lifecycle's blank trees,
+    // made in the background after the first create) hands some of them out.
+    for i in 0..ACTIVES {
+        let parent = if i % 2 == 0 { "" } else { "base" };
+        sn.prepare(&format!("active-{i}"), parent, &opts)
+            .unwrap_or_else(|e| panic!("prepare active-{i}: {e}"));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     sn.prepare("committed-a", "base", &opts)
         .expect("prepare committed-a");
     sn.commit("committed", "committed-a", &CommitOptions::default())
@@ -94,7 +105,11 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
         ErrorKind::NotFound,
         "{fs:?}: an acknowledged remove came back"
     );
-    for key in ["active", "view"] {
+    let actives: Vec<String> = (0..ACTIVES).map(|i| format!("active-{i}")).collect();
+    for key in ["active", "view"]
+        .into_iter()
+        .chain(actives.iter().map(String::as_str))
+    {
         let mounts = sn
             .mounts(key)
             .unwrap_or_else(|e| panic!("{fs:?}: mounts of {key} after the power cut: {e}"));
