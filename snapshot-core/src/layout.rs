@@ -68,7 +68,9 @@ impl RootLock {
 /// Deletes a tree; one that is already gone is fine. Holds a bounded number of directories open
 /// and recurses on the heap, so a tree of any depth goes (std's `remove_dir_all` keeps a
 /// descriptor and a stack frame per level: a deep enough chain made by a container aborts
-/// the process or exhausts its descriptors). Symlinks are deleted, never followed.
+/// the process or exhausts its descriptors). Symlinks are deleted, never followed. A wide
+/// tree is deleted by one thread per CPU (at most 4), each taking a directory of the top
+/// levels or a subtree below them.
 ///
 /// # Errors
 /// The OS error of the first entry that cannot be deleted.
@@ -83,7 +85,9 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         return gone_ok(unlinkat(CWD, path, AtFlags::empty()));
     }
     match crate::walk::open_dir(CWD, path) {
-        Ok(top) => crate::walk::walk(top, &mut Remover)?,
+        Ok(top) => {
+            crate::walk::walk_parallel(top, crate::walk::walkers(), || Remover)?;
+        }
         Err(e) if crate::walk::vanished(e) => return Ok(()),
         Err(e) => return Err(e.into()),
     }

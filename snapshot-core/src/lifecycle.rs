@@ -101,6 +101,10 @@ pub trait Storage: Send + Sync + 'static {
     const NAME: &'static str;
     /// Remove's default ([`Options::async_remove`] `None`).
     const ASYNC_REMOVE: bool = false;
+    /// Whether [`mounts`](Self::mounts) is computed from the record alone: it never fails
+    /// and touches no file (default: no). The store's Mounts then never waits for a
+    /// writer ([`Snapshotter::mounts_never_block`]).
+    const PURE_MOUNTS: bool = false;
 
     /// The directory under the root that holds the trees of `kind` (default:
     /// `snapshots` for every kind).
@@ -1095,6 +1099,11 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
     fn as_cleaner(&self) -> Option<&dyn Cleaner> {
         Some(self)
     }
+
+    fn mounts_never_block(&self) -> bool {
+        // A pure mounts cannot fail, so the re-read after the writes in flight never runs.
+        S::PURE_MOUNTS
+    }
 }
 
 impl<S: Storage> Cleaner for SnapshotStore<S> {
@@ -1224,6 +1233,9 @@ macro_rules! delegate_snapshotter {
             }
             fn close(&self) -> $crate::Result<()> {
                 self.$field.close()
+            }
+            fn mounts_never_block(&self) -> bool {
+                $crate::Snapshotter::mounts_never_block(&self.$field)
             }
             fn as_cleaner(&self) -> Option<&dyn $crate::Cleaner> {
                 Some(self)

@@ -178,6 +178,13 @@ pub trait Snapshotter: Send + Sync {
     fn as_cleaner(&self) -> Option<&dyn Cleaner> {
         None
     }
+
+    /// Whether [`mounts`](Self::mounts) is one read transaction and a computation, never
+    /// waiting for a writer nor touching the filesystem, so a server may run it on its
+    /// event loop (default: no).
+    fn mounts_never_block(&self) -> bool {
+        false
+    }
 }
 
 /// Backends that defer work (asynchronous remove, orphans from a crash) implement
@@ -223,5 +230,8 @@ impl<T: Snapshotter + ?Sized> Snapshotter for Box<T> {
     }
     fn as_cleaner(&self) -> Option<&dyn Cleaner> {
         (**self).as_cleaner()
+    }
+    fn mounts_never_block(&self) -> bool {
+        (**self).mounts_never_block()
     }
 }

@@ -1,6 +1,6 @@
 //! Disk usage of a directory tree, as containerd's `fs.DiskUsage` computes it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -10,7 +10,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 use crate::types::Usage;
-use crate::walk::{open_dir, vanished, walk, Visitor};
+use crate::walk::{open_dir, vanished, walk_parallel, walkers, Visitor};
 
 /// The usage of the tree at `root`: the sum of `st_blocks * 512` and the count over
 /// unique `(dev, inode)` pairs, the root included. Symlinks are not followed; entries that
@@ -19,7 +19,8 @@ use crate::walk::{open_dir, vanished, walk, Visitor};
 /// The walk holds a bounded number of directories open, whatever the depth, and reaches every
 /// entry relative to its directory with `O_NOFOLLOW`: a container that swaps a directory
 /// for a symlink during the walk makes the walk skip that entry, never count what the
-/// symlink points at.
+/// symlink points at. A wide tree is walked by one thread per CPU (at most 4): the
+/// directories of the top levels are shared out one by one, the subtrees below them whole.
 ///
 /// # Errors
 /// NotFound when `root` itself does not exist; Unknown for other I/O errors.
@@ -32,46 +33,68 @@ use crate::walk::{open_dir, vanished, walk, Visitor};
 /// assert!(u.size >= 10000);
 /// ```
 pub fn disk_usage(root: &Path) -> Result<Usage> {
+    usage_with(root, walkers())
+}
+
+/// [`disk_usage`] with up to `threads` walking threads.
+fn usage_with(root: &Path, threads: usize) -> Result<Usage> {
     let meta = statat(CWD, root, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| match e {
         Errno::NOENT => Error::not_found(format!("usage of {}: no such directory", root.display())),
         e => Error::io("stat", root, e.into()),
     })?;
-    let mut counter = Counter {
-        seen: HashSet::new(),
-        usage: Usage::default(),
-    };
+    let mut counter = Counter::default();
     counter.account(&meta);
     if FileType::from_raw_mode(meta.st_mode) != FileType::Directory {
-        return Ok(counter.usage);
+        return Ok(Counter::total(vec![counter]));
     }
     let top = match open_dir(CWD, root) {
         Ok(fd) => fd,
-        Err(e) if vanished(e) => return Ok(counter.usage),
+        Err(e) if vanished(e) => return Ok(Counter::total(vec![counter])),
         Err(e) => return Err(Error::io("open directory", root, e.into())),
     };
-    walk(top, &mut counter).map_err(|e| Error::io("walk the tree under", root, e))?;
-    Ok(counter.usage)
+    let mut counters = walk_parallel(top, threads, Counter::default)
+        .map_err(|e| Error::io("walk the tree under", root, e))?;
+    counters.push(counter);
+    Ok(Counter::total(counters))
 }
 
 /// Counts what a walk meets: blocks and unique inodes.
+#[derive(Default)]
 struct Counter {
-    // Only inodes with several links: the others cannot be met twice.
-    seen: HashSet<(u64, u64)>,
+    // Files with several links, with their bytes: the others cannot be met twice. Kept
+    // apart so the counters of a parallel walk add each of them once.
+    linked: HashMap<(u64, u64), u64>,
+    // Everything else.
     usage: Usage,
 }
 
 impl Counter {
     /// Counts `meta` unless its inode was counted already; true when it was new.
     fn account(&mut self, meta: &Stat) -> bool {
-        if meta.st_nlink > 1
-            && FileType::from_raw_mode(meta.st_mode) != FileType::Directory
-            && !self.seen.insert((meta.st_dev, meta.st_ino))
-        {
-            return false;
+        let bytes = meta.st_blocks as u64 * 512;
+        if meta.st_nlink > 1 && FileType::from_raw_mode(meta.st_mode) != FileType::Directory {
+            return self
+                .linked
+                .insert((meta.st_dev, meta.st_ino), bytes)
+                .is_none();
         }
         self.usage.inodes += 1;
-        self.usage.size += meta.st_blocks as u64 * 512;
+        self.usage.size += bytes;
         true
+    }
+
+    /// The usage the counters saw together, a linked file once.
+    fn total(counters: Vec<Counter>) -> Usage {
+        let mut usage = Usage::default();
+        let mut linked = HashMap::new();
+        for c in counters {
+            usage.inodes += c.usage.inodes;
+            usage.size += c.usage.size;
+            linked.extend(c.linked);
+        }
+        usage.inodes += linked.len() as u64;
+        usage.size += linked.values().sum::<u64>();
+        usage
     }
 }
 
@@ -105,6 +128,52 @@ impl Visitor for Counter {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// A wide tree: `fan` subdirectories, each three levels deep with files, and files
+    /// hard-linked across subtrees (a parallel walk meets the two names in two threads).
+    fn wide_tree(root: &Path, fan: usize) {
+        for i in 0..fan {
+            let d = root.join(format!("d{i}/a/b"));
+            std::fs::create_dir_all(&d).unwrap();
+            for j in 0..20 {
+                std::fs::write(d.join(format!("f{j}")), vec![1u8; 100 * j]).unwrap();
+            }
+            std::fs::write(root.join(format!("d{i}/top")), vec![2u8; 5000]).unwrap();
+            if i > 0 {
+                std::fs::hard_link(root.join("d0/top"), root.join(format!("d{i}/a/link"))).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_parallel_walk_counts_what_a_serial_walk_counts() {
+        for fan in [0, 1, 3, 40] {
+            let dir = tempfile::tempdir().unwrap();
+            wide_tree(dir.path(), fan);
+            let serial = usage_with(dir.path(), 1).unwrap();
+            for threads in [2, 3, 4] {
+                assert_eq!(
+                    usage_with(dir.path(), threads).unwrap(),
+                    serial,
+                    "fan {fan}, {threads} threads"
+                );
+            }
+            // root + per subtree: d, a, b, 20 files, top; the linked file once.
+            assert_eq!(serial.inodes, 1 + 24 * fan as u64);
+        }
+    }
+
+    #[test]
+    fn a_parallel_removal_deletes_the_whole_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("t");
+        wide_tree(&top, 40);
+        std::os::unix::fs::symlink(dir.path(), top.join("d3/a/escape")).unwrap();
+        std::fs::write(dir.path().join("outside"), b"kept").unwrap();
+        crate::layout::remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        assert_eq!(std::fs::read(dir.path().join("outside")).unwrap(), b"kept");
+    }
 
     #[test]
     fn hard_links_count_once() {

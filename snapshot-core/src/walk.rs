@@ -10,6 +10,8 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use rustix::fs::{fstat, openat, Mode, OFlags};
 use rustix::io::Errno;
@@ -101,6 +103,219 @@ pub(crate) fn walk(top: OwnedFd, v: &mut impl Visitor) -> io::Result<()> {
         drop(done.fd);
         v.left(parent.fd.as_ref().expect("just opened"), &name)?;
     }
+}
+
+/// The directories this close to the top are scanned as tasks of their own, each by
+/// whichever thread is free; below them every subtree is walked whole by one thread.
+const SHARED_DEPTH: usize = 3;
+/// At most this many directories are open as shared tasks at once; past it a subtree is
+/// walked whole, so a tree with a million directories at the top holds no more.
+const SHARED_OPEN: usize = 256;
+
+/// How many threads a parallel walk uses: the CPUs this process may run on, at most 4.
+pub(crate) fn walkers() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+}
+
+/// A directory scanned as a shared task: open until every subdirectory is done.
+struct Node {
+    fd: OwnedFd,
+    up: Option<(Arc<Node>, CString)>,
+    depth: usize,
+    // Subdirectories not done yet, plus one while the scan itself runs.
+    pending: AtomicUsize,
+}
+
+enum Task {
+    // Scan the subdirectory as a node of its own.
+    Scan(Arc<Node>, CString),
+    // Walk the subdirectory whole.
+    Walk(Arc<Node>, CString),
+}
+
+struct Shared {
+    tasks: Vec<Task>,
+    busy: usize,
+    failed: Option<io::Error>,
+}
+
+struct Pool {
+    state: Mutex<Shared>,
+    wake: Condvar,
+    open: AtomicUsize,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next task, or None when every task is done (or one failed).
+    fn next(&self) -> Option<Task> {
+        let mut st = self.lock();
+        loop {
+            if st.failed.is_some() {
+                return None;
+            }
+            if let Some(t) = st.tasks.pop() {
+                st.busy += 1;
+                return Some(t);
+            }
+            if st.busy == 0 {
+                return None;
+            }
+            st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn done(&self, r: io::Result<()>) {
+        let mut st = self.lock();
+        st.busy -= 1;
+        if let Err(e) = r {
+            st.failed.get_or_insert(e);
+        }
+        if st.busy == 0 || st.failed.is_some() {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Queues the subdirectories of `node`.
+    fn push(&self, node: &Arc<Node>, subdirs: Vec<CString>) {
+        let mut st = self.lock();
+        for name in subdirs {
+            let shared = node.depth + 1 < SHARED_DEPTH
+                && self.open.fetch_add(1, Ordering::Relaxed) < SHARED_OPEN;
+            st.tasks.push(if shared {
+                Task::Scan(Arc::clone(node), name)
+            } else {
+                Task::Walk(Arc::clone(node), name)
+            });
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
+
+    /// Runs one task with `v`.
+    fn run(&self, task: Task, v: &mut impl Visitor) -> io::Result<()> {
+        match task {
+            Task::Walk(parent, name) => {
+                walk_below(&parent.fd, &name, v)?;
+                finish(parent, v)
+            }
+            Task::Scan(parent, name) => {
+                let fd = match open_dir(&parent.fd, name.as_c_str()) {
+                    Ok(fd) => fd,
+                    Err(e) if vanished(e) => return finish(parent, v),
+                    Err(e) => return Err(e.into()),
+                };
+                let subdirs = v.scan(&fd)?;
+                let node = Arc::new(Node {
+                    fd,
+                    depth: parent.depth + 1,
+                    up: Some((parent, name)),
+                    pending: AtomicUsize::new(subdirs.len() + 1),
+                });
+                self.push(&node, subdirs);
+                finish(node, v)
+            }
+        }
+    }
+}
+
+/// One subdirectory of `node` (or its own scan) is done; when it was the last, `left`
+/// runs for `node` and its parent is told, and so on up.
+fn finish(node: Arc<Node>, v: &mut impl Visitor) -> io::Result<()> {
+    let mut node = node;
+    loop {
+        if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(());
+        }
+        let Some((parent, name)) = &node.up else {
+            return Ok(());
+        };
+        v.left(&parent.fd, name)?;
+        let parent = Arc::clone(parent);
+        node = parent;
+    }
+}
+
+/// Walks the tree under `top` like [`walk`], with up to `threads` visitors made by `make`,
+/// each on a thread of its own. The directories of the top [`SHARED_DEPTH`] levels are
+/// tasks (scan it, queue its subdirectories) that any free thread takes; below them a
+/// subtree is walked whole, with [`walk`], by the thread that took it. `left` runs for a
+/// directory once everything under it is done, on the thread that finished last. A top
+/// without subdirectories is scanned on the calling thread alone. Returns the visitors.
+///
+/// # Errors
+/// As [`walk`]: the first error of any visitor or thread.
+pub(crate) fn walk_parallel<V, F>(top: OwnedFd, threads: usize, make: F) -> io::Result<Vec<V>>
+where
+    V: Visitor + Send,
+    F: Fn() -> V + Sync,
+{
+    let mut first = make();
+    if threads < 2 {
+        walk(top, &mut first)?;
+        return Ok(vec![first]);
+    }
+    let subdirs = first.scan(&top)?;
+    if subdirs.is_empty() {
+        return Ok(vec![first]);
+    }
+    let root = Arc::new(Node {
+        fd: top,
+        up: None,
+        depth: 0,
+        pending: AtomicUsize::new(subdirs.len() + 1),
+    });
+    let pool = Pool {
+        state: Mutex::new(Shared {
+            tasks: Vec::new(),
+            busy: 0,
+            failed: None,
+        }),
+        wake: Condvar::new(),
+        open: AtomicUsize::new(0),
+    };
+    pool.push(&root, subdirs);
+    finish(root, &mut first)?;
+    let work = |mut v: V| -> V {
+        while let Some(task) = pool.next() {
+            // A panic must not leave the task counted as running: the others would wait
+            // for it forever.
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.run(task, &mut v)))
+                    .unwrap_or_else(|_| Err(io::Error::other("a walking thread panicked")));
+            pool.done(r);
+        }
+        v
+    };
+    let mut visitors: Vec<V> = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(|| work(make()))).collect();
+        let mut vs = vec![work(first)];
+        vs.extend(others.into_iter().filter_map(|h| h.join().ok()));
+        vs
+    });
+    let failed = pool.lock().failed.take();
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            visitors.reverse();
+            Ok(visitors)
+        }
+    }
+}
+
+/// Walks the subdirectory `name` of `parent` with `v`, then calls `v.left` for it; one
+/// that vanished (or became something else) is skipped.
+fn walk_below(parent: &OwnedFd, name: &CStr, v: &mut impl Visitor) -> io::Result<()> {
+    match open_dir(parent, name) {
+        Ok(fd) => walk(fd, v)?,
+        Err(e) if vanished(e) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    v.left(parent, name)
 }
 
 /// Opens the directory `path` relative to `at` without following a symlink.

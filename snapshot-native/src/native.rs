@@ -46,6 +46,7 @@ pub struct NativeStorage {
 
 impl Storage for NativeStorage {
     const NAME: &'static str = "native";
+    const PURE_MOUNTS: bool = true;
 
     fn has_tree(&self, kind: Kind, has_parent: bool) -> bool {
         // A view of a parent mounts the parent's directory read-only.

@@ -44,6 +44,7 @@ pub struct OverlayStorage {
 impl Storage for OverlayStorage {
     const NAME: &'static str = "overlay";
     const ASYNC_REMOVE: bool = true;
+    const PURE_MOUNTS: bool = true;
 
     fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
         make_dir(dst, 0o700)?;

@@ -146,9 +146,13 @@ impl Snapshots for SnapshotService {
         request: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let r = request.into_inner();
-        // Not inline: a Mounts racing a Remove re-reads the store after the writes in
-        // flight, which waits for the writer.
-        let mounts = self.blocking(move |sn| sn.mounts(&r.key)).await?;
+        // Inline only where it is one read: elsewhere a Mounts racing a Remove re-reads
+        // the store after the writes in flight, which waits for the writer.
+        let mounts = if self.sn.mounts_never_block() {
+            self.inline(|sn| sn.mounts(&r.key))?
+        } else {
+            self.blocking(move |sn| sn.mounts(&r.key)).await?
+        };
         Ok(Response::new(pb::MountsResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
         }))
