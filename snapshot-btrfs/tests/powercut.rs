@@ -34,14 +34,22 @@ fn sync_option_flushes_the_layer_at_commit() {
                 };
                 Ok(Box::new(BtrfsSnapshotter::open_with(root, &opts)?))
             },
-            &|root, _mounts| {
-                let active = root.join("active");
-                let entries: Vec<_> = std::fs::read_dir(&active)
+            &|root, mounts| {
+                // The subvolume the mount names (blank trees made ahead sit beside it).
+                let subvolid: u64 = mounts[0]
+                    .options
+                    .iter()
+                    .find_map(|o| o.strip_prefix("subvolid="))
+                    .expect("a subvolid option")
+                    .parse()
+                    .unwrap();
+                let found: Vec<_> = std::fs::read_dir(root.join("active"))
                     .unwrap()
                     .map(|e| e.unwrap().path())
+                    .filter(|p| snapshot_btrfs::sys::subvolume_id(p).ok() == Some(subvolid))
                     .collect();
-                assert_eq!(entries.len(), 1, "{entries:?}");
-                entries[0].clone()
+                assert_eq!(found.len(), 1, "subvolume {subvolid}: {found:?}");
+                found[0].clone()
             },
             false,
         );

@@ -25,12 +25,23 @@ fn root(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     Some((tmp, root))
 }
 
-/// The only entry of `dir` (each test makes one snapshot of a kind).
-fn only_entry(dir: &Path) -> PathBuf {
-    let entries: Vec<_> = std::fs::read_dir(dir)
+/// The entries of `dir` but the blank trees `sn` made ahead (see
+/// `snapshot_core::lifecycle`).
+fn entries(sn: &BtrfsSnapshotter, dir: &Path) -> Vec<PathBuf> {
+    let blanks = sn.store().blank_trees();
+    std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .collect();
+        .filter(|p| {
+            let id = p.file_name().and_then(|n| n.to_str()?.parse::<u64>().ok());
+            !id.is_some_and(|id| blanks.contains(&id))
+        })
+        .collect()
+}
+
+/// The only entry of `dir` (each test makes one snapshot of a kind).
+fn only_entry(sn: &BtrfsSnapshotter, dir: &Path) -> PathBuf {
+    let entries = entries(sn, dir);
     assert_eq!(entries.len(), 1, "{}: {entries:?}", dir.display());
     entries.into_iter().next().unwrap()
 }
@@ -53,7 +64,7 @@ fn mounts_are_subvolid_mounts_of_the_device_ro_except_active() {
     assert_eq!(sn.device(), dev);
 
     let m = sn.prepare("a", "", &CreateOptions::default()).unwrap();
-    let active = only_entry(&root.join("active"));
+    let active = only_entry(&sn, &root.join("active"));
     let id = sys::subvolume_id(&active).unwrap();
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].kind, "btrfs");
@@ -63,7 +74,7 @@ fn mounts_are_subvolid_mounts_of_the_device_ro_except_active() {
 
     sn.commit("base", "a", &CommitOptions::default()).unwrap();
     let v = sn.view("v", "base", &CreateOptions::default()).unwrap();
-    let view = only_entry(&root.join("view"));
+    let view = only_entry(&sn, &root.join("view"));
     let vid = sys::subvolume_id(&view).unwrap();
     assert_ne!(vid, id);
     assert_eq!(
@@ -85,7 +96,7 @@ fn commit_makes_a_read_only_subvolume_and_deletes_the_active_one() {
     };
     let sn = BtrfsSnapshotter::open(&root).unwrap();
     sn.prepare("a", "", &CreateOptions::default()).unwrap();
-    let active = only_entry(&root.join("active"));
+    let active = only_entry(&sn, &root.join("active"));
     std::fs::write(active.join("f"), b"layer").unwrap();
     assert!(!sys::subvolume_read_only(&active).unwrap());
     sn.commit("base", "a", &CommitOptions::default()).unwrap();
@@ -94,7 +105,7 @@ fn commit_makes_a_read_only_subvolume_and_deletes_the_active_one() {
         !active.exists(),
         "the active subvolume is deleted at commit"
     );
-    let committed = only_entry(&root.join("snapshots"));
+    let committed = only_entry(&sn, &root.join("snapshots"));
     assert_eq!(
         committed.file_name(),
         active.file_name(),
@@ -104,7 +115,7 @@ fn commit_makes_a_read_only_subvolume_and_deletes_the_active_one() {
     assert_eq!(std::fs::read(committed.join("f")).unwrap(), b"layer");
     let err = std::fs::write(committed.join("g"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(30), "EROFS: {err}");
-    assert_eq!(std::fs::read_dir(root.join("active")).unwrap().count(), 0);
+    assert_eq!(entries(&sn, &root.join("active")).len(), 0);
     done(sn, &root);
 }
 
@@ -115,10 +126,10 @@ fn a_view_is_a_read_only_snapshot_of_its_parent() {
     };
     let sn = BtrfsSnapshotter::open(&root).unwrap();
     sn.prepare("a", "", &CreateOptions::default()).unwrap();
-    std::fs::write(only_entry(&root.join("active")).join("f"), b"p").unwrap();
+    std::fs::write(only_entry(&sn, &root.join("active")).join("f"), b"p").unwrap();
     sn.commit("base", "a", &CommitOptions::default()).unwrap();
     sn.view("v", "base", &CreateOptions::default()).unwrap();
-    let view = only_entry(&root.join("view"));
+    let view = only_entry(&sn, &root.join("view"));
     assert!(sys::subvolume_read_only(&view).unwrap());
     assert_eq!(std::fs::read(view.join("f")).unwrap(), b"p");
     // A view without a parent is read-only too.
@@ -139,12 +150,9 @@ fn remove_deletes_the_subvolume() {
     sn.commit("base", "a", &CommitOptions::default()).unwrap();
     sn.view("v", "base", &CreateOptions::default()).unwrap();
     sn.remove("v").unwrap();
-    assert_eq!(std::fs::read_dir(root.join("view")).unwrap().count(), 0);
+    assert_eq!(entries(&sn, &root.join("view")).len(), 0);
     sn.remove("base").unwrap();
-    assert_eq!(
-        std::fs::read_dir(root.join("snapshots")).unwrap().count(),
-        0
-    );
+    assert_eq!(entries(&sn, &root.join("snapshots")).len(), 0);
     done(sn, &root);
 }
 
@@ -156,9 +164,9 @@ fn open_sweeps_orphans_and_restores_unfinished_removals() {
     let sn = BtrfsSnapshotter::open(&root).unwrap();
     sn.prepare("a", "", &CreateOptions::default()).unwrap();
     sn.commit("base", "a", &CommitOptions::default()).unwrap();
+    let committed = only_entry(&sn, &root.join("snapshots"));
     sn.close().unwrap();
     drop(sn);
-    let committed = only_entry(&root.join("snapshots"));
     let id = committed.file_name().unwrap().to_str().unwrap().to_string();
     // What a process killed mid-operation leaves: a staging subvolume, a subvolume of an
     // id with no record, an active subvolume of a committed record, and a committed
@@ -169,9 +177,9 @@ fn open_sweeps_orphans_and_restores_unfinished_removals() {
     std::fs::rename(&committed, root.join(format!("snapshots/rm-{id}"))).unwrap();
 
     let sn = BtrfsSnapshotter::open(&root).unwrap();
-    assert_eq!(std::fs::read_dir(root.join("active")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(root.join("view")).unwrap().count(), 0);
-    assert_eq!(only_entry(&root.join("snapshots")), committed);
+    assert_eq!(entries(&sn, &root.join("active")).len(), 0);
+    assert_eq!(entries(&sn, &root.join("view")).len(), 0);
+    assert_eq!(only_entry(&sn, &root.join("snapshots")), committed);
     sn.view("v", "base", &CreateOptions::default()).unwrap();
     done(sn, &root);
 }
@@ -185,14 +193,14 @@ fn usage_reads_qgroups_when_quotas_are_on() {
     let sn = BtrfsSnapshotter::open(&root).unwrap();
     sn.prepare("base-a", "", &CreateOptions::default()).unwrap();
     std::fs::write(
-        only_entry(&root.join("active")).join("base"),
+        only_entry(&sn, &root.join("active")).join("base"),
         vec![7u8; 8 << 20],
     )
     .unwrap();
     sn.commit("base", "base-a", &CommitOptions::default())
         .unwrap();
     sn.prepare("a", "base", &CreateOptions::default()).unwrap();
-    let active = only_entry(&root.join("active"));
+    let active = only_entry(&sn, &root.join("active"));
     std::fs::write(active.join("f"), vec![1u8; 4 << 20]).unwrap();
 
     let (u, source) = sn.active_usage("a").unwrap();
@@ -275,7 +283,7 @@ fn rebase_is_refused_and_changes_nothing() {
     assert_eq!(sn.stat("a").unwrap(), before);
     assert_eq!(sn.stat("c").unwrap_err().kind(), ErrorKind::NotFound);
     // Nothing was staged: the committed directory holds only the base.
-    only_entry(&root.join("snapshots"));
+    only_entry(&sn, &root.join("snapshots"));
     sn.remove("base").unwrap();
     done(sn, &root);
 }

@@ -6,8 +6,10 @@
 //! overlay layer), so the store builds a few such trees ahead, already under the `<id>`
 //! they will be recorded with and already durable, in a background thread; a create that
 //! takes one records it with no directory change of its own. The pool holds ids handed out
-//! by [`crate::metastore::MetaStore::reserve_id`] and never persisted: a crash leaves their
-//! trees as orphans (a `<id>` without a record), which the next open's sweep retires.
+//! by [`crate::metastore::MetaStore::reserve_ids`], which persists the id counter past each
+//! batch before any tree is named after one: a crash leaves their trees as orphans (a
+//! `<id>` without a record), which the next open's sweep retires, and no later open hands
+//! the same ids out while one of them may still exist.
 //!
 //! An id is *held* from before anything exists at its path until its record commits or
 //! its tree is deleted: the sweep leaves held ids alone.
@@ -72,7 +74,11 @@ impl Blanks {
 
     /// Lets `id` go: its record committed, or its tree was deleted.
     pub(crate) fn release(&self, id: u64) {
-        self.state().held.remove(&id);
+        let mut st = self.state();
+        st.held.remove(&id);
+        if st.held.is_empty() {
+            self.idle.notify_all();
+        }
     }
 
     /// Ends a refill: `made` are durable trees (held). Returns the ids the pool did not
@@ -111,6 +117,15 @@ impl Blanks {
             st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         std::mem::take(&mut st.ready)
+    }
+
+    /// Waits until no refill runs and no id is held: every tree the pool made is recorded
+    /// or deleted (after [`close`](Self::close), nothing holds an id for long).
+    pub(crate) fn settle(&self) {
+        let mut st = self.state();
+        while st.filling || !st.held.is_empty() {
+            st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -152,5 +167,14 @@ mod tests {
         assert_eq!(b.filled(vec![9]), vec![9], "a closed pool takes nothing");
         assert!(closer.join().unwrap().is_empty());
         assert!(b.holds(9), "still held until the caller deletes it");
+
+        let settler = {
+            let b = b.clone();
+            std::thread::spawn(move || b.settle())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!settler.is_finished(), "settle waits for held ids");
+        b.release(9);
+        settler.join().unwrap();
     }
 }

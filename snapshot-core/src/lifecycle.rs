@@ -30,6 +30,20 @@
 //!   a `<id>` without a record (or with a record that lives in another directory) and a
 //!   staging tree nobody builds are retired. Purging deletes every `rm-*` outside it.
 //!
+//! # Blank trees
+//!
+//! A durable store ([`Options::no_sync`] off) builds, in a background thread, a batch of
+//! the trees most creates need (what [`Storage::fill`] builds for an active snapshot
+//! without a parent) under ids whose counter is persisted past the batch first, each made
+//! durable before any create may take it. An active create the backend allows
+//! ([`Storage::blank_serves`]) takes the oldest, adapts it to its parent
+//! ([`Storage::adapt_blank`], durable before it returns) and records it under its id: no
+//! rename and no directory fsync on the caller's path. A refill starts when fewer than half
+//! a batch are left. The sweep leaves the pool's trees alone; a crash leaves them as
+//! orphans, which the next open retires, and their ids are never handed out again. Close
+//! deletes the trees no create took and waits until nothing the pool made is still being
+//! recorded or deleted.
+//!
 //! A call that finds, after its slow step, that another call changed what it worked on
 //! (a parent removed during the copy, an active snapshot removed during its measure) ends
 //! as if the two calls had run one after the other: with the error the later call gets
@@ -132,23 +146,23 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether a blank tree (what [`fill`](Self::fill) builds for an active snapshot
     /// without a parent), made ahead and adapted with [`adapt_blank`](Self::adapt_blank),
     /// can be the tree of a new active snapshot (on a parent or not). Default: only
-    /// without a parent. See "Blank trees" in [`crate::lifecycle`].
+    /// without a parent. See [Blank trees](crate::lifecycle#blank-trees).
     fn blank_serves(&self, has_parent: bool) -> bool {
         !has_parent
     }
 
     /// Turns `tree`, a durable blank tree, into the tree of a new active snapshot on
-    /// `parent` (called only where [`blank_serves`](Self::blank_serves) allows a parent);
-    /// returns whether it changed anything, which is then made durable with
-    /// [`sync_published`](Self::sync_published) before the record commits. Default:
-    /// nothing to do.
+    /// `parent` (called only where [`blank_serves`](Self::blank_serves) allows a parent),
+    /// and makes what it changed durable (an fsync of each inode it changed: an fsync of
+    /// `tree` does not carry an owner change of a directory below it) before it returns:
+    /// the record commits next. Default: nothing to do.
     ///
     /// # Errors
     /// Whatever fails; when the parent was removed meanwhile, the caller reports that
     /// instead.
-    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<bool> {
+    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<()> {
         let _ = (tree, parent);
-        Ok(false)
+        Ok(())
     }
 
     /// The usage of an active snapshot's tree (default: a walk, [`crate::usage::disk_usage`]).
@@ -271,7 +285,6 @@ struct BlankTree<'a, S: Storage> {
     pool: &'a Blanks,
     id: u64,
     path: PathBuf,
-    changed: bool,
     recorded: bool,
 }
 
@@ -665,10 +678,6 @@ impl<S: Storage> SnapshotStore<S> {
                     self.publish(st, kind, s.id)?;
                     published = Some(s.id);
                 }
-                if let Some(b) = blank.as_ref().filter(|b| b.changed) {
-                    // What the adaptation changed (an owner) is durable before the record.
-                    self.storage.sync_published(&b.path)?;
-                }
                 // Before the commit, while no other call can reach the snapshot: once it
                 // is visible, another client may commit or remove it (and a backend's
                 // mounts may read its tree).
@@ -708,20 +717,16 @@ impl<S: Storage> SnapshotStore<S> {
             self.refill();
         }
         let id = id?;
-        let mut b = BlankTree {
+        let b = BlankTree {
             owner: self,
             pool,
             id,
             path: self.tree(Kind::Active, id),
-            changed: false,
             recorded: false,
         };
         Some(match parent {
             None => Ok(b),
-            Some(p) => self.storage.adapt_blank(&b.path, p).map(|changed| {
-                b.changed = changed;
-                b
-            }),
+            Some(p) => self.storage.adapt_blank(&b.path, p).map(|()| b),
         })
     }
 
@@ -738,7 +743,21 @@ impl<S: Storage> SnapshotStore<S> {
         let spawned = std::thread::Builder::new()
             .name("blank-trees".into())
             .spawn(move || {
-                let made = make_blanks(&*storage, &store, &pool, &dir);
+                let mut made = Vec::with_capacity(BATCH);
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    make_blanks(&*storage, &store, &pool, &dir, &mut made)
+                }));
+                if run.is_err() {
+                    // The pool must not wait for ids no one will let go; what exists of
+                    // their trees is left to the next sweep (their ids are never reused).
+                    log::error!(
+                        "{}: making blank trees ahead panicked; the sweep takes what it left",
+                        S::NAME
+                    );
+                    for id in made.drain(..) {
+                        pool.release(id);
+                    }
+                }
                 for id in pool.filled(made) {
                     delete_blank(&*storage, &pool, &dir, id);
                 }
@@ -751,13 +770,16 @@ impl<S: Storage> SnapshotStore<S> {
         }
     }
 
-    /// Closes the pool and deletes the trees no create took.
+    /// Closes the pool, deletes the trees no create took, and waits until nothing the
+    /// pool made is still being recorded or deleted: once it returns, no thread of this
+    /// store touches the root.
     fn close_blanks(&self) {
         if let Some(pool) = &self.blanks {
             let dir = self.root.join(self.storage.kind_dir(Kind::Active));
             for id in pool.close() {
                 delete_blank(&*self.storage, pool, &dir, id);
             }
+            pool.settle();
         }
     }
 
@@ -1120,32 +1142,46 @@ impl<S: Storage> Drop for SnapshotStore<S> {
 }
 
 /// Makes up to [`BATCH`] blank active trees in `dir` under reserved ids and makes them
-/// durable; returns the ids of those made (held), none when the flush failed.
-fn make_blanks<S: Storage>(storage: &S, store: &MetaStore, pool: &Blanks, dir: &Path) -> Vec<u64> {
-    let mut made = Vec::with_capacity(BATCH);
-    for _ in 0..BATCH {
-        let Ok(id) = store.reserve_id() else { break };
+/// durable; leaves in `made` the ids of those made (held), none when the flush failed.
+/// Every id in `made` is held, also when this panics.
+fn make_blanks<S: Storage>(
+    storage: &S,
+    store: &MetaStore,
+    pool: &Blanks,
+    dir: &Path,
+    made: &mut Vec<u64>,
+) {
+    let ids = match store.reserve_ids(BATCH) {
+        Ok(ids) => ids,
+        Err(e) => {
+            log::warn!("{}: reserving ids for blank trees: {e}", S::NAME);
+            return;
+        }
+    };
+    for id in ids {
         // Held before anything exists at the path, so a sweep never takes it for an orphan.
         if !pool.hold(id) {
             break;
         }
+        made.push(id);
         if let Err(e) = storage.fill(&dir.join(id.to_string()), Kind::Active, None) {
             log::warn!("{}: making a blank tree ahead: {e}", S::NAME);
             delete_blank(storage, pool, dir, id);
+            made.pop();
             break;
         }
-        made.push(id);
     }
     let synced = made
         .iter()
         .try_for_each(|id| storage.sync_published(&dir.join(id.to_string())));
     if let Err(e) = synced {
         log::warn!("{}: flushing blank trees made ahead: {e}", S::NAME);
-        for id in made.drain(..) {
+        // Each id leaves `made` only once its tree is gone and it is let go.
+        while let Some(&id) = made.last() {
             delete_blank(storage, pool, dir, id);
+            made.pop();
         }
     }
-    made
 }
 
 /// Deletes the blank tree `id` (a leftover is the next sweep's) and lets its id go.

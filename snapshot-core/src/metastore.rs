@@ -264,6 +264,17 @@ impl MetaStore {
         Ok(issue_id(&self.issued, persisted))
     }
 
+    /// Reserves `n` fresh ids as [`reserve_id`](Self::reserve_id) does and persists the
+    /// counter past them in one durable transaction, so that no later open hands them out
+    /// again: a directory named after one of them may outlive this process (a crash, a
+    /// thread still deleting it) without ever being taken for another snapshot's.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn reserve_ids(&self, n: usize) -> Result<Vec<u64>> {
+        self.write(|tx| (0..n).map(|_| tx.next_id()).collect())
+    }
+
     /// Closes the store; every later call returns Unavailable. Closing twice is fine.
     pub fn close(&self) -> Result<()> {
         let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());

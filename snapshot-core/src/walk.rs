@@ -110,12 +110,40 @@ pub(crate) fn walk(top: OwnedFd, v: &mut impl Visitor) -> io::Result<()> {
 const SHARED_DEPTH: usize = 3;
 /// At most this many directories are open as shared tasks at once; past it a subtree is
 /// walked whole, so a tree with a million directories at the top holds no more.
-const SHARED_OPEN: usize = 256;
+const SHARED_OPEN: usize = 64;
+/// At most this many parallel walks run at once in the process; a walk that would be one
+/// more runs on its calling thread alone. With [`SHARED_OPEN`] and [`KEEP_OPEN`] this
+/// bounds the descriptors walks hold however many run at once (a daemon measuring every
+/// active snapshot for CRI's stats poll): each parallel walk holds at most
+/// `SHARED_OPEN + walkers() * (KEEP_OPEN + 1)`, each serial one `KEEP_OPEN + 1`.
+const PARALLEL_WALKS: usize = 2;
 
 /// How many threads a parallel walk uses: the CPUs this process may run on, at most 4.
 pub(crate) fn walkers() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+}
+
+/// One of the [`PARALLEL_WALKS`] a process runs at once, given back when dropped.
+struct WalkSlot;
+
+static RUNNING_WALKS: AtomicUsize = AtomicUsize::new(0);
+
+impl WalkSlot {
+    fn take() -> Option<WalkSlot> {
+        RUNNING_WALKS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < PARALLEL_WALKS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WalkSlot)
+    }
+}
+
+impl Drop for WalkSlot {
+    fn drop(&mut self) {
+        RUNNING_WALKS.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A directory scanned as a shared task: open until every subdirectory is done.
@@ -255,7 +283,8 @@ where
     F: Fn() -> V + Sync,
 {
     let mut first = make();
-    if threads < 2 {
+    let slot = if threads < 2 { None } else { WalkSlot::take() };
+    if slot.is_none() {
         walk(top, &mut first)?;
         return Ok(vec![first]);
     }
@@ -292,11 +321,31 @@ where
         v
     };
     let mut visitors: Vec<V> = std::thread::scope(|s| {
-        let others: Vec<_> = (1..threads).map(|_| s.spawn(|| work(make()))).collect();
+        // A thread that cannot be made is no loss: the calling thread takes every task
+        // the others leave.
+        let others: Vec<_> = (1..threads)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("walk".into())
+                    .spawn_scoped(s, || work(make()))
+                    .ok()
+            })
+            .collect();
         let mut vs = vec![work(first)];
-        vs.extend(others.into_iter().filter_map(|h| h.join().ok()));
+        for h in others {
+            match h.join() {
+                Ok(v) => vs.push(v),
+                // Its visitor (what it counted) is lost: the walk cannot succeed.
+                Err(_) => {
+                    pool.lock()
+                        .failed
+                        .get_or_insert_with(|| io::Error::other("a walking thread panicked"));
+                }
+            }
+        }
         vs
     });
+    drop(slot);
     let failed = pool.lock().failed.take();
     match failed {
         Some(e) => Err(e),

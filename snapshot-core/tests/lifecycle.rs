@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 
 use snapshot_core::lifecycle::{Options, SnapshotStore, Storage};
@@ -31,6 +31,11 @@ struct Dirs {
     blanks: bool,
     // Every tree sync_published flushed, in order.
     synced: Mutex<Vec<PathBuf>>,
+    // Taken by the next fill of a blank tree made ahead (named after its id, where a
+    // create's staging tree is not): it waits at the barrier twice.
+    blank_gate: Mutex<Option<Arc<Barrier>>>,
+    // The next fill of a blank tree panics.
+    panic_blank: AtomicBool,
 }
 
 impl Storage for Dirs {
@@ -45,6 +50,21 @@ impl Storage for Dirs {
 
     fn fill(&self, dst: &Path, _kind: Kind, parent: Option<&Path>) -> Result<()> {
         fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
+        let ahead = dst
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.parse::<u64>().is_ok());
+        if ahead {
+            let gate = self.blank_gate.lock().unwrap().take();
+            if let Some(gate) = gate {
+                gate.wait();
+                gate.wait();
+            }
+            assert!(
+                !self.panic_blank.swap(false, Ordering::SeqCst),
+                "a blank fill told to panic"
+            );
+        }
         let gate = self.gate.lock().unwrap().take();
         if let Some(gate) = gate {
             gate.wait();
@@ -69,14 +89,14 @@ impl Storage for Dirs {
         self.blanks
     }
 
-    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<bool> {
+    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<()> {
         fs::metadata(parent).map_err(|e| Error::io("open parent", parent, e))?;
         let src = parent.join("data");
         if !src.exists() {
-            return Ok(false);
+            return Ok(());
         }
         fs::copy(&src, tree.join("data")).map_err(|e| Error::io("copy", &src, e))?;
-        Ok(true)
+        self.sync_published(tree)
     }
 
     fn sync_published(&self, tree: &Path) -> Result<()> {
@@ -647,12 +667,74 @@ fn blank_trees_left_by_a_crash_are_orphans_to_the_next_open() {
         "the open's sweep retired them: {:?}",
         names(&snapshots_dir(&sn))
     );
-    // New creates get fresh trees, never one of the crashed pool's.
+    // New creates get fresh trees, never one of the crashed pool's: its ids were
+    // persisted before any tree was named after one.
     sn.prepare("b", "", &opt()).unwrap();
+    let b = sn.snapshot("b").unwrap().id;
+    assert!(
+        b > *ready.iter().max().unwrap(),
+        "{b} reuses an id of {ready:?}"
+    );
     sn.prepare("c", "", &opt()).unwrap();
     sn.check().unwrap();
     sn.cleanup().unwrap();
     assert!(names(&snapshots_dir(&sn))
         .iter()
         .all(|n| !n.starts_with("rm-")));
+}
+
+#[test]
+fn close_returns_only_once_the_pool_has_deleted_its_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let sn = open_with_blanks(&root);
+    let gate = Arc::new(Barrier::new(2));
+    *sn.storage().blank_gate.lock().unwrap() = Some(gate.clone());
+    sn.prepare("a", "", &opt()).unwrap();
+    let a = sn.snapshot("a").unwrap().id;
+    // The refill is inside its first fill, ids reserved.
+    gate.wait();
+    std::thread::scope(|s| {
+        let closer = s.spawn(|| sn.close());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!closer.is_finished(), "close waits for the refill");
+        gate.wait();
+        closer.join().unwrap().unwrap();
+    });
+    // Nothing of the pool is left, and nothing deletes anything any more.
+    assert_eq!(names(&root.join("snapshots")), vec![a.to_string()]);
+    drop(sn);
+    let sn = open_with_blanks(&root);
+    for i in 0..20 {
+        sn.prepare(&format!("after-{i}"), "", &opt()).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for i in 0..20 {
+        let id = sn.snapshot(&format!("after-{i}")).unwrap().id;
+        assert!(
+            sn.tree(Kind::Active, id).is_dir(),
+            "after-{i} lost its tree"
+        );
+    }
+    sn.check().unwrap();
+}
+
+#[test]
+fn a_refill_that_panics_leaves_the_store_working_and_closable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sn = open_with_blanks(tmp.path());
+    sn.storage().panic_blank.store(true, Ordering::SeqCst);
+    sn.prepare("a", "", &opt()).unwrap();
+    // The panicked refill let its ids go: waiting on the pool returns.
+    assert!(sn.blank_trees().is_empty());
+    // The next create starts another refill, which works.
+    sn.prepare("b", "", &opt()).unwrap();
+    assert_eq!(sn.blank_trees().len(), 16);
+    sn.cleanup().unwrap();
+    assert_eq!(
+        unrecorded(&sn, &snapshots_dir(&sn)),
+        sn.blank_trees(),
+        "the panicked refill's tree was swept, the new pool's were not"
+    );
+    sn.close().unwrap();
 }

@@ -64,7 +64,7 @@ impl Storage for OverlayStorage {
         true
     }
 
-    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<bool> {
+    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<()> {
         inherit_owner(&parent.join("fs"), &tree.join("fs"))
     }
 
@@ -239,11 +239,12 @@ fn make_dir(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Gives `fs` the owner of the parent's layer, as containerd does: the overlay's root
-/// takes the upper directory's owner, so without this a container on an image whose root
-/// belongs to a user would see root's ownership instead.
-/// Gives `fs` the owner of `parent_fs`; returns whether it had another.
-fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<bool> {
+/// Gives `fs` the owner of the parent's layer `parent_fs`, as containerd does: the
+/// overlay's root takes the upper directory's owner, so without this a container on an
+/// image whose root belongs to a user would see root's ownership instead. A change is
+/// made durable (an fsync of `fs`): the fsync of the tree that follows a create does not
+/// carry it everywhere (btrfs logs only the directory fsynced and the inodes new in it).
+fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<()> {
     let meta = std::fs::metadata(parent_fs).map_err(|source| OverlayError::StatParent {
         path: parent_fs.to_path_buf(),
         source,
@@ -254,8 +255,8 @@ fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<bool> {
     };
     let cur = std::fs::symlink_metadata(fs).map_err(set)?;
     if (cur.uid(), cur.gid()) == (meta.uid(), meta.gid()) {
-        return Ok(false);
+        return Ok(());
     }
     std::os::unix::fs::lchown(fs, Some(meta.uid()), Some(meta.gid())).map_err(set)?;
-    Ok(true)
+    snapshot_core::layout::fsync_dir(fs)
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use snapshot_core::{Result, Snapshotter};
 use snapshot_overlay::{OverlayConfig, OverlaySnapshotter};
-use snapshot_testsuite::powercut::{power_cut, Fs};
+use snapshot_testsuite::powercut::{
+    power_cut, power_cut_keeps_the_parents_owner, writable_dir, Fs,
+};
 use snapshot_testsuite::privileged::require_privileged_with_tools;
 
 fn open(root: &Path) -> Result<Box<dyn Snapshotter>> {
@@ -56,5 +58,19 @@ fn sync_option_flushes_the_layer_at_commit() {
 fn power_cut_on_xfs() {
     if require_privileged_with_tools("overlay::power_cut_on_xfs", &["mkfs.xfs", "losetup"]) {
         power_cut(Fs::Xfs, &open);
+    }
+}
+
+#[test]
+fn power_cut_keeps_the_parents_owner_on_btrfs() {
+    if require_privileged_with_tools("overlay::owner_on_btrfs", &["mkfs.btrfs", "losetup"]) {
+        power_cut_keeps_the_parents_owner(Fs::Btrfs, &open, &writable_dir);
+    }
+}
+
+#[test]
+fn power_cut_keeps_the_parents_owner_on_xfs() {
+    if require_privileged_with_tools("overlay::owner_on_xfs", &["mkfs.xfs", "losetup"]) {
+        power_cut_keeps_the_parents_owner(Fs::Xfs, &open, &writable_dir);
     }
 }

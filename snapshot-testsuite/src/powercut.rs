@@ -80,13 +80,7 @@ pub fn power_cut(fs: Fs, open: Opener<'_>) {
     sn.view("view", "committed", &opts).expect("view");
     sn.prepare("removed", "", &opts).expect("prepare removed");
     sn.remove("removed").expect("remove");
-    let after = image.cut(tmp.path());
-    let _ = sn.close();
-    drop(sn);
-    drop(mnt);
-    drop(image);
-
-    let mnt = after.mount(&tmp.path().join("mnt-copy"));
+    let mnt = cut_and_mount(tmp.path(), image, mnt, sn);
     let root = mnt.join("root");
     let sn = open(&root).unwrap_or_else(|e| panic!("open after the power cut on {fs:?}: {e}"));
     for (key, kind) in [
@@ -156,12 +150,7 @@ pub fn power_cut_keeps_copied_data(fs: Fs, open: Opener<'_>, layer_dir: LayerDir
         .strip_prefix(&*mnt)
         .expect("the child is under the mount")
         .to_path_buf();
-    let after = image.cut(tmp.path());
-    let _ = sn.close();
-    drop(sn);
-    drop(mnt);
-    drop(image);
-    let mnt = after.mount(&tmp.path().join("mnt-copy"));
+    let mnt = cut_and_mount(tmp.path(), image, mnt, sn);
     let sn = open(&mnt.join("root")).expect("open after the power cut");
     assert!(sn.stat("child").is_ok(), "{fs:?}: the child is lost");
     let got = std::fs::read(mnt.join(&child).join("data")).unwrap_or_default();
@@ -171,6 +160,64 @@ pub fn power_cut_keeps_copied_data(fs: Fs, open: Opener<'_>, layer_dir: LayerDir
         got.len(),
         data.len()
     );
+    sn.close().expect("close");
+}
+
+/// A power cut right after Prepares on a parent whose layer belongs to a user keeps the
+/// owner each new layer took from it (overlay's upper directory takes its parent's owner,
+/// as containerd's does). The parent's layer is chowned to 1000:1000 before its commit;
+/// [`ACTIVES`] children are prepared on it (enough that a store making trees ahead hands
+/// out some it made before the parent existed), then the image is cut; after the cut every
+/// child's writable directory must still belong to 1000:1000.
+///
+/// # Panics
+/// When a step fails or the copy lost an owner.
+pub fn power_cut_keeps_the_parents_owner(fs: Fs, open: Opener<'_>, layer_dir: LayerDir<'_>) {
+    use std::os::unix::fs::MetadataExt;
+    const OWNER: u32 = 1000;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let image = Image::new(tmp.path(), "live", fs);
+    let mnt = image.mount(&tmp.path().join("mnt"));
+    let root = mnt.join("root");
+    let sn = open(&root).unwrap_or_else(|e| panic!("open on {fs:?}: {e}"));
+    let opts = CreateOptions::default();
+    let m = sn.prepare("base-a", "", &opts).expect("prepare base-a");
+    let base = layer_dir(&root, &m);
+    std::os::unix::fs::chown(&base, Some(OWNER), Some(OWNER)).expect("chown the layer");
+    sn.commit("base", "base-a", &CommitOptions::default())
+        .expect("commit base");
+    let mut children = Vec::new();
+    for i in 0..ACTIVES {
+        let key = format!("child-{i}");
+        let m = sn
+            .prepare(&key, "base", &opts)
+            .unwrap_or_else(|e| panic!("prepare {key}: {e}"));
+        let dir = layer_dir(&root, &m);
+        let owner = std::fs::metadata(&dir).map(|md| (md.uid(), md.gid()));
+        assert_eq!(
+            owner.ok(),
+            Some((OWNER, OWNER)),
+            "{fs:?}: {key} before the cut"
+        );
+        let rel = dir
+            .strip_prefix(&*mnt)
+            .expect("under the mount")
+            .to_path_buf();
+        children.push((key, rel));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mnt = cut_and_mount(tmp.path(), image, mnt, sn);
+    let sn = open(&mnt.join("root")).expect("open after the power cut");
+    for (key, rel) in &children {
+        assert!(sn.stat(key).is_ok(), "{fs:?}: {key} lost in the power cut");
+        let md = std::fs::metadata(mnt.join(rel))
+            .unwrap_or_else(|e| panic!("{fs:?}: {key}'s directory after the cut: {e}"));
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (OWNER, OWNER),
+            "{fs:?}: {key}'s layer lost its parent's owner in the power cut"
+        );
+    }
     sn.close().expect("close");
 }
 
@@ -349,6 +396,17 @@ impl Image {
 }
 
 /// A loop-mounted image; unmounted on drop, which frees the loop device.
+/// Cuts the power under `sn` (see [`Image::cut`]), then closes it and unmounts the live
+/// image; mounts the copy at `<dir>/mnt-copy`.
+fn cut_and_mount(dir: &Path, image: Image, mnt: Mounted, sn: Box<dyn Snapshotter>) -> Mounted {
+    let after = image.cut(dir);
+    let _ = sn.close();
+    drop(sn);
+    drop(mnt);
+    drop(image);
+    after.mount(&dir.join("mnt-copy"))
+}
+
 struct Mounted {
     target: PathBuf,
     dev: String,

@@ -197,6 +197,7 @@ pub fn choose_backend(configured: Option<Backend>, root: &Path) -> Backend {
 /// A message saying what failed (backend, socket, runtime); the socket is removed and
 /// the store closed on every path that opened them.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    raise_open_file_limit();
     let mut backend = choose_backend(config.backend, &config.root);
     let options = config.options.to_options();
     let opened = match snapshots::open(backend, &config.root, &options) {
@@ -228,6 +229,28 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     log::info!("stopped");
     result
+}
+
+/// Raises the soft limit on open files to the hard one, as containerd does: every client
+/// connection and every walk of a tree (Usage, a removal) holds descriptors, and the usual
+/// soft limit of 1024 is reached by a few hundred clients.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => log::debug!("open file limit raised to {:?}", lim.maximum),
+        Err(e) => log::warn!(
+            "cannot raise the open file limit from {:?}: {e}",
+            lim.current
+        ),
+    }
 }
 
 /// Warns about options that do nothing for the chosen backend.

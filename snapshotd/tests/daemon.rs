@@ -373,3 +373,47 @@ fn snapshotctl_mounts_and_default_backend_is_overlay() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_file_limits(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().into(), f.next().unwrap().into())
+}
+
+#[test]
+fn the_daemon_raises_its_open_file_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("snapshotd.sock");
+    std::fs::write(dir.path().join("empty.toml"), "").unwrap();
+    // Started with a soft limit of 256 under a hard one of 4096.
+    let child = Command::new("prlimit")
+        .arg("--nofile=256:4096")
+        .arg("--")
+        .arg(SNAPSHOTD)
+        .arg("--backend")
+        .arg("native")
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--address")
+        .arg(&socket)
+        .arg("--config")
+        .arg(dir.path().join("empty.toml"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("NOTIFY_SOCKET")
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let mut child = ChildGuard::new(child);
+    assert!(wait_for(&socket, Duration::from_secs(20)), "no socket");
+    assert_eq!(
+        open_file_limits(child.pid()),
+        ("4096".to_string(), "4096".to_string())
+    );
+    let st = child.signal_and_wait(Signal::TERM, Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+}
