@@ -4,7 +4,7 @@
 //! run on the same filesystem with rustix and heed directly.
 //!
 //! ```sh
-//! snapshot-bench --root DIR [--backend native|overlay|btrfs] [--quick] [--json FILE]
+//! snapshot-bench --root DIR [--backend native|overlay|btrfs] [--quick] [--only W,...] [--json FILE]
 //! ```
 //!
 //! It mounts (the chain writes through the snapshot's mounts, as an unpack does), so it
@@ -23,7 +23,7 @@ use snapshots::Backend;
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// A bad command line.
-    #[error("{0}\nusage: snapshot-bench --root DIR [--backend native|overlay|btrfs] [--quick] [--json FILE]")]
+    #[error("{0}\nusage: snapshot-bench --root DIR [--backend native|overlay|btrfs] [--quick] [--only W,...] [--json FILE]")]
     Usage(String),
     /// A snapshotter call failed.
     #[error("{what}: {source}")]
@@ -87,6 +87,19 @@ pub struct Args {
     pub backend: Backend,
     pub quick: bool,
     pub json: Option<PathBuf>,
+    /// The workloads to run (`chain`, `meta`, `store`, `big-tree`, `concurrent`,
+    /// `scale`); empty for all.
+    pub only: Vec<String>,
+}
+
+/// The workloads `--only` can name.
+pub const WORKLOADS: [&str; 6] = ["chain", "meta", "store", "big-tree", "concurrent", "scale"];
+
+impl Args {
+    /// Whether the workload `name` runs.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == name)
+    }
 }
 
 fn parse_args() -> Result<Args> {
@@ -94,6 +107,7 @@ fn parse_args() -> Result<Args> {
     let mut backend = Backend::Overlay;
     let mut quick = false;
     let mut json = None;
+    let mut only = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -108,6 +122,18 @@ fn parse_args() -> Result<Args> {
             }
             "--quick" => quick = true,
             "--json" => json = it.next().map(PathBuf::from),
+            "--only" => {
+                let list = it.next().unwrap_or_default();
+                for w in list.split(',') {
+                    if !WORKLOADS.contains(&w) {
+                        return Err(BenchError::Usage(format!(
+                            "--only: unknown workload {w:?}; the workloads are {}",
+                            WORKLOADS.join(", ")
+                        )));
+                    }
+                    only.push(w.to_string());
+                }
+            }
             "-h" | "--help" => return Err(BenchError::Usage(String::new())),
             other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
         }
@@ -118,6 +144,7 @@ fn parse_args() -> Result<Args> {
         backend,
         quick,
         json,
+        only,
     })
 }
 
@@ -315,6 +342,7 @@ mod tests {
             backend: Backend::Native,
             quick: true,
             json: None,
+            only: Vec::new(),
         };
         let rows = vec![
             Row::new("chain", "prepare \"on\" parent", vec![us(10)], Some(us(5))),

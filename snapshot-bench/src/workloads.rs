@@ -157,12 +157,24 @@ pub fn all(args: &Args) -> Result<Vec<Row>> {
         println!("-- through the {}", via.name());
         VIA.with(|v| v.set(via));
         let start = rows.len();
-        rows.extend(chain(args, &s, prepare_floor, lmdb.write)?);
-        rows.extend(meta(args, &s, prepare_floor, lmdb)?);
-        rows.extend(store(args, &s, lmdb.read, lmdb.write)?);
-        rows.extend(big_tree(args, &s)?);
-        rows.extend(concurrent(args, &s)?);
-        rows.extend(scale(args, &s)?);
+        if args.runs("chain") {
+            rows.extend(chain(args, &s, prepare_floor, lmdb.write)?);
+        }
+        if args.runs("meta") {
+            rows.extend(meta(args, &s, prepare_floor, lmdb)?);
+        }
+        if args.runs("store") {
+            rows.extend(store(args, &s, lmdb.read, lmdb.write)?);
+        }
+        if args.runs("big-tree") {
+            rows.extend(big_tree(args, &s)?);
+        }
+        if args.runs("concurrent") {
+            rows.extend(concurrent(args, &s)?);
+        }
+        if args.runs("scale") {
+            rows.extend(scale(args, &s)?);
+        }
         for r in &mut rows[start..] {
             r.via = via.name();
         }

@@ -553,7 +553,9 @@ impl<S: Storage> SnapshotStore<S> {
     }
 
     fn discard(&self, tree: &Path) {
-        if std::fs::symlink_metadata(tree).is_err() {
+        // After a failed flush the latest transactions may or may not be on the disk:
+        // nothing they may have recorded is deleted; the next open's sweep sorts it out.
+        if self.store.flush_failed() || std::fs::symlink_metadata(tree).is_err() {
             return;
         }
         if let Err(e) = self.storage.delete(tree) {

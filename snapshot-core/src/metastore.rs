@@ -17,6 +17,16 @@
 //! does, a single transaction larger than half the map, is aborted with Unavailable after
 //! the map has grown, and the caller retries.)
 //!
+//! A durable store (without `no_sync`) returns from [`MetaStore::write`] only once the
+//! transaction is on the disk. Concurrent writers share the flush that puts it there
+//! (group commit): each commit flushes its data pages under the writer lock, as LMDB
+//! always does, and the meta page that makes it current is flushed after the lock is
+//! released, once for every writer that committed meanwhile. A transaction is visible to
+//! reads from its commit, up to one flush before its writer is told it is durable; a
+//! writer that depends on it (a Prepare on a layer just committed) is acknowledged only
+//! after a flush that covers both. A flush that fails stops the store (every call then
+//! fails with Unavailable until it is reopened).
+//!
 //! ```
 //! use snapshot_core::metastore::{MetaStore, Reader, StoreOptions};
 //! use snapshot_core::{Kind, Labels, Usage, CommitOptions};
@@ -128,6 +138,115 @@ pub struct MetaStore {
     // after the id: a concurrent create must never get the same id.
     issued: AtomicU64,
     writer: std::sync::Mutex<()>,
+    // The shared flush of a durable store (None with `no_sync`).
+    flusher: Option<Flusher>,
+}
+
+/// Group commit: a durable store commits its transactions with LMDB's `NO_META_SYNC`
+/// (the data pages are flushed before the meta page is written, as always, but the meta
+/// page is not flushed at commit), and each writer waits, after its commit and outside
+/// the writer lock, for a flush of the data file that covers its meta page. One flush
+/// serves every writer that committed before it started, so concurrent writers share it;
+/// a single writer pays what a synchronous commit costs. A transaction is visible to other
+/// calls from its commit, and acknowledged only once flushed.
+///
+/// A failed flush leaves the latest commits visible but perhaps not on the disk, and the
+/// kernel may have dropped the pages it could not write: the store fails every call
+/// from then on (fail-stop) and the snapshotter must be reopened, which reads what the
+/// disk holds.
+#[derive(Default)]
+struct Flusher {
+    state: std::sync::Mutex<FlushState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    // Transactions committed, and how many of them a finished flush covers.
+    committed: u64,
+    flushed: u64,
+    running: bool,
+    failed: Option<String>,
+}
+
+impl Flusher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a commit (under the writer lock, so the numbers follow the commit order).
+    fn committed(&self) -> u64 {
+        let mut st = self.lock();
+        st.committed += 1;
+        st.committed
+    }
+
+    /// Returns once commit `seq` is flushed, running the flush (`sync`) itself when none
+    /// runs.
+    fn wait(&self, seq: u64, path: &Path, sync: impl Fn() -> Result<()>) -> Result<()> {
+        let mut st = self.lock();
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(failed_flush(path, e));
+            }
+            if st.flushed >= seq {
+                return Ok(());
+            }
+            if st.running {
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.running = true;
+            let target = st.committed;
+            drop(st);
+            let r = sync();
+            st = self.lock();
+            st.running = false;
+            match r {
+                Ok(()) => st.flushed = st.flushed.max(target),
+                // The store closed meanwhile, after flushing everything.
+                Err(_) if st.flushed >= seq => {}
+                Err(e) => {
+                    log::error!(
+                        "metastore {}: flushing to disk failed: {e}; the store stops",
+                        path.display()
+                    );
+                    st.failed = Some(e.to_string());
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// Records the flush of a closing store: it covers every commit.
+    fn close(&self, path: &Path, flushed: heed::Result<()>) {
+        let mut st = self.lock();
+        match flushed {
+            Ok(()) => st.flushed = st.committed,
+            Err(e) => {
+                log::error!(
+                    "metastore {}: flushing at close failed: {e}",
+                    path.display()
+                );
+                st.failed.get_or_insert(e.to_string());
+            }
+        }
+        self.done.notify_all();
+    }
+
+    fn failed(&self, path: &Path) -> Result<()> {
+        match &self.lock().failed {
+            Some(e) => Err(failed_flush(path, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn failed_flush(path: &Path, e: &str) -> Error {
+    Error::unavailable(format!(
+        "metastore {}: a flush to disk failed ({e}): the latest changes may be lost; check          the disk, then open the snapshotter again",
+        path.display()
+    ))
 }
 
 /// A read transaction with the store's databases.
@@ -178,11 +297,16 @@ impl MetaStore {
             }
         }
         wtxn.commit()?;
+        if !opts.no_sync {
+            // The open's own transaction left its meta page unflushed.
+            env.force_sync()?;
+        }
         Ok(MetaStore {
             path: dir.to_path_buf(),
             inner: RwLock::new(Some(Open { env, dbs })),
             issued: AtomicU64::new(0),
             writer: std::sync::Mutex::new(()),
+            flusher: (!opts.no_sync).then(Flusher::default),
         })
     }
 
@@ -196,6 +320,7 @@ impl MetaStore {
     /// # Errors
     /// Unavailable after [`close`](Self::close); whatever `f` returns.
     pub fn read<T>(&self, f: impl FnOnce(&ReadTxn<'_>) -> Result<T>) -> Result<T> {
+        self.check_flushed()?;
         let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let open = guard.as_ref().ok_or_else(|| self.closed())?;
         let txn = ReadTxn {
@@ -215,6 +340,39 @@ impl MetaStore {
     /// the free half of the map (the map has grown meanwhile: retry); whatever `f` returns
     /// (the transaction is then aborted); Unknown when the commit fails.
     pub fn write<T>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
+        let (v, seq) = self.write_unflushed(f)?;
+        if let (Some(fl), Some(seq)) = (&self.flusher, seq) {
+            fl.wait(seq, &self.path, || self.force_sync())?;
+        }
+        Ok(v)
+    }
+
+    /// Whether a flush failed: the store then fails every call (see [`MetaStore::write`]).
+    pub fn flush_failed(&self) -> bool {
+        self.check_flushed().is_err()
+    }
+
+    fn check_flushed(&self) -> Result<()> {
+        match &self.flusher {
+            Some(fl) => fl.failed(&self.path),
+            None => Ok(()),
+        }
+    }
+
+    fn force_sync(&self) -> Result<()> {
+        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let open = guard.as_ref().ok_or_else(|| self.closed())?;
+        open.env
+            .force_sync()
+            .map_err(|e| Error::unknown(format!("flush {}", self.path.display())).with_source(e))
+    }
+
+    /// [`write`](Self::write) up to its commit; returns the commit's number for the flush.
+    fn write_unflushed<T>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<(T, Option<u64>)> {
+        self.check_flushed()?;
         // LMDB runs one writer at a time anyway; queueing here instead means the headroom
         // seen below is not used up by writers that checked it at the same moment.
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +387,7 @@ impl MetaStore {
             };
             let res = f(&mut txn).and_then(|v| {
                 txn.txn.commit()?;
-                Ok(v)
+                Ok((v, self.flusher.as_ref().map(Flusher::committed)))
             });
             match res {
                 Err(e) if is_map_full(&e) => open.env.info().map_size,
@@ -278,6 +436,11 @@ impl MetaStore {
     /// Closes the store; every later call returns Unavailable. Closing twice is fine.
     pub fn close(&self) -> Result<()> {
         let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let (Some(open), Some(fl)) = (guard.as_ref(), &self.flusher) {
+            // Writers waiting for their flush find it done (theirs would find the store
+            // closed).
+            fl.close(&self.path, open.env.force_sync());
+        }
         if let Some(open) = guard.take() {
             // Waits for nothing: the write lock means no transaction is live.
             open.env.prepare_for_closing();
@@ -398,6 +561,11 @@ fn open_env(dir: &Path, opts: &StoreOptions) -> Result<Env<WithoutTls>> {
         // SAFETY: NO_SYNC only drops the fsync at commit; it is unsafe in heed because it
         // voids durability across power loss, which the option documents.
         unsafe { options.flags(EnvFlags::NO_SYNC) };
+    } else {
+        // SAFETY: NO_META_SYNC drops only the flush of the meta page at commit (the data
+        // pages are still flushed before the meta page is written, so the file stays
+        // consistent); MetaStore::write flushes it before the call returns (Flusher).
+        unsafe { options.flags(EnvFlags::NO_META_SYNC) };
     }
     // SAFETY: see the function comment.
     match unsafe { options.open(dir) } {
@@ -1053,5 +1221,120 @@ fn parent_error(e: Error, parent: &str) -> Error {
         ))
     } else {
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn one_flush_serves_every_writer_that_committed_before_it() {
+        let fl = Arc::new(Flusher::default());
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let path = Path::new("/m");
+        // Commits 1..=4, then four writers wait at once; the first flush is held until
+        // all four are waiting, so it covers all four.
+        let seqs: Vec<u64> = (0..4).map(|_| fl.committed()).collect();
+        let start = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = seqs
+            .into_iter()
+            .map(|seq| {
+                let (fl, syncs, start) = (fl.clone(), syncs.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    fl.wait(seq, path, || {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        syncs.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            syncs.load(Ordering::SeqCst),
+            1,
+            "one flush for four commits"
+        );
+        // A commit after the flush needs a flush of its own.
+        let seq = fl.committed();
+        fl.wait(seq, path, || {
+            syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(syncs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_failed_flush_fails_that_writer_and_every_later_call() {
+        let fl = Flusher::default();
+        let path = Path::new("/m");
+        let seq = fl.committed();
+        let err = fl
+            .wait(seq, path, || Err(Error::unknown("EIO")))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.to_string().contains("/m"), "{err}");
+        assert!(
+            err.to_string().contains("open the snapshotter again"),
+            "{err}"
+        );
+        assert!(fl.failed(path).is_err());
+        // Later writers fail without trying to flush again.
+        let seq = fl.committed();
+        let tried = AtomicUsize::new(0);
+        assert!(fl
+            .wait(seq, path, || {
+                tried.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .is_err());
+        assert_eq!(tried.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_store_closing_after_its_flush_lets_waiting_writers_succeed() {
+        let fl = Flusher::default();
+        let path = Path::new("/m");
+        let seq = fl.committed();
+        fl.close(path, Ok(()));
+        // The writer's own flush finds the store closed; close's flush covered it.
+        fl.wait(seq, path, || Err(Error::unavailable("closed")))
+            .unwrap();
+        assert!(fl.failed(path).is_ok());
+    }
+
+    #[test]
+    fn a_durable_write_is_acknowledged_only_once_flushed_and_reads_see_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let labels = Labels::new();
+        store
+            .write(|tx| tx.create(Kind::Active, "a", "", &labels))
+            .unwrap();
+        let fl = store.flusher.as_ref().expect("a durable store flushes");
+        let st = fl.lock();
+        assert_eq!(
+            st.flushed, st.committed,
+            "every acknowledged commit is flushed"
+        );
+        assert!(st.committed >= 1);
+        drop(st);
+        assert!(store.read(|tx| tx.info("a")).is_ok());
+        let nosync = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            no_sync: true,
+            ..StoreOptions::default()
+        };
+        assert!(MetaStore::open(nosync.path(), &opts)
+            .unwrap()
+            .flusher
+            .is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--json FILE]`: builds a
+//! `cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--only W,...] [--json FILE]`: builds a
 //! fresh image (journaled ext4; btrfs for the btrfs backend), mounts it under
 //! `target/test-mounts`, runs `snapshot-bench` (release) on it with the same arguments,
 //! and unmounts, also after a failure or SIGINT/SIGTERM. The root filesystem of a
@@ -8,7 +8,7 @@
 use crate::images::{self, Mounted};
 use crate::util::{self, Result, XtaskError};
 
-const USAGE: &str = "usage: cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--json FILE]\n       cargo xtask bench --against containerd [--quick] [--json FILE]";
+const USAGE: &str = "usage: cargo xtask bench [--backend native|overlay|btrfs] [--quick] [--only W,...] [--json FILE]\n       cargo xtask bench --against containerd [--quick] [--json FILE]";
 
 /// Size of the sparse benchmark image.
 const IMAGE_SIZE: u64 = 8 << 30;
@@ -30,6 +30,14 @@ pub fn run(args: &[String]) -> Result {
                 })?;
             }
             "--quick" => pass.push(a.clone()),
+            "--only" => {
+                let list = it.next().ok_or(XtaskError::Usage {
+                    command: "bench",
+                    problem: "--only needs workloads: chain, meta, store, big-tree, concurrent, scale (comma-separated)",
+                })?;
+                pass.push(a.clone());
+                pass.push(list.clone());
+            }
             "--against" => match it.next().map(String::as_str) {
                 Some("containerd") => against = Some("containerd"),
                 _ => {
