@@ -32,27 +32,9 @@ pub struct Lmdb {
 /// Measures [`Lmdb`] `n` times in `<dir>/floor-lmdb`.
 pub fn lmdb(dir: &Path, n: usize) -> Result<Lmdb> {
     let path = dir.join("floor-lmdb");
-    std::fs::create_dir_all(&path).map_err(io_err("create", &path))?;
     let err = lmdb_err(&path);
-    // SAFETY: the environment is this function's own, opened once, in its own directory.
-    let env = unsafe {
-        EnvOpenOptions::new()
-            .map_size(64 << 20)
-            .max_dbs(1)
-            .open(&path)
-    }
-    .map_err(&err)?;
-    let mut wtxn = env.write_txn().map_err(&err)?;
-    let db: Database<Bytes, Bytes> = env.create_database(&mut wtxn, None).map_err(&err)?;
-    wtxn.commit().map_err(&err)?;
+    let (env, db) = warm_env(&path, n)?;
     let value = vec![7u8; 200];
-    // Warm up first, as the stores are warm: a fresh file grows with its first pages.
-    for i in 0..n as u64 {
-        let mut w = env.write_txn().map_err(&err)?;
-        db.put(&mut w, &(u64::MAX - i).to_be_bytes(), &value)
-            .map_err(&err)?;
-        w.commit().map_err(&err)?;
-    }
     let mut writes = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let t = Instant::now();
@@ -76,6 +58,62 @@ pub fn lmdb(dir: &Path, n: usize) -> Result<Lmdb> {
         write: median(writes),
         read: median(reads),
     })
+}
+
+/// A fresh LMDB environment in `path` with one database, warmed with `n` 200-byte puts,
+/// each in a durable transaction, as the stores are warm (a fresh file grows with its
+/// first pages).
+fn warm_env(path: &Path, n: usize) -> Result<(heed::Env, Database<Bytes, Bytes>)> {
+    std::fs::create_dir_all(path).map_err(io_err("create", path))?;
+    let err = lmdb_err(path);
+    // SAFETY: the environment is its caller's own, opened once, in its own directory.
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .map_size(64 << 20)
+            .max_dbs(1)
+            .open(path)
+    }
+    .map_err(&err)?;
+    let mut wtxn = env.write_txn().map_err(&err)?;
+    let db: Database<Bytes, Bytes> = env.create_database(&mut wtxn, None).map_err(&err)?;
+    wtxn.commit().map_err(&err)?;
+    let value = vec![7u8; 200];
+    for i in 0..n as u64 {
+        let mut w = env.write_txn().map_err(&err)?;
+        db.put(&mut w, &(u64::MAX - i).to_be_bytes(), &value)
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+    }
+    Ok((env, db))
+}
+
+/// What one durable LMDB write transaction takes right after 10 small files were written
+/// in a new directory on the same filesystem (as a layer is, just before its Commit), `n`
+/// times: on ext4 its fdatasync commits the journal, which then holds those files too.
+pub fn lmdb_after_writes(dir: &Path, n: usize) -> Result<Vec<Duration>> {
+    let path = dir.join("floor-lmdb-after");
+    let err = lmdb_err(&path);
+    let (env, db) = warm_env(&path, n)?;
+    let value = vec![7u8; 200];
+    let files = dir.join("floor-layers");
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let layer = files.join(i.to_string());
+        std::fs::create_dir_all(&layer).map_err(io_err("create", &layer))?;
+        for f in 0..10 {
+            let p = layer.join(format!("f{f}"));
+            std::fs::write(&p, b"l").map_err(io_err("write", &p))?;
+        }
+        let t = Instant::now();
+        let mut w = env.write_txn().map_err(&err)?;
+        db.put(&mut w, &i.to_be_bytes(), &value).map_err(&err)?;
+        w.commit().map_err(&err)?;
+        v.push(t.elapsed());
+    }
+    drop(env);
+    let _ = std::fs::remove_dir_all(&path);
+    let _ = std::fs::remove_dir_all(&files);
+    Ok(v)
 }
 
 /// Median of what publishing a new snapshot's tree takes: `mkdir` of a staging directory

@@ -218,6 +218,12 @@ fn chain(
         Row::new("chain", "commit of 10 files", commit, Some(write_floor)),
         Row::new(
             "chain",
+            "raw: durable txn after 10 files written",
+            floors::lmdb_after_writes(&args.root.join("floors"), s.chain)?,
+            Some(write_floor),
+        ),
+        Row::new(
+            "chain",
             "layer (prepare, mount, write, commit)",
             layer,
             None,

@@ -182,14 +182,21 @@ fn mount_bind(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
 ///
 /// Probes without side effects: a `lowerdir+` of a missing path is ENOENT on kernels that
 /// know the key, EINVAL on 6.5 to 6.7, and accepted (checked only at create) before 6.5.
+/// The answer is kept for the process (the probe costs more than a mount); a kernel
+/// without overlay loaded yet is asked again next time.
 pub fn overlay_supports_lowerdir_plus() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(known) = PROBED.get() {
+        return *known;
+    }
     let Ok(fs) = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
         return false;
     };
-    matches!(
+    let plus = matches!(
         rustix::mount::fsconfig_set_string(&fs, "lowerdir+", "/nonexistent-snapshot-probe"),
         Err(Errno::NOENT)
-    )
+    );
+    *PROBED.get_or_init(|| plus)
 }
 
 /// Overlay data options split into the layers and the rest.
