@@ -368,6 +368,7 @@ fn big_tree(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
     let sn = open(args, "big")?;
     let target = args.root.join("big-mnt");
     let (mut usage, mut walk_floor, mut remove) = (Vec::new(), Vec::new(), Vec::new());
+    let mut serial = Vec::new();
     for rep in 0..s.reps.min(3) {
         let key = format!("big-{rep}");
         let m = sn
@@ -381,7 +382,15 @@ fn big_tree(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
             usage.push(t);
         }
         match own_tree(&m) {
-            Some(tree) => walk_floor.push(floors::walk(&tree)?),
+            Some(tree) => {
+                walk_floor.push(floors::walk(&tree)?);
+                // The same walk as Usage's, on one thread: what the parallel walk gains.
+                for _ in 0..s.reps {
+                    let (r, t) = timed(|| snapshots::usage::usage_with(&tree, 1));
+                    r.doing(|| format!("serial usage walk of {}", tree.display()))?;
+                    serial.push(t);
+                }
+            }
             None => walk_floor.push(through_mount(&m, &target, floors::walk)?),
         }
         let (r, t) = timed(|| {
@@ -399,20 +408,28 @@ fn big_tree(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
     let remove_floor = floors::remove(&scratch, s.files)?;
     walk_floor.sort_unstable();
     let n = s.files;
-    Ok(vec![
-        Row::new(
+    let floor = walk_floor[walk_floor.len() / 2];
+    let mut rows = vec![Row::new(
+        "usage",
+        format!("usage of {n} files"),
+        usage,
+        Some(floor),
+    )];
+    if !serial.is_empty() {
+        rows.push(Row::new(
             "usage",
-            format!("usage of {n} files"),
-            usage,
-            Some(walk_floor[walk_floor.len() / 2]),
-        ),
-        Row::new(
-            "remove",
-            format!("remove + cleanup of {n} files"),
-            remove,
-            Some(remove_floor),
-        ),
-    ])
+            "raw: the same walk on one thread",
+            serial,
+            Some(floor),
+        ));
+    }
+    rows.extend([Row::new(
+        "remove",
+        format!("remove + cleanup of {n} files"),
+        remove,
+        Some(remove_floor),
+    )]);
+    Ok(rows)
 }
 
 /// `concurrent`: several clients each building a chain at once, against one client.

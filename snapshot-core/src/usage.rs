@@ -36,8 +36,12 @@ pub fn disk_usage(root: &Path) -> Result<Usage> {
     usage_with(root, walkers())
 }
 
-/// [`disk_usage`] with up to `threads` walking threads.
-fn usage_with(root: &Path, threads: usize) -> Result<Usage> {
+/// [`disk_usage`] with up to `threads` walking threads (1: on the calling thread alone;
+/// [`disk_usage`] uses the CPUs this process may run on, at most 4).
+///
+/// # Errors
+/// As [`disk_usage`].
+pub fn usage_with(root: &Path, threads: usize) -> Result<Usage> {
     let meta = statat(CWD, root, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| match e {
         Errno::NOENT => Error::not_found(format!("usage of {}: no such directory", root.display())),
         e => Error::io("stat", root, e.into()),
