@@ -1,0 +1,273 @@
+//! Garbage collection, as containerd's (`metadata/gc.go`, `metadata/db.go`), without its
+//! long lock: the mark and the removal of unreachable records run in one metadata write
+//! transaction; the backend's snapshots that no record names are then removed one by one,
+//! leaves first, outside any transaction, skipping those a running call pinned.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use snapshot_core::{ErrorKind, Info, Result};
+
+use crate::layer::Metadata;
+use crate::store::{Reader, Record};
+
+/// The label that makes a snapshot a root of the collection (any non-empty value).
+pub const ROOT_LABEL: &str = "containerd.io/gc.root";
+/// The prefix of the labels that reference another snapshot of the same namespace:
+/// `containerd.io/gc.ref.snapshot.<snapshotter>[/<anything>]` = the referenced key.
+pub const REF_PREFIX: &str = "containerd.io/gc.ref.snapshot.";
+
+/// What a collection removed (or, for a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collection {
+    /// Records removed: (namespace, key), sorted.
+    pub records: Vec<(String, String)>,
+    /// Backend snapshots removed (backend keys), in the order they were removed.
+    pub backend: Vec<String>,
+    /// Backend snapshots left because a call was using them or the backend refused
+    /// (a parent of a snapshot kept), with the reason.
+    pub kept: Vec<(String, String)>,
+    /// How long the metadata transaction (mark and record removal) took.
+    pub metadata_time: Duration,
+    /// How long the whole collection took.
+    pub total_time: Duration,
+}
+
+/// The snapshots of `ns` that `rec` keeps alive: its parent and its references.
+fn references<'a>(rec: &'a Record, snapshotter: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let parent = (!rec.parent.is_empty()).then_some(rec.parent.as_str());
+    let refs = rec.labels.iter().filter_map(move |(k, v)| {
+        let rest = k.strip_prefix(REF_PREFIX)?;
+        let sn = rest.split('/').next().unwrap_or("");
+        (sn == snapshotter && !v.is_empty()).then_some(v.as_str())
+    });
+    parent.into_iter().chain(refs)
+}
+
+/// (namespace, key) pairs.
+type Keys = HashSet<(String, String)>;
+
+/// Every record, and the (namespace, key) of those no root reaches.
+fn mark<R: Reader>(tx: &R, snapshotter: &str) -> Result<(Vec<Record>, Keys)> {
+    let mut all = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let batch = tx.batch(None, after.as_deref(), 1000)?;
+        let Some((last, _)) = batch.last() else { break };
+        after = Some(last.clone());
+        all.extend(batch.into_iter().map(|(_, r)| r));
+    }
+    let index: HashMap<(&str, &str), &Record> = all
+        .iter()
+        .map(|r| ((r.ns.as_str(), r.key.as_str()), r))
+        .collect();
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut stack: Vec<&Record> = all
+        .iter()
+        .filter(|r| r.labels.get(ROOT_LABEL).is_some_and(|v| !v.is_empty()))
+        .collect();
+    for r in &stack {
+        seen.insert((&r.ns, &r.key));
+    }
+    while let Some(r) = stack.pop() {
+        for k in references(r, snapshotter) {
+            if let Some(next) = index.get(&(r.ns.as_str(), k)) {
+                if seen.insert((&next.ns, &next.key)) {
+                    stack.push(next);
+                }
+            }
+        }
+    }
+    let unreachable = all
+        .iter()
+        .filter(|r| !seen.contains(&(r.ns.as_str(), r.key.as_str())))
+        .map(|r| (r.ns.clone(), r.key.clone()))
+        .collect();
+    Ok((all, unreachable))
+}
+
+/// The backend's snapshots, children before their parents (leaves first).
+fn leaves_first(infos: Vec<Info>) -> Vec<Info> {
+    let mut children: HashMap<String, Vec<usize>> = HashMap::new();
+    let names: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+    let mut roots = Vec::new();
+    for (n, i) in infos.iter().enumerate() {
+        if i.parent.is_empty() || !names.contains(i.parent.as_str()) {
+            roots.push(n);
+        } else {
+            children.entry(i.parent.clone()).or_default().push(n);
+        }
+    }
+    let mut order = Vec::with_capacity(infos.len());
+    // Iterative post-order.
+    let mut stack: Vec<(usize, bool)> = roots.into_iter().map(|n| (n, false)).collect();
+    while let Some((n, expanded)) = stack.pop() {
+        if expanded {
+            order.push(n);
+            continue;
+        }
+        stack.push((n, true));
+        if let Some(kids) = children.get(&infos[n].name) {
+            stack.extend(kids.iter().map(|&k| (k, false)));
+        }
+    }
+    let mut slots: Vec<Option<Info>> = infos.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|n| slots[n].take()).collect()
+}
+
+impl Metadata {
+    /// Collects garbage: removes every record no root reaches (roots are snapshots
+    /// labelled [`ROOT_LABEL`]; a snapshot reaches its parent and the snapshots its
+    /// [`REF_PREFIX`] labels name), then every backend snapshot no record names, leaves
+    /// first, then runs the backend's cleanup. The backend is swept only when something
+    /// was removed since the last sweep (or since open). Prepare, Commit and Stat wait
+    /// at most for the one metadata transaction.
+    ///
+    /// # Errors
+    /// A failed metadata transaction or backend walk; a backend removal that fails for
+    /// another reason than the snapshot having children ends the sweep with its error.
+    pub fn collect(&self) -> Result<Collection> {
+        self.run(false)
+    }
+
+    /// What [`collect`](Self::collect) would remove now, removing nothing.
+    ///
+    /// # Errors
+    /// As [`collect`](Self::collect).
+    pub fn plan(&self) -> Result<Collection> {
+        self.run(true)
+    }
+
+    fn run(&self, dry_run: bool) -> Result<Collection> {
+        let _one = self.collecting.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let mut out = Collection::default();
+        let snapshotter = self.snapshotter.clone();
+        let (all, unreachable) = if dry_run {
+            self.read(|tx| mark(tx, &snapshotter))?
+        } else {
+            self.write(|tx| {
+                let (all, unreachable) = mark(tx, &snapshotter)?;
+                for r in all
+                    .iter()
+                    .filter(|r| unreachable.contains(&(r.ns.clone(), r.key.clone())))
+                {
+                    if !r.parent.is_empty() {
+                        tx.unlink(&r.ns, &r.parent, &r.key)?;
+                    }
+                    tx.delete(&r.ns, &r.key)?;
+                }
+                Ok((all, unreachable))
+            })?
+        };
+        out.metadata_time = start.elapsed();
+        out.records = unreachable.iter().cloned().collect();
+        out.records.sort();
+        let dirty = if dry_run {
+            true
+        } else {
+            self.dirty.swap(false, Ordering::SeqCst)
+        };
+        if dirty || !out.records.is_empty() {
+            let swept = self
+                .sweep_backend(dry_run, &all, &unreachable, &mut out)
+                .and_then(|()| match (dry_run, self.backend.as_cleaner()) {
+                    (false, Some(c)) => c.cleanup(),
+                    _ => Ok(()),
+                });
+            if swept.is_err() && !dry_run {
+                // The next collection sweeps again.
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            swept?;
+        }
+        out.total_time = start.elapsed();
+        Ok(out)
+    }
+
+    fn sweep_backend(
+        &self,
+        dry_run: bool,
+        all: &[Record],
+        unreachable: &Keys,
+        out: &mut Collection,
+    ) -> Result<()> {
+        // The backend first, then the records: a snapshot the walk saw was made before it
+        // ended, so its maker pinned it, or recorded it, before the read below.
+        let mut infos = Vec::new();
+        self.backend.walk(&[], &mut |i: &Info| {
+            infos.push(i.clone());
+            Ok(())
+        })?;
+        let named: HashSet<String> = if dry_run {
+            all.iter()
+                .filter(|r| !unreachable.contains(&(r.ns.clone(), r.key.clone())))
+                .map(|r| r.bkey.clone())
+                .collect()
+        } else {
+            self.read(|tx| mark(tx, &self.snapshotter))?
+                .0
+                .into_iter()
+                .map(|r| r.bkey)
+                .collect()
+        };
+        for info in leaves_first(infos) {
+            if named.contains(&info.name) {
+                continue;
+            }
+            {
+                let mut p = self.pins();
+                if p.pinned.contains_key(&info.name) {
+                    out.kept
+                        .push((info.name, "in use by a running call".into()));
+                    continue;
+                }
+                if dry_run {
+                    out.backend.push(info.name);
+                    continue;
+                }
+                p.removing.insert(info.name.clone());
+            }
+            let r = self.backend.remove(&info.name);
+            self.pins().removing.remove(&info.name);
+            match r {
+                Ok(()) => out.backend.push(info.name),
+                Err(e) if e.is(ErrorKind::FailedPrecondition) || e.is(ErrorKind::NotFound) => {
+                    out.kept.push((info.name, e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapshot_core::Kind;
+
+    fn info(name: &str, parent: &str) -> Info {
+        let mut i = Info::new(Kind::Committed, name);
+        i.parent = parent.into();
+        i
+    }
+
+    #[test]
+    fn children_come_before_their_parents() {
+        let order: Vec<String> = leaves_first(vec![
+            info("a", ""),
+            info("b", "a"),
+            info("c", "b"),
+            info("d", "a"),
+            info("x", "gone"),
+        ])
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+        let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
+        assert_eq!(order.len(), 5);
+        assert!(pos("c") < pos("b") && pos("b") < pos("a") && pos("d") < pos("a"));
+    }
+}
