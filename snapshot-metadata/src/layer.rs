@@ -277,7 +277,7 @@ impl Namespaced {
             .filter(|t| !t.is_empty())
             .cloned();
         // The checks in containerd's order, and the sequence, before the backend is asked.
-        let (bkey, bparent) = self.md.write(|tx| {
+        let (bkey, bparent, known) = self.md.write(|tx| {
             if let Some(t) = &target {
                 if tx.record(ns, t)?.is_some() {
                     return Err(Error::already_exists(format!(
@@ -299,17 +299,27 @@ impl Namespaced {
                     .ok_or_else(|| parent_missing(ns, parent))?
                     .bkey
             };
+            let known = match &target {
+                Some(t) => tx.target(t, &bparent)?,
+                None => None,
+            };
             let seq = tx.next_seq(ns)?;
-            Ok((format!("{ns}/{seq}/{key}"), bparent))
+            Ok((format!("{ns}/{seq}/{key}"), bparent, known))
         })?;
         let pin = self
             .md
             .pin(&bkey)
             .expect("a fresh backend key is never being removed");
         let bopts = CreateOptions::with_labels(inherited_labels(&opts.labels));
-        let made = match kind {
-            Kind::View => self.md.backend.view(&bkey, &bparent, &bopts),
-            _ => self.md.backend.prepare(&bkey, &bparent, &bopts),
+        // A target committed on this backend (in any namespace): shared, not made again.
+        let mut shared = match (&target, known) {
+            (Some(t), Some(candidate)) => self.check_target(t, &bparent, &candidate)?,
+            _ => None,
+        };
+        let made = match (&shared, kind) {
+            (Some(_), _) => Err(Error::already_exists("a committed target exists")),
+            (None, Kind::View) => self.md.backend.view(&bkey, &bparent, &bopts),
+            (None, _) => self.md.backend.prepare(&bkey, &bparent, &bopts),
         };
         let now = SystemTime::now();
         let mut rec = Record {
@@ -330,7 +340,10 @@ impl Namespaced {
                         truncate_for_message(key)
                     )));
                 };
-                let (found, tpin) = self.find_target(t, &bparent)?;
+                let (found, tpin) = match shared.take() {
+                    Some(found) => found,
+                    None => self.find_target(t, &bparent)?,
+                };
                 rec.key = t.clone();
                 rec.bkey = found.name;
                 rec.created = found.created;
@@ -380,15 +393,42 @@ impl Namespaced {
         Ok(mounts)
     }
 
+    /// The backend key of `rec`'s parent (empty for none).
+    fn parent_bkey(&self, tx: &WriteTxn<'_>, rec: &Record) -> Result<String> {
+        if rec.parent.is_empty() {
+            return Ok(String::new());
+        }
+        Ok(tx
+            .record(&rec.ns, &rec.parent)?
+            .ok_or_else(|| parent_missing(&rec.ns, &rec.parent))?
+            .bkey)
+    }
+
+    /// The backend snapshot `candidate` (pinned) if it is committed, labelled with target
+    /// `t` and on `bparent`; None if it is not (any more).
+    fn check_target(
+        &self,
+        t: &str,
+        bparent: &str,
+        candidate: &str,
+    ) -> Result<Option<(Info, Pin<'_>)>> {
+        let Some(pin) = self.md.pin(candidate) else {
+            return Ok(None);
+        };
+        match self.md.backend.stat(candidate) {
+            Ok(i) if is_target(&i, t, bparent) => Ok(Some((i, pin))),
+            Ok(_) => Ok(None),
+            Err(e) if e.is(ErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The committed backend snapshot labelled with target `t` on `bparent`, pinned.
     fn find_target(&self, t: &str, bparent: &str) -> Result<(Info, Pin<'_>)> {
         let filter = format!("labels.\"{TARGET_LABEL}\"=={t},parent=={bparent:?}");
         let mut found = None;
         self.md.backend.walk(&[filter], &mut |i: &Info| {
-            let matches = i.kind == Kind::Committed
-                && i.labels.get(TARGET_LABEL).map(String::as_str) == Some(t)
-                && i.parent == bparent;
-            if matches && found.is_none() {
+            if is_target(i, t, bparent) && found.is_none() {
                 found = Some(i.clone());
             }
             Ok(())
@@ -403,6 +443,14 @@ impl Namespaced {
         let pin = self.md.pin(&info.name).ok_or_else(not_found)?;
         Ok((info, pin))
     }
+}
+
+/// Whether `i` is a committed snapshot labelled with target `t` on backend parent `bparent`
+/// (checked again here: a backend may ignore a Walk's filters).
+fn is_target(i: &Info, t: &str, bparent: &str) -> bool {
+    i.kind == Kind::Committed
+        && i.labels.get(TARGET_LABEL).map(String::as_str) == Some(t)
+        && i.parent == bparent
 }
 
 fn parent_missing(ns: &str, parent: &str) -> Error {
@@ -533,6 +581,13 @@ impl Snapshotter for Namespaced {
                     .collect(),
             })?;
             tx.delete(ns, key)?;
+            if let Some(t) = opts.labels.get(TARGET_LABEL).filter(|t| !t.is_empty()) {
+                let bparent = match &bopts.parent {
+                    p if !p.is_empty() => p.clone(),
+                    _ => self.parent_bkey(tx, &active)?,
+                };
+                tx.put_target(t, &bparent, &name_bkey)?;
+            }
             // Inside the transaction, as containerd: a failed backend commit records nothing.
             self.md.backend.commit(&name_bkey, &active.bkey, &bopts)
         })

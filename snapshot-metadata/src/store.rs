@@ -6,7 +6,10 @@
 //! every record holds its namespace and key in full and every lookup checks them):
 //! - `records`: `ns16 ‖ key16` → [`Record`];
 //! - `children`: `ns16 ‖ parent16 ‖ child16` → the child's key;
-//! - `seqs`: `ns16` → the next sequence number of the namespace (big-endian `u64`).
+//! - `seqs`: `ns16` → the next sequence number of the namespace (big-endian `u64`);
+//! - `targets`: `blake3(target ‖ 0 ‖ backend parent)` → the backend key of a committed
+//!   snapshot labelled with that remote-snapshot target, in any namespace (a hint: the
+//!   backend is asked before it is used).
 //!
 //! `ns16` and `key16` are the first 16 bytes of the blake3 hash of the namespace and of the
 //! key, so a namespace's records (and a parent's children) are one prefix.
@@ -49,6 +52,14 @@ pub(crate) fn record_key(ns: &str, key: &str) -> [u8; 32] {
     k
 }
 
+fn target_key(t: &str, bparent: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(t.as_bytes());
+    h.update(&[0]);
+    h.update(bparent.as_bytes());
+    *h.finalize().as_bytes()
+}
+
 fn child_key(ns: &str, parent: &str, child: &str) -> [u8; 48] {
     let mut k = [0; 48];
     k[..32].copy_from_slice(&record_key(ns, parent));
@@ -61,6 +72,7 @@ pub(crate) struct Dbs {
     records: Database<Bytes, Bytes>,
     children: Database<Bytes, Bytes>,
     seqs: Database<Bytes, Bytes>,
+    targets: Database<Bytes, Bytes>,
 }
 
 /// The open environment and its databases.
@@ -112,6 +124,7 @@ impl Db {
             records: env.create_database(&mut w, Some("records")).lmdb()?,
             children: env.create_database(&mut w, Some("children")).lmdb()?,
             seqs: env.create_database(&mut w, Some("seqs")).lmdb()?,
+            targets: env.create_database(&mut w, Some("targets")).lmdb()?,
         };
         w.commit().lmdb()?;
         Ok(Db { env, dbs })
@@ -139,6 +152,14 @@ pub(crate) trait Reader {
             )));
         }
         Ok(Some(rec))
+    }
+
+    /// The backend key last recorded for target `t` on backend parent `bparent`.
+    fn target(&self, t: &str, bparent: &str) -> Result<Option<String>> {
+        let (txn, dbs) = self.parts();
+        let raw = dbs.targets.get(txn, &target_key(t, bparent)).lmdb()?;
+        raw.map(|v| String::from_utf8(v.to_vec()).map_err(|_| damaged("target")))
+            .transpose()
     }
 
     /// Whether `key` has children in `ns`.
@@ -199,6 +220,13 @@ impl Reader for WriteTxn<'_> {
 }
 
 impl WriteTxn<'_> {
+    pub fn put_target(&mut self, t: &str, bparent: &str, bkey: &str) -> Result<()> {
+        self.dbs
+            .targets
+            .put(&mut self.txn, &target_key(t, bparent), bkey.as_bytes())
+            .lmdb()
+    }
+
     pub fn put(&mut self, rec: &Record) -> Result<()> {
         self.dbs
             .records
