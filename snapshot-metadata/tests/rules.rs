@@ -249,6 +249,16 @@ impl Rng {
     }
 }
 
+/// One snapshot of the generated forest, committed in order.
+struct Made {
+    ns: usize,
+    key: String,
+    parent: Option<usize>,
+    root: bool,
+    // The earlier snapshot a gc.ref label names.
+    reference: Option<usize>,
+}
+
 #[test]
 fn a_collection_removes_exactly_what_no_root_reaches() {
     const N: usize = 1000;
@@ -256,11 +266,10 @@ fn a_collection_removes_exactly_what_no_root_reaches() {
     let md = open(tmp.path());
     let spaces = [md.namespace("one").unwrap(), md.namespace("two").unwrap()];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    // (namespace index, key, parent, root, reference), committed in order.
-    let mut made: Vec<(usize, String, Option<usize>, bool, Option<usize>)> = Vec::new();
+    let mut made: Vec<Made> = Vec::new();
     for i in 0..N {
         let ns = rng.below(2) as usize;
-        let same: Vec<usize> = (0..made.len()).filter(|&j| made[j].0 == ns).collect();
+        let same: Vec<usize> = (0..made.len()).filter(|&j| made[j].ns == ns).collect();
         let pick =
             |rng: &mut Rng| (!same.is_empty()).then(|| same[rng.below(same.len() as u64) as usize]);
         let parent = if rng.below(3) > 0 {
@@ -282,11 +291,11 @@ fn a_collection_removes_exactly_what_no_root_reaches() {
         if let Some(r) = reference {
             l.insert(
                 format!("containerd.io/gc.ref.snapshot.overlayfs/{i}"),
-                made[r].1.clone(),
+                made[r].key.clone(),
             );
         }
         let sn = &spaces[ns];
-        let parent_key = parent.map(|p| made[p].1.clone()).unwrap_or_default();
+        let parent_key = parent.map(|p| made[p].key.clone()).unwrap_or_default();
         sn.prepare(&format!("{key}-a"), &parent_key, &opt())
             .unwrap();
         sn.commit(
@@ -298,15 +307,21 @@ fn a_collection_removes_exactly_what_no_root_reaches() {
             },
         )
         .unwrap();
-        made.push((ns, key, parent, root, reference));
+        made.push(Made {
+            ns,
+            key,
+            parent,
+            root,
+            reference,
+        });
     }
     // The reference: what the roots reach through parents and references.
     let mut keep: HashSet<usize> = HashSet::new();
-    let mut stack: Vec<usize> = (0..N).filter(|&i| made[i].3).collect();
+    let mut stack: Vec<usize> = (0..N).filter(|&i| made[i].root).collect();
     while let Some(i) = stack.pop() {
         if keep.insert(i) {
-            stack.extend(made[i].2);
-            stack.extend(made[i].4);
+            stack.extend(made[i].parent);
+            stack.extend(made[i].reference);
         }
     }
     assert!(
@@ -321,7 +336,7 @@ fn a_collection_removes_exactly_what_no_root_reaches() {
     let done = md.collect().unwrap();
     let expect: BTreeSet<(String, String)> = (0..N)
         .filter(|i| !keep.contains(i))
-        .map(|i| (spaces[made[i].0].name().to_string(), made[i].1.clone()))
+        .map(|i| (spaces[made[i].ns].name().to_string(), made[i].key.clone()))
         .collect();
     assert_eq!(
         done.records.iter().cloned().collect::<BTreeSet<_>>(),
@@ -331,8 +346,8 @@ fn a_collection_removes_exactly_what_no_root_reaches() {
     for (s, sn) in spaces.iter().enumerate() {
         let want: BTreeSet<String> = keep
             .iter()
-            .filter(|&&i| made[i].0 == s)
-            .map(|&i| made[i].1.clone())
+            .filter(|&&i| made[i].ns == s)
+            .map(|&i| made[i].key.clone())
             .collect();
         assert_eq!(names(sn), want);
     }
