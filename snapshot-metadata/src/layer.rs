@@ -79,6 +79,8 @@ pub struct Metadata {
     pub(crate) dirty: AtomicBool,
     // One collection at a time.
     pub(crate) collecting: Mutex<()>,
+    // Changes, for the scheduler.
+    pub(crate) events: crate::scheduler::Events,
     closed: AtomicBool,
     path: PathBuf,
 }
@@ -127,6 +129,7 @@ impl Metadata {
             pins: Mutex::default(),
             dirty: AtomicBool::new(true),
             collecting: Mutex::new(()),
+            events: Default::default(),
             closed: AtomicBool::new(false),
             path: dir.to_path_buf(),
         }))
@@ -390,6 +393,7 @@ impl Namespaced {
             }
             return Err(e);
         }
+        self.md.events.changed(false);
         Ok(mounts)
     }
 
@@ -590,7 +594,9 @@ impl Snapshotter for Namespaced {
             }
             // Inside the transaction, as containerd: a failed backend commit records nothing.
             self.md.backend.commit(&name_bkey, &active.bkey, &bopts)
-        })
+        })?;
+        self.md.events.changed(false);
+        Ok(())
     }
 
     fn remove(&self, key: &str) -> Result<()> {
@@ -610,6 +616,7 @@ impl Snapshotter for Namespaced {
         })?;
         // The backend's snapshot goes with the next collection.
         self.md.dirty.store(true, Ordering::SeqCst);
+        self.md.events.changed(true);
         Ok(())
     }
 

@@ -19,6 +19,8 @@
 //! - **Garbage collection**: [`Metadata::collect`] (see [`gc`]) removes what no root
 //!   ([`ROOT_LABEL`]) reaches through parents and [`REF_PREFIX`] labels, then every backend
 //!   snapshot no record names, leaves first, outside the metadata transaction.
+//! - **Scheduling**: a [`Scheduler`] runs collections in the background on containerd's
+//!   policy ([`GcPolicy`]: at most 2 % of the time in the metadata transaction).
 //! - **Crash safety**: a record is written only after its backend snapshot exists, and a
 //!   backend snapshot is removed only after no record names it; a crash in between leaves
 //!   a backend snapshot no record names, which the next collection removes (a store is
@@ -47,6 +49,7 @@
 pub mod gc;
 mod layer;
 mod namespace;
+pub mod scheduler;
 mod store;
 
 pub use gc::{Collection, REF_PREFIX, ROOT_LABEL};
@@ -54,6 +57,7 @@ pub use layer::{
     inherited_labels, Metadata, MetadataOptions, Namespaced, INHERITED_PREFIX, TARGET_LABEL,
 };
 pub use namespace::{validate_namespace, MAX_NAMESPACE};
+pub use scheduler::{GcPolicy, GcStats, Scheduler};
 
 #[doc(no_inline)]
 pub use snapshot_core::Snapshotter;

@@ -389,3 +389,53 @@ fn a_backend_snapshot_no_record_names_is_collected_after_a_restart() {
     assert_eq!(done.backend, vec!["default/99/orphan".to_string()]);
     assert!(md.namespace("default").unwrap().stat("kept").is_ok());
 }
+
+/// Waits up to 10 s for `cond`.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn the_scheduler_collects_after_removals_and_not_when_idle() {
+    use snapshot_metadata::{GcPolicy, Scheduler};
+    let tmp = tempfile::tempdir().unwrap();
+    let md = open(tmp.path());
+    let ns = md.namespace("default").unwrap();
+    ns.prepare("kept", "", &root_label()).unwrap();
+    ns.prepare("gone", "", &root_label()).unwrap();
+    let policy = GcPolicy {
+        deletion_threshold: 1,
+        startup_delay: std::time::Duration::from_millis(10),
+        ..GcPolicy::default()
+    };
+    let sched = Scheduler::start(Arc::clone(&md), policy).unwrap();
+    assert!(
+        eventually(|| sched.stats().collections >= 1),
+        "the startup collection"
+    );
+    assert_eq!(backend_names(&md).len(), 2, "roots are kept");
+    ns.remove("gone").unwrap();
+    assert!(
+        eventually(|| backend_names(&md) == vec!["default/1/kept".to_string()]),
+        "a removal past the threshold is collected without being asked: {:?}",
+        backend_names(&md)
+    );
+    let after = sched.stats().collections;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        sched.stats().collections,
+        after,
+        "nothing changed: no collection"
+    );
+    assert!(sched.stats().backend_removed >= 1);
+    let now = sched.collect_now().unwrap();
+    assert!(now.backend.is_empty() && now.records.is_empty());
+    drop(sched);
+}
