@@ -10,14 +10,60 @@ use tower::service_fn;
 use crate::proto::snapshots as pb;
 use crate::proto::snapshots::snapshots_client::SnapshotsClient;
 
+/// The gRPC header containerd's clients name their namespace in.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+/// Adds the [`NAMESPACE_HEADER`] to every request, when there is a namespace.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceHeader(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl NamespaceHeader {
+    /// The header for namespace `ns` (None: no header).
+    ///
+    /// # Errors
+    /// InvalidArgument for a name that cannot be a header value.
+    pub fn new(ns: Option<&str>) -> snapshots::Result<NamespaceHeader> {
+        ns.map(|n| {
+            n.parse().map_err(|_| {
+                snapshots::Error::invalid_argument(format!(
+                    "namespace {n:?} cannot be sent in a gRPC header: use letters, digits, '.', '_' and '-'"
+                ))
+            })
+        })
+        .transpose()
+        .map(NamespaceHeader)
+    }
+}
+
+impl tonic::service::Interceptor for NamespaceHeader {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert(NAMESPACE_HEADER, v.clone());
+        }
+        Ok(r)
+    }
+}
+
 /// A connected client of the `Snapshots` service.
-pub type Client = SnapshotsClient<Channel>;
+pub type Client =
+    SnapshotsClient<tonic::service::interceptor::InterceptedService<Channel, NamespaceHeader>>;
 
 /// Connects to the snapshots service listening on the unix socket `path`.
 ///
 /// # Errors
 /// The transport error when the socket cannot be reached (missing, refused, no access).
 pub async fn connect(path: &Path) -> Result<Client, tonic::transport::Error> {
+    connect_in(path, NamespaceHeader::default()).await
+}
+
+/// [`connect`], with every request naming a namespace (for `snapshotd --namespaced`).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_in(
+    path: &Path,
+    namespace: NamespaceHeader,
+) -> Result<Client, tonic::transport::Error> {
     let path: PathBuf = path.to_owned();
     // The URI is required by the API but never used: the connector ignores it.
     let channel = Endpoint::from_static("http://[::]:50051")
@@ -26,7 +72,7 @@ pub async fn connect(path: &Path) -> Result<Client, tonic::transport::Error> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await?;
-    Ok(SnapshotsClient::new(channel))
+    Ok(SnapshotsClient::with_interceptor(channel, namespace))
 }
 
 /// A [`Snapshotter`](snapshots::Snapshotter) whose calls go to a snapshots service over
@@ -45,6 +91,17 @@ impl RemoteSnapshotter {
     /// Unavailable naming the socket when it cannot be reached; Unknown when no runtime
     /// can be started.
     pub fn connect(path: &Path) -> snapshots::Result<RemoteSnapshotter> {
+        Self::connect_in(path, None)
+    }
+
+    /// [`connect`](Self::connect), with every call in namespace `ns` (a daemon serving the
+    /// namespaced metadata layer requires one).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); InvalidArgument for a namespace that cannot be a
+    /// header value.
+    pub fn connect_in(path: &Path, ns: Option<&str>) -> snapshots::Result<RemoteSnapshotter> {
+        let header = NamespaceHeader::new(ns)?;
         // One worker of its own: the connection's task must run between calls too (to
         // answer the server's pings and its GOAWAY at shutdown).
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +109,7 @@ impl RemoteSnapshotter {
             .enable_all()
             .build()
             .map_err(|e| snapshots::Error::unknown(format!("starting a runtime: {e}")))?;
-        let client = runtime.block_on(connect(path)).map_err(|e| {
+        let client = runtime.block_on(connect_in(path, header)).map_err(|e| {
             snapshots::Error::unavailable(format!(
                 "cannot connect to snapshotd at {}: {e}: is the daemon running?",
                 path.display()

@@ -12,6 +12,7 @@
 //! log_level = "info"
 //! no_sync = false                # skip the metastore's fsync (containerd's no_sync)
 //! sync = false                   # flush a layer's data before its commit is recorded
+//! namespaced = false             # namespaces and garbage collection (never behind containerd)
 //!
 //! [overlay]
 //! sync_remove = false            # delete directories at remove, not in cleanup
@@ -86,6 +87,11 @@ pub struct Flags {
     /// works (off by default, as containerd: differs do not read redirects)
     #[arg(long)]
     pub redirect_dir: bool,
+    /// Serve containerd's namespaced metadata layer (namespaces from the
+    /// containerd-namespace header, garbage collection in the background) for clients
+    /// that are not containerd. Never behind containerd, which has its own.
+    #[arg(long)]
+    pub namespaced: bool,
 }
 
 /// The configuration file's contents; every field is optional.
@@ -104,6 +110,8 @@ pub struct FileConfig {
     pub no_sync: Option<bool>,
     /// `sync = true`
     pub sync: Option<bool>,
+    /// `namespaced = true`
+    pub namespaced: Option<bool>,
     /// The `[overlay]` table.
     #[serde(default)]
     pub overlay: OverlayFileConfig,
@@ -153,6 +161,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// Options of the backend.
     pub options: BackendOptions,
+    /// Serve the namespaced metadata layer.
+    pub namespaced: bool,
 }
 
 impl Config {
@@ -217,6 +227,7 @@ impl Config {
                 },
                 redirect_dir: flags.redirect_dir || ov.redirect_dir.unwrap_or(false),
             },
+            namespaced: flags.namespaced || file.namespaced.unwrap_or(false),
         })
     }
 }

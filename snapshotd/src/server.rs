@@ -1,5 +1,6 @@
 //! The socket, the choice of backend, and the serving loop with a clean shutdown.
 
+use crate::service::Target;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -126,7 +127,7 @@ pub const STREAM_GRACE: Duration = Duration::from_secs(5);
 /// # Errors
 /// The transport error when serving fails.
 pub async fn serve(
-    sn: Arc<dyn Snapshotter>,
+    target: impl Into<Target>,
     listener: std::os::unix::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
@@ -138,7 +139,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(SnapshotService::with_stop(sn, stop_rx).into_server())
+        .add_service(SnapshotService::with_stop(target.into(), stop_rx).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -219,7 +220,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         root: config.root.clone(),
         source,
     })?);
-    let result = serve_until_signal(Arc::clone(&sn), &config.address, backend, &config.root);
+    let result = if config.namespaced {
+        serve_namespaced(&sn, &config, backend)
+    } else {
+        serve_until_signal(
+            Target::Plain(Arc::clone(&sn)),
+            &config.address,
+            backend,
+            &config.root,
+        )
+    };
     drain(&sn);
     if let Err(e) = sn.close() {
         log::error!(
@@ -264,8 +274,46 @@ fn warn_unused_options(backend: Backend, opts: &BackendOptions) {
     }
 }
 
+/// Serves the namespaced metadata layer (`<root>/namespaces`) over `sn`, with collections
+/// in the background on containerd's default policy.
+fn serve_namespaced(
+    sn: &Arc<dyn Snapshotter>,
+    config: &Config,
+    backend: Backend,
+) -> Result<(), DaemonError> {
+    use snapshots::metadata::{GcPolicy, Metadata, MetadataOptions, Scheduler};
+    let dir = config.root.join("namespaces");
+    let opened = Metadata::open(
+        &dir,
+        Arc::clone(sn),
+        &MetadataOptions {
+            snapshotter: backend.containerd_name().into(),
+            ..MetadataOptions::default()
+        },
+    )
+    .and_then(|md| Ok((Scheduler::start(Arc::clone(&md), GcPolicy::default())?, md)));
+    let (scheduler, md) = opened.map_err(|source| DaemonError::Open {
+        backend,
+        root: dir.clone(),
+        source,
+    })?;
+    log::info!(
+        "namespaced: metadata at {}, garbage collected in the background",
+        dir.display()
+    );
+    let result = serve_until_signal(
+        Target::Namespaced(Arc::clone(&md)),
+        &config.address,
+        backend,
+        &config.root,
+    );
+    drop(scheduler);
+    drain(&md);
+    result
+}
+
 fn serve_until_signal(
-    sn: Arc<dyn Snapshotter>,
+    target: Target,
     address: &Path,
     backend: Backend,
     root: &Path,
@@ -301,7 +349,7 @@ fn serve_until_signal(
             address.display()
         );
         notify_or_log("READY=1");
-        serve(sn, listener, async move {
+        serve(target, listener, async move {
             shutdown.await;
             log::info!("shutting down: finishing the calls in flight");
             notify_or_log("STOPPING=1");
@@ -341,7 +389,7 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>, DaemonError> {
 
 /// Waits until no backend call holds the snapshotter any more (each call holds a clone
 /// of the `Arc`), so closing the store never cuts an operation in half.
-fn drain(sn: &Arc<dyn Snapshotter>) {
+fn drain<T: ?Sized>(sn: &Arc<T>) {
     let start = Instant::now();
     while Arc::strong_count(sn) > 1 {
         if start.elapsed() > DRAIN_TIMEOUT {
@@ -376,11 +424,32 @@ impl Background {
     /// # Errors
     /// Unknown when the runtime, the socket or the connection cannot be made.
     pub fn serve(sn: Box<dyn Snapshotter>) -> snapshots::Result<Background> {
+        let sn: Arc<dyn Snapshotter> = Arc::from(sn);
+        Self::start(Target::Plain(Arc::clone(&sn)), None, sn)
+    }
+
+    /// Serves the namespaced metadata layer `md` (as `snapshotd --namespaced` does) and
+    /// connects to it with every call in namespace `ns`. Close closes `md`.
+    ///
+    /// # Errors
+    /// As [`serve`](Self::serve); InvalidArgument for a namespace that is no header value.
+    pub fn serve_namespaced(
+        md: Arc<snapshots::metadata::Metadata>,
+        ns: &str,
+    ) -> snapshots::Result<Background> {
+        let closer: Arc<dyn Snapshotter> = Arc::new(md.namespace("default")?);
+        Self::start(Target::Namespaced(md), Some(ns), closer)
+    }
+
+    fn start(
+        target: Target,
+        ns: Option<&str>,
+        sn: Arc<dyn Snapshotter>,
+    ) -> snapshots::Result<Background> {
         let unknown = |what: &str, e: &dyn std::fmt::Display| {
             snapshots::Error::unknown(format!("serving in the background: {what}: {e}"))
         };
         let runtime = runtime().map_err(|e| unknown("runtime", &e))?;
-        let sn: Arc<dyn Snapshotter> = Arc::from(sn);
         let socket_dir = tempfile::tempdir().map_err(|e| unknown("socket directory", &e))?;
         let socket = socket_dir.path().join("sd.sock");
         let bound = bind(&socket).map_err(|e| unknown("socket", &e))?;
@@ -389,11 +458,10 @@ impl Background {
             .try_clone()
             .map_err(|e| unknown("socket", &e))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = Arc::clone(&sn);
         let task = std::thread::Builder::new()
             .name("snapshotd-background".into())
             .spawn(move || {
-                let r = runtime.block_on(serve(served, listener, async {
+                let r = runtime.block_on(serve(target, listener, async {
                     let _ = stopped.await;
                 }));
                 if let Err(e) = r {
@@ -401,13 +469,18 @@ impl Background {
                 }
             })
             .map_err(|e| unknown("thread", &e))?;
-        let remote = RemoteSnapshotter::connect(&socket)?;
+        let remote = RemoteSnapshotter::connect_in(&socket, ns)?;
         Ok(Background {
             remote,
             serving: Mutex::new(Some((stop, task))),
             sn,
             socket_dir,
         })
+    }
+
+    /// The socket it serves on.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.socket_dir.path().join("sd.sock")
     }
 
     fn shut(&self) -> snapshots::Result<()> {

@@ -35,10 +35,27 @@ const LIST_QUEUE: usize = 2;
 /// (and the thread walking for it).
 pub const LIST_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What the service serves.
+#[derive(Clone)]
+pub enum Target {
+    /// One snapshotter; calls name its keys directly (behind containerd, whose own
+    /// metadata layer adds namespaces).
+    Plain(Arc<dyn Snapshotter>),
+    /// The namespaced metadata layer: each call names its namespace in the
+    /// `containerd-namespace` header, as containerd's clients send it.
+    Namespaced(Arc<snapshots::metadata::Metadata>),
+}
+
+impl From<Arc<dyn Snapshotter>> for Target {
+    fn from(sn: Arc<dyn Snapshotter>) -> Target {
+        Target::Plain(sn)
+    }
+}
+
 /// The service: holds the snapshotter shared by every call.
 #[derive(Clone)]
 pub struct SnapshotService {
-    sn: Arc<dyn Snapshotter>,
+    target: Target,
     // Becomes true when the daemon stops: open List streams end at once.
     stopping: tokio::sync::watch::Receiver<bool>,
     _never: Option<Arc<tokio::sync::watch::Sender<bool>>>,
@@ -49,7 +66,7 @@ impl SnapshotService {
     pub fn new(sn: Arc<dyn Snapshotter>) -> Self {
         let (tx, rx) = tokio::sync::watch::channel(false);
         SnapshotService {
-            sn,
+            target: Target::Plain(sn),
             stopping: rx,
             _never: Some(Arc::new(tx)),
         }
@@ -57,12 +74,9 @@ impl SnapshotService {
 
     /// A service over `sn` whose open List streams end, with Unavailable, once `stopping`
     /// turns true.
-    pub fn with_stop(
-        sn: Arc<dyn Snapshotter>,
-        stopping: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
+    pub fn with_stop(target: Target, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         SnapshotService {
-            sn,
+            target,
             stopping,
             _never: None,
         }
@@ -77,22 +91,21 @@ impl SnapshotService {
     /// (it waits for a writer only while the map grows, which is rare), where the hop to the blocking pool would cost more
     /// than the call.
     fn inline<T>(
-        &self,
+        sn: &dyn Snapshotter,
         f: impl FnOnce(&dyn Snapshotter) -> snapshots::Result<T>,
     ) -> Result<T, Status> {
-        f(&*self.sn).map_err(|e| {
+        f(sn).map_err(|e| {
             log::debug!("request failed: {e}");
             to_status(&e)
         })
     }
 
     /// Runs `f` with the snapshotter on the blocking pool and maps its error to a status.
-    async fn blocking<T, F>(&self, f: F) -> Result<T, Status>
+    async fn blocking<T, F>(sn: Arc<dyn Snapshotter>, f: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Snapshotter) -> snapshots::Result<T> + Send + 'static,
     {
-        let sn = Arc::clone(&self.sn);
         match tokio::task::spawn_blocking(move || f(&*sn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -102,6 +115,31 @@ impl SnapshotService {
             Err(join) => {
                 log::error!("snapshotter call panicked: {join}");
                 Err(Status::unknown(format!("snapshotter call failed: {join}")))
+            }
+        }
+    }
+}
+
+impl SnapshotService {
+    /// The snapshotter a call works on: the one served, or the namespace its
+    /// `containerd-namespace` header names (FailedPrecondition when it names none).
+    fn resolve(&self, md: &tonic::metadata::MetadataMap) -> Result<Arc<dyn Snapshotter>, Status> {
+        match &self.target {
+            Target::Plain(sn) => Ok(Arc::clone(sn)),
+            Target::Namespaced(meta) => {
+                let ns = md
+                    .get(crate::client::NAMESPACE_HEADER)
+                    .map(|v| {
+                        v.to_str().map_err(|_| {
+                            to_status(&Error::invalid_argument(
+                                "the containerd-namespace header is not text",
+                            ))
+                        })
+                    })
+                    .transpose()?
+                    .unwrap_or("");
+                let handle = meta.namespace(ns).map_err(|e| to_status(&e))?;
+                Ok(Arc::new(handle))
             }
         }
     }
@@ -117,11 +155,10 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
         let opts = CreateOptions::with_labels(labels_of(r.labels));
-        let mounts = self
-            .blocking(move |sn| sn.prepare(&r.key, &r.parent, &opts))
-            .await?;
+        let mounts = Self::blocking(sn, move |sn| sn.prepare(&r.key, &r.parent, &opts)).await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
         }))
@@ -131,11 +168,10 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::ViewSnapshotRequest>,
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
         let opts = CreateOptions::with_labels(labels_of(r.labels));
-        let mounts = self
-            .blocking(move |sn| sn.view(&r.key, &r.parent, &opts))
-            .await?;
+        let mounts = Self::blocking(sn, move |sn| sn.view(&r.key, &r.parent, &opts)).await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
         }))
@@ -145,13 +181,14 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
         // Inline only where it is one read: elsewhere a Mounts racing a Remove re-reads
         // the store after the writes in flight, which waits for the writer.
-        let mounts = if self.sn.mounts_never_block() {
-            self.inline(|sn| sn.mounts(&r.key))?
+        let mounts = if sn.mounts_never_block() {
+            Self::inline(&*sn, |sn| sn.mounts(&r.key))?
         } else {
-            self.blocking(move |sn| sn.mounts(&r.key)).await?
+            Self::blocking(sn, move |sn| sn.mounts(&r.key)).await?
         };
         Ok(Response::new(pb::MountsResponse {
             mounts: mounts.iter().map(mount_to_proto).collect(),
@@ -162,13 +199,13 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
         let opts = CommitOptions {
             labels: labels_of(r.labels),
             parent: r.parent,
         };
-        self.blocking(move |sn| sn.commit(&r.name, &r.key, &opts))
-            .await?;
+        Self::blocking(sn, move |sn| sn.commit(&r.name, &r.key, &opts)).await?;
         Ok(Response::new(()))
     }
 
@@ -176,8 +213,9 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
-        self.blocking(move |sn| sn.remove(&r.key)).await?;
+        Self::blocking(sn, move |sn| sn.remove(&r.key)).await?;
         Ok(Response::new(()))
     }
 
@@ -185,8 +223,9 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
-        let info = self.inline(|sn| sn.stat(&r.key))?;
+        let info = Self::inline(&*sn, |sn| sn.stat(&r.key))?;
         Ok(Response::new(pb::StatSnapshotResponse {
             info: Some(info_to_proto(&info)),
         }))
@@ -196,6 +235,7 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::UpdateSnapshotRequest>,
     ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
         let Some(info) = r.info else {
             return Err(to_status(&Error::invalid_argument(
@@ -205,7 +245,7 @@ impl Snapshots for SnapshotService {
         let info = info_from_proto(info);
         // containerd treats a missing mask as "no paths": every label is replaced.
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let info = self.blocking(move |sn| sn.update(&info, &paths)).await?;
+        let info = Self::blocking(sn, move |sn| sn.update(&info, &paths)).await?;
         Ok(Response::new(pb::UpdateSnapshotResponse {
             info: Some(info_to_proto(&info)),
         }))
@@ -217,11 +257,11 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let filters = request.into_inner().filters;
         // A bad filter fails the call itself rather than the first stream message.
         FilterSet::parse(&filters).map_err(|e| to_status(&e))?;
         let (tx, rx) = mpsc::channel(LIST_QUEUE);
-        let sn = Arc::clone(&self.sn);
         let stopping = self.stopping.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -286,13 +326,15 @@ impl Snapshots for SnapshotService {
         &self,
         request: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
+        let sn = self.resolve(request.metadata())?;
         let r = request.into_inner();
-        let usage = self.blocking(move |sn| sn.usage(&r.key)).await?;
+        let usage = Self::blocking(sn, move |sn| sn.usage(&r.key)).await?;
         Ok(Response::new(usage_to_proto(usage)))
     }
 
-    async fn cleanup(&self, _request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
-        self.blocking(|sn| match sn.as_cleaner() {
+    async fn cleanup(&self, request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        let sn = self.resolve(request.metadata())?;
+        Self::blocking(sn, |sn| match sn.as_cleaner() {
             Some(cleaner) => cleaner.cleanup(),
             None => Err(Error::not_implemented(
                 "cleanup: this snapshotter deletes at remove and has nothing to clean up",

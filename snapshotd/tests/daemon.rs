@@ -417,3 +417,56 @@ fn the_daemon_raises_its_open_file_limit_to_the_hard_one() {
     let st = child.signal_and_wait(Signal::TERM, Duration::from_secs(20));
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }
+
+/// `snapshotd --namespaced` with `snapshotctl -n`: namespaces apart, one required, and
+/// cleanup collecting what was removed.
+#[test]
+fn a_namespaced_daemon_serves_namespaces_to_snapshotctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = start(dir.path(), &["--backend", "native", "--namespaced"], None);
+    d.wait_ready();
+    let s = d.socket.clone();
+    let out = ctl_ok(&s, &["-n", "a", "--json", "prepare", "k"]);
+    let mounts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a_tree = std::path::PathBuf::from(mounts[0]["source"].as_str().unwrap());
+    // What no root reaches is garbage: b keeps its snapshot with a root label.
+    let out = ctl_ok(
+        &s,
+        &[
+            "-n",
+            "b",
+            "--json",
+            "prepare",
+            "k",
+            "--label",
+            "containerd.io/gc.root=yes",
+        ],
+    );
+    let mounts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b_tree = std::path::PathBuf::from(mounts[0]["source"].as_str().unwrap());
+    assert_ne!(a_tree, b_tree);
+    ctl_ok(&s, &["-n", "a", "commit", "base", "k"]);
+    assert_eq!(ctl_ok(&s, &["-n", "a", "ls"]).lines().count(), 2);
+    let b = ctl_ok(&s, &["-n", "b", "--json", "ls"]);
+    let b: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(b[0]["name"], "k");
+    assert_eq!(b[0]["kind"], "active");
+    let out = ctl(&s, &["ls"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("namespace is required"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Removed in a, collected by cleanup: its tree goes; b's stays.
+    ctl_ok(&s, &["-n", "a", "rm", "base"]);
+    assert!(a_tree.is_dir(), "remove only unlinks");
+    ctl_ok(&s, &["-n", "a", "cleanup"]);
+    assert!(!a_tree.exists(), "collected: {}", a_tree.display());
+    assert!(b_tree.is_dir(), "b's snapshot keeps its tree");
+    assert!(d.log().contains("namespaced"), "{}", d.log());
+    d.child
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("exit");
+    assert!(dir.path().join("root/namespaces/data.mdb").exists());
+}

@@ -33,6 +33,9 @@ pub use snapshot_core::{
     error, filter, keyspace, labels, layout, metastore, mount, usage, Cleaner, CommitOptions,
     CreateOptions, Error, ErrorKind, Info, Kind, Labels, Mount, Result, Snapshotter, Usage,
 };
+/// containerd's namespaced metadata layer over any backend (namespaces, back-links,
+/// remote-snapshot targets, garbage collection).
+pub use snapshot_metadata as metadata;
 
 #[cfg(feature = "btrfs")]
 pub use snapshot_btrfs;
@@ -61,6 +64,16 @@ impl Backend {
         match self {
             Backend::Native => "native",
             Backend::Overlay => "overlay",
+            Backend::Btrfs => "btrfs",
+        }
+    }
+
+    /// containerd's name for the backend (`native`, `overlayfs`, `btrfs`), as its
+    /// `containerd.io/gc.ref.snapshot.<name>` labels spell it.
+    pub fn containerd_name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Overlay => "overlayfs",
             Backend::Btrfs => "btrfs",
         }
     }

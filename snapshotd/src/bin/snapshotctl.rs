@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use snapshotd::client::{connect, Client};
+use snapshotd::client::{connect_in, Client, NamespaceHeader};
 use snapshotd::config::DEFAULT_ADDRESS;
 use snapshotd::convert::{from_status, info_from_proto, mount_from_proto};
 use snapshotd::proto::snapshots as pb;
@@ -30,6 +30,10 @@ struct Cli {
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     json: bool,
+    /// The namespace to work in, for a daemon started with --namespaced (sent in the
+    /// containerd-namespace header)
+    #[arg(long, short = 'n', global = true, value_name = "NS")]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -173,11 +177,14 @@ enum CtlError {
     Snapshot(#[from] Error),
 }
 
-async fn client(address: &Path) -> Result<Client, CtlError> {
-    connect(address).await.map_err(|source| CtlError::Connect {
-        address: address.to_path_buf(),
-        source,
-    })
+async fn client(address: &Path, namespace: Option<&str>) -> Result<Client, CtlError> {
+    let header = NamespaceHeader::new(namespace)?;
+    connect_in(address, header)
+        .await
+        .map_err(|source| CtlError::Connect {
+            address: address.to_path_buf(),
+            source,
+        })
 }
 
 fn err(status: tonic::Status) -> CtlError {
@@ -204,7 +211,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         }
         return Ok(());
     }
-    let mut c = client(&cli.address).await?;
+    let mut c = client(&cli.address, cli.namespace.as_deref()).await?;
     match cli.command {
         Command::Ls { filters } => {
             let infos = list(&mut c, filters).await?;
