@@ -271,3 +271,79 @@ mod tests {
         assert!(pos("c") < pos("b") && pos("b") < pos("a") && pos("d") < pos("a"));
     }
 }
+
+impl Metadata {
+    /// Checks that the records and the backend agree: every record names a backend
+    /// snapshot that exists, on the backend parent its parent's record names, and every
+    /// parent-to-child link joins two records. Returns how many records there are.
+    ///
+    /// # Errors
+    /// Unknown listing the first problems found; what the backend's Stat returns for
+    /// another reason than NotFound.
+    pub fn check(&self) -> Result<usize> {
+        let (all, _) = self.read(|tx| mark(tx, &self.snapshotter))?;
+        let index: HashMap<(&str, &str), &Record> = all
+            .iter()
+            .map(|r| ((r.ns.as_str(), r.key.as_str()), r))
+            .collect();
+        let mut problems = Vec::new();
+        for r in &all {
+            let info = match self.backend.stat(&r.bkey) {
+                Ok(i) => i,
+                Err(e) if e.is(ErrorKind::NotFound) => {
+                    problems.push(format!(
+                        "{:?} in {:?} names backend snapshot {:?}, which is missing",
+                        r.key, r.ns, r.bkey
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let parent_bkey = if r.parent.is_empty() {
+                Some(String::new())
+            } else {
+                index
+                    .get(&(r.ns.as_str(), r.parent.as_str()))
+                    .map(|p| p.bkey.clone())
+            };
+            match parent_bkey {
+                None => problems.push(format!(
+                    "{:?} in {:?} has parent {:?}, which has no record",
+                    r.key, r.ns, r.parent
+                )),
+                Some(p) if p != info.parent => problems.push(format!(
+                    "{:?} in {:?}: the backend's parent is {:?}, the record's parent's is {p:?}",
+                    r.key, r.ns, info.parent
+                )),
+                Some(_) => {}
+            }
+        }
+        // Each link must be the one a child's record implies.
+        let implied: HashSet<(Vec<u8>, &str)> = all
+            .iter()
+            .filter(|r| !r.parent.is_empty())
+            .map(|r| {
+                (
+                    crate::store::record_key(&r.ns, &r.parent).to_vec(),
+                    r.key.as_str(),
+                )
+            })
+            .collect();
+        for (parent, child) in self.read(|tx| tx.links())? {
+            if !implied.contains(&(parent, child.as_str())) {
+                problems.push(format!(
+                    "a parent-to-child link to {child:?} joins no records"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(all.len());
+        }
+        let n = problems.len();
+        problems.truncate(10);
+        Err(snapshot_core::Error::unknown(format!(
+            "namespace metadata is inconsistent ({n} problems): {}",
+            problems.join("; ")
+        )))
+    }
+}

@@ -15,7 +15,7 @@ use snapshot_core::{
 };
 
 use crate::namespace::validate_namespace;
-use crate::store::{Db, Lmdb, ReadTxn, Reader, Record, WriteTxn};
+use crate::store::{Db, Intent, Lmdb, ReadTxn, Reader, Record, WriteTxn};
 
 /// The label naming the committed snapshot a Prepare may find instead of unpacking
 /// (containerd's remote-snapshot target).
@@ -122,7 +122,7 @@ impl Metadata {
         opts: &MetadataOptions,
     ) -> Result<Arc<Metadata>> {
         let db = Db::open(dir, opts.map_size)?;
-        Ok(Arc::new(Metadata {
+        let md = Arc::new(Metadata {
             db,
             backend,
             snapshotter: opts.snapshotter.clone(),
@@ -132,7 +132,37 @@ impl Metadata {
             events: Default::default(),
             closed: AtomicBool::new(false),
             path: dir.to_path_buf(),
-        }))
+        });
+        md.recover()?;
+        Ok(md)
+    }
+
+    /// Finishes the Commits a kill interrupted: one whose committed snapshot the backend
+    /// has is recorded; one whose backend step never ran is dropped (its active snapshot
+    /// stays).
+    fn recover(&self) -> Result<()> {
+        for intent in self.read(|tx| tx.all_pending())? {
+            let c = &intent.committed;
+            let made = match self.backend.stat(&c.bkey) {
+                Ok(_) => true,
+                Err(e) if e.is(ErrorKind::NotFound) => false,
+                Err(e) => return Err(e),
+            };
+            log::info!(
+                "namespace metadata: {} the interrupted commit of {:?} in {:?}",
+                if made { "finishing" } else { "dropping" },
+                c.key,
+                c.ns
+            );
+            self.write(|tx| {
+                if made {
+                    apply_commit(tx, &intent)
+                } else {
+                    tx.clear_pending(&intent)
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The view of namespace `ns`: a [`Snapshotter`] whose keys are that namespace's.
@@ -397,17 +427,6 @@ impl Namespaced {
         Ok(mounts)
     }
 
-    /// The backend key of `rec`'s parent (empty for none).
-    fn parent_bkey(&self, tx: &WriteTxn<'_>, rec: &Record) -> Result<String> {
-        if rec.parent.is_empty() {
-            return Ok(String::new());
-        }
-        Ok(tx
-            .record(&rec.ns, &rec.parent)?
-            .ok_or_else(|| parent_missing(&rec.ns, &rec.parent))?
-            .bkey)
-    }
-
     /// The backend snapshot `candidate` (pinned) if it is committed, labelled with target
     /// `t` and on `bparent`; None if it is not (any more).
     fn check_target(
@@ -455,6 +474,38 @@ fn is_target(i: &Info, t: &str, bparent: &str) -> bool {
     i.kind == Kind::Committed
         && i.labels.get(TARGET_LABEL).map(String::as_str) == Some(t)
         && i.parent == bparent
+}
+
+fn being_committed(ns: &str, key: &str) -> Error {
+    Error::failed_precondition(format!(
+        "snapshot {:?} in namespace {ns:?} is being committed by another call: retry when it returns",
+        truncate_for_message(key)
+    ))
+}
+
+/// Records a Commit whose backend step is done: the committed record replaces the active
+/// one, the parent's link moves to it, its target is indexed, the intent goes.
+pub(crate) fn apply_commit(tx: &mut WriteTxn<'_>, intent: &Intent) -> Result<()> {
+    let c = &intent.committed;
+    let ns = c.ns.as_str();
+    if let Some(active) = tx.record(ns, &intent.active)? {
+        if !active.parent.is_empty() {
+            tx.unlink(ns, &active.parent, &intent.active)?;
+        }
+        tx.delete(ns, &intent.active)?;
+    }
+    let mut bparent = String::new();
+    if !c.parent.is_empty() {
+        tx.link(ns, &c.parent, &c.key)?;
+        if let Some(p) = tx.record(ns, &c.parent)? {
+            bparent = p.bkey;
+        }
+    }
+    tx.put(c)?;
+    if let Some(t) = c.labels.get(TARGET_LABEL) {
+        tx.put_target(t, &bparent, &c.bkey)?;
+    }
+    tx.clear_pending(intent)
 }
 
 fn parent_missing(ns: &str, parent: &str) -> Error {
@@ -535,19 +586,19 @@ impl Snapshotter for Namespaced {
         validate_key("key", key)?;
         validate_labels(&opts.labels)?;
         let ns = self.ns.as_str();
-        // The committed snapshot's backend key, pinned from before the backend makes it
-        // until its record commits.
-        let seq = self.md.write(|tx| tx.next_seq(ns))?;
-        let name_bkey = format!("{ns}/{seq}/{name}");
-        let _pin = self.md.pin(&name_bkey).expect("a fresh backend key");
-        self.md.write(|tx| {
-            if tx.record(ns, name)?.is_some() {
+        // The checks, the sequence and the intent, durable before the backend is asked: a
+        // kill after the backend's commit is finished at the next open (see `recover`).
+        let (intent, active_bkey, bopts) = self.md.write(|tx| {
+            if tx.record(ns, name)?.is_some() || tx.pending(ns, name)?.is_some() {
                 return Err(Error::already_exists(format!(
                     "snapshot {:?} exists in namespace {ns:?}",
                     truncate_for_message(name)
                 )));
             }
             let active = tx.record(ns, key)?.ok_or_else(|| missing(ns, key))?;
+            if tx.pending(ns, key)?.is_some() {
+                return Err(being_committed(ns, key));
+            }
             let parent = if opts.parent.is_empty() {
                 active.parent.clone()
             } else {
@@ -564,37 +615,44 @@ impl Snapshotter for Namespaced {
                 if parent != active.parent {
                     bopts.parent = p.bkey;
                 }
-                if !active.parent.is_empty() {
-                    tx.unlink(ns, &active.parent, key)?;
-                }
-                tx.link(ns, &parent, name)?;
             }
+            let seq = tx.next_seq(ns)?;
             let now = SystemTime::now();
-            tx.put(&Record {
-                ns: ns.to_string(),
-                key: name.to_string(),
-                bkey: name_bkey.clone(),
-                parent,
-                created: now,
-                updated: now,
-                labels: opts
-                    .labels
-                    .iter()
-                    .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            })?;
-            tx.delete(ns, key)?;
-            if let Some(t) = opts.labels.get(TARGET_LABEL).filter(|t| !t.is_empty()) {
-                let bparent = match &bopts.parent {
-                    p if !p.is_empty() => p.clone(),
-                    _ => self.parent_bkey(tx, &active)?,
-                };
-                tx.put_target(t, &bparent, &name_bkey)?;
-            }
-            // Inside the transaction, as containerd: a failed backend commit records nothing.
-            self.md.backend.commit(&name_bkey, &active.bkey, &bopts)
+            let intent = Intent {
+                active: key.to_string(),
+                committed: Record {
+                    ns: ns.to_string(),
+                    key: name.to_string(),
+                    bkey: format!("{ns}/{seq}/{name}"),
+                    parent,
+                    created: now,
+                    updated: now,
+                    labels: opts
+                        .labels
+                        .iter()
+                        .filter(|(_, v)| !v.is_empty())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                },
+            };
+            tx.put_pending(&intent)?;
+            Ok((intent, active.bkey, bopts))
         })?;
+        // Pinned from before the backend makes it until its record commits.
+        let _pin = self
+            .md
+            .pin(&intent.committed.bkey)
+            .expect("a fresh backend key");
+        let done = self
+            .md
+            .backend
+            .commit(&intent.committed.bkey, &active_bkey, &bopts);
+        self.md.write(|tx| match &done {
+            Ok(()) => apply_commit(tx, &intent),
+            // Nothing changed in the backend: the active snapshot stays.
+            Err(_) => tx.clear_pending(&intent),
+        })?;
+        done?;
         self.md.events.changed(false);
         Ok(())
     }
@@ -603,6 +661,9 @@ impl Snapshotter for Namespaced {
         let ns = self.ns.as_str();
         self.md.write(|tx| {
             let rec = tx.record(ns, key)?.ok_or_else(|| missing(ns, key))?;
+            if tx.pending(ns, key)?.is_some() {
+                return Err(being_committed(ns, key));
+            }
             if tx.has_children(ns, key)? {
                 return Err(Error::failed_precondition(format!(
                     "cannot remove snapshot {:?}: it has children in namespace {ns:?}; remove them first",

@@ -9,7 +9,10 @@
 //! - `seqs`: `ns16` → the next sequence number of the namespace (big-endian `u64`);
 //! - `targets`: `blake3(target ‖ 0 ‖ backend parent)` → the backend key of a committed
 //!   snapshot labelled with that remote-snapshot target, in any namespace (a hint: the
-//!   backend is asked before it is used).
+//!   backend is asked before it is used);
+//! - `pending`: `ns16 ‖ key16` of both the active key and the committed name of a Commit
+//!   whose backend step may have run → its [`Intent`], so that a kill between the
+//!   backend's commit and the record's is finished (or undone) at the next open.
 //!
 //! `ns16` and `key16` are the first 16 bytes of the blake3 hash of the namespace and of the
 //! key, so a namespace's records (and a parent's children) are one prefix.
@@ -35,6 +38,13 @@ pub(crate) struct Record {
     pub updated: SystemTime,
     /// Every label, inherited by the backend or not.
     pub labels: Labels,
+}
+
+/// A Commit in flight: the active key it consumes and the record it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Intent {
+    pub active: String,
+    pub committed: Record,
 }
 
 pub(crate) type Hash16 = [u8; 16];
@@ -73,6 +83,7 @@ pub(crate) struct Dbs {
     children: Database<Bytes, Bytes>,
     seqs: Database<Bytes, Bytes>,
     targets: Database<Bytes, Bytes>,
+    pending: Database<Bytes, Bytes>,
 }
 
 /// The open environment and its databases.
@@ -109,7 +120,7 @@ impl Db {
     pub fn open(dir: &Path, map_size: usize) -> Result<Db> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(map_size).max_dbs(4).max_readers(1024);
+        options.map_size(map_size).max_dbs(8).max_readers(1024);
         // SAFETY: see the function comment.
         let env = unsafe { options.open(dir) }.map_err(|e| match e {
             heed::Error::EnvAlreadyOpened => Error::unavailable(format!(
@@ -125,6 +136,7 @@ impl Db {
             children: env.create_database(&mut w, Some("children")).lmdb()?,
             seqs: env.create_database(&mut w, Some("seqs")).lmdb()?,
             targets: env.create_database(&mut w, Some("targets")).lmdb()?,
+            pending: env.create_database(&mut w, Some("pending")).lmdb()?,
         };
         w.commit().lmdb()?;
         Ok(Db { env, dbs })
@@ -167,6 +179,41 @@ pub(crate) trait Reader {
         let (txn, dbs) = self.parts();
         let mut it = dbs.children.prefix_iter(txn, &record_key(ns, key)).lmdb()?;
         Ok(it.next().transpose().lmdb()?.is_some())
+    }
+
+    /// The Commit in flight that involves `key` of `ns` (as its active key or its name).
+    fn pending(&self, ns: &str, key: &str) -> Result<Option<Intent>> {
+        let (txn, dbs) = self.parts();
+        dbs.pending
+            .get(txn, &record_key(ns, key))
+            .lmdb()?
+            .map(decode_intent)
+            .transpose()
+    }
+
+    /// Every Commit in flight, once each.
+    fn all_pending(&self) -> Result<Vec<Intent>> {
+        let (txn, dbs) = self.parts();
+        let mut out: Vec<Intent> = Vec::new();
+        for item in dbs.pending.iter(txn).lmdb()? {
+            let i = decode_intent(item.lmdb()?.1)?;
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every parent-to-child link: the parent's record key and the child's key.
+    fn links(&self) -> Result<Vec<(Vec<u8>, String)>> {
+        let (txn, dbs) = self.parts();
+        let mut out = Vec::new();
+        for item in dbs.children.iter(txn).lmdb()? {
+            let (k, v) = item.lmdb()?;
+            let child = String::from_utf8(v.to_vec()).map_err(|_| damaged("link"))?;
+            out.push((k[..32].to_vec(), child));
+        }
+        Ok(out)
     }
 
     /// Up to `n` records of `ns` after the record key `after` (from the start if None).
@@ -220,6 +267,32 @@ impl Reader for WriteTxn<'_> {
 }
 
 impl WriteTxn<'_> {
+    /// Records a Commit in flight under both its active key and its name.
+    pub fn put_pending(&mut self, i: &Intent) -> Result<()> {
+        let mut v = Vec::new();
+        put_str(&mut v, &i.active);
+        v.extend_from_slice(&encode(&i.committed));
+        let ns = &i.committed.ns;
+        for k in [&i.active, &i.committed.key] {
+            self.dbs
+                .pending
+                .put(&mut self.txn, &record_key(ns, k), &v)
+                .lmdb()?;
+        }
+        Ok(())
+    }
+
+    pub fn clear_pending(&mut self, i: &Intent) -> Result<()> {
+        let ns = &i.committed.ns;
+        for k in [&i.active, &i.committed.key] {
+            self.dbs
+                .pending
+                .delete(&mut self.txn, &record_key(ns, k))
+                .lmdb()?;
+        }
+        Ok(())
+    }
+
     pub fn put_target(&mut self, t: &str, bparent: &str, bkey: &str) -> Result<()> {
         self.dbs
             .targets
@@ -343,6 +416,15 @@ impl Cursor<'_> {
         let nanos = self.u32()?;
         Ok(UNIX_EPOCH + Duration::new(secs, nanos))
     }
+}
+
+fn decode_intent(raw: &[u8]) -> Result<Intent> {
+    let mut c = Cursor(raw);
+    let active = c.string()?;
+    Ok(Intent {
+        active,
+        committed: decode(c.0)?,
+    })
 }
 
 fn decode(raw: &[u8]) -> Result<Record> {

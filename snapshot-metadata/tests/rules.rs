@@ -363,6 +363,7 @@ fn a_collection_removes_exactly_what_no_root_reaches() {
         })
         .count();
     assert_eq!(trees, keep.len());
+    assert_eq!(md.check().unwrap(), keep.len());
     // A second collection finds nothing.
     let again = md.collect().unwrap();
     assert!(
@@ -385,9 +386,21 @@ fn a_backend_snapshot_no_record_names_is_collected_after_a_restart() {
         md.close().unwrap();
     }
     let md = open(tmp.path());
+    assert_eq!(
+        md.check().unwrap(),
+        1,
+        "an unnamed backend snapshot is no inconsistency"
+    );
     let done = md.collect().unwrap();
     assert_eq!(done.backend, vec!["default/99/orphan".to_string()]);
     assert!(md.namespace("default").unwrap().stat("kept").is_ok());
+    // A record whose backend snapshot went is one.
+    md.backend().remove("default/1/kept").unwrap();
+    let e = md.check().unwrap_err();
+    assert!(
+        e.to_string().contains("\"kept\"") && e.to_string().contains("missing"),
+        "{e}"
+    );
 }
 
 /// Waits up to 10 s for `cond`.
