@@ -243,35 +243,6 @@ impl Metadata {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use snapshot_core::Kind;
-
-    fn info(name: &str, parent: &str) -> Info {
-        let mut i = Info::new(Kind::Committed, name);
-        i.parent = parent.into();
-        i
-    }
-
-    #[test]
-    fn children_come_before_their_parents() {
-        let order: Vec<String> = leaves_first(vec![
-            info("a", ""),
-            info("b", "a"),
-            info("c", "b"),
-            info("d", "a"),
-            info("x", "gone"),
-        ])
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-        let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
-        assert_eq!(order.len(), 5);
-        assert!(pos("c") < pos("b") && pos("b") < pos("a") && pos("d") < pos("a"));
-    }
-}
-
 impl Metadata {
     /// Checks that the records and the backend agree: every record names a backend
     /// snapshot that exists, on the backend parent its parent's record names, and every
@@ -345,5 +316,34 @@ impl Metadata {
             "namespace metadata is inconsistent ({n} problems): {}",
             problems.join("; ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapshot_core::Kind;
+
+    fn info(name: &str, parent: &str) -> Info {
+        let mut i = Info::new(Kind::Committed, name);
+        i.parent = parent.into();
+        i
+    }
+
+    #[test]
+    fn children_come_before_their_parents() {
+        let order: Vec<String> = leaves_first(vec![
+            info("a", ""),
+            info("b", "a"),
+            info("c", "b"),
+            info("d", "a"),
+            info("x", "gone"),
+        ])
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+        let pos = |n: &str| order.iter().position(|o| o == n).unwrap();
+        assert_eq!(order.len(), 5);
+        assert!(pos("c") < pos("b") && pos("b") < pos("a") && pos("d") < pos("a"));
     }
 }
