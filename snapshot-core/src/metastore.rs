@@ -150,14 +150,20 @@ pub struct MetaStore {
 /// a single writer pays what a synchronous commit costs. A transaction is visible to other
 /// calls from its commit, and acknowledged only once flushed.
 ///
-/// A failed flush leaves the latest commits visible but perhaps not on the disk, and the
-/// kernel may have dropped the pages it could not write: the store fails every call
-/// from then on (fail-stop) and the snapshotter must be reopened, which reads what the
-/// disk holds.
-#[derive(Default)]
+/// A failed flush (or a commit that fails for another reason than a full map) leaves the
+/// latest commits visible but perhaps not on the disk, and the kernel keeps the pages it
+/// could not write cached as if they were: the store fails every call from then on
+/// (fail-stop). A durable open flushes and drops the data file's cache first, so the
+/// restarted snapshotter reads what the disk holds.
 struct Flusher {
     state: std::sync::Mutex<FlushState>,
     done: std::sync::Condvar,
+    // The flusher's own open file of data.mdb. Linux reports a writeback error once per
+    // open file: on LMDB's descriptor, the next commit's own fdatasync could take the
+    // error of an earlier writer's meta page, and this flush would then succeed.
+    file: std::fs::File,
+    // Set with `FlushState::failed`, so reads check it without the lock.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -170,6 +176,15 @@ struct FlushState {
 }
 
 impl Flusher {
+    fn new(file: std::fs::File) -> Flusher {
+        Flusher {
+            state: std::sync::Mutex::default(),
+            done: std::sync::Condvar::new(),
+            file,
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -181,16 +196,42 @@ impl Flusher {
         st.committed
     }
 
-    /// Returns once commit `seq` is flushed, running the flush (`sync`) itself when none
-    /// runs.
-    fn wait(&self, seq: u64, path: &Path, sync: impl Fn() -> Result<()>) -> Result<()> {
+    /// Stops the store: a flush or a commit failed.
+    fn fail(&self, st: &mut FlushState, path: &Path, e: &dyn std::fmt::Display) {
+        log::error!(
+            "metastore {}: writing to disk failed: {e}; the store stops",
+            path.display()
+        );
+        st.failed.get_or_insert_with(|| e.to_string());
+        self.stopped.store(true, Ordering::SeqCst);
+        self.done.notify_all();
+    }
+
+    /// A commit failed for another reason than a full map: what it wrote, and what the
+    /// writers before it wrote, may not be on the disk.
+    fn commit_failed(&self, path: &Path, e: &Error) {
+        let mut st = self.lock();
+        self.fail(&mut st, path, e);
+    }
+
+    /// Returns once commit `seq` is flushed, running the flush itself when none runs.
+    fn wait(&self, seq: u64, path: &Path) -> Result<()> {
+        self.wait_with(seq, path, || {
+            rustix::fs::fdatasync(&self.file).map_err(|e| {
+                Error::unknown(format!("flush {}", path.display()))
+                    .with_source(std::io::Error::from(e))
+            })
+        })
+    }
+
+    fn wait_with(&self, seq: u64, path: &Path, sync: impl Fn() -> Result<()>) -> Result<()> {
         let mut st = self.lock();
         loop {
-            if let Some(e) = &st.failed {
-                return Err(failed_flush(path, e));
-            }
             if st.flushed >= seq {
                 return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(failed_flush(path, e));
             }
             if st.running {
                 st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -199,42 +240,31 @@ impl Flusher {
             st.running = true;
             let target = st.committed;
             drop(st);
-            let r = sync();
+            // A panic must not leave the flush marked as running: every writer would wait.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&sync))
+                .unwrap_or_else(|_| Err(Error::unknown("the flush panicked")));
             st = self.lock();
             st.running = false;
             match r {
                 Ok(()) => st.flushed = st.flushed.max(target),
-                // The store closed meanwhile, after flushing everything.
-                Err(_) if st.flushed >= seq => {}
-                Err(e) => {
-                    log::error!(
-                        "metastore {}: flushing to disk failed: {e}; the store stops",
-                        path.display()
-                    );
-                    st.failed = Some(e.to_string());
-                }
+                Err(e) => self.fail(&mut st, path, &e),
             }
             self.done.notify_all();
         }
     }
 
-    /// Records the flush of a closing store: it covers every commit.
-    fn close(&self, path: &Path, flushed: heed::Result<()>) {
-        let mut st = self.lock();
-        match flushed {
-            Ok(()) => st.flushed = st.committed,
-            Err(e) => {
-                log::error!(
-                    "metastore {}: flushing at close failed: {e}",
-                    path.display()
-                );
-                st.failed.get_or_insert(e.to_string());
-            }
-        }
-        self.done.notify_all();
+    /// Flushes a closing store (no writer is left): it covers every commit.
+    fn close(&self, path: &Path) -> Result<()> {
+        let st = self.lock();
+        let seq = st.committed;
+        drop(st);
+        self.wait(seq, path)
     }
 
     fn failed(&self, path: &Path) -> Result<()> {
+        if !self.stopped.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         match &self.lock().failed {
             Some(e) => Err(failed_flush(path, e)),
             None => Ok(()),
@@ -244,9 +274,20 @@ impl Flusher {
 
 fn failed_flush(path: &Path, e: &str) -> Error {
     Error::unavailable(format!(
-        "metastore {}: a flush to disk failed ({e}): the latest changes may be lost; check          the disk, then open the snapshotter again",
+        "metastore {}: writing to disk failed ({e}): the latest changes may be lost; check \
+         the disk, then restart the snapshotter",
         path.display()
     ))
+}
+
+/// Drops the page cache of `<dir>/data.mdb` after flushing it, so that the open reads what
+/// the disk holds: a page whose writeback failed stays cached (clean, with the contents
+/// that never reached the disk) and another open would read it back.
+fn read_from_disk(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir.join("data.mdb")) {
+        let _ = rustix::fs::fdatasync(&f);
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    }
 }
 
 /// A read transaction with the store's databases.
@@ -271,6 +312,9 @@ impl MetaStore {
     /// the directory cannot be created or LMDB refuses it.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<MetaStore> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create metastore dir", dir, e))?;
+        if !opts.no_sync {
+            read_from_disk(dir);
+        }
         let env = open_env(dir, opts)?;
         // A process killed with a read transaction open leaves a stale reader slot.
         if let Err(e) = env.clear_stale_readers() {
@@ -306,7 +350,15 @@ impl MetaStore {
             inner: RwLock::new(Some(Open { env, dbs })),
             issued: AtomicU64::new(0),
             writer: std::sync::Mutex::new(()),
-            flusher: (!opts.no_sync).then(Flusher::default),
+            flusher: match opts.no_sync {
+                true => None,
+                false => {
+                    let data = dir.join("data.mdb");
+                    let file = std::fs::File::open(&data)
+                        .map_err(|e| Error::io("open for flushing", &data, e))?;
+                    Some(Flusher::new(file))
+                }
+            },
         })
     }
 
@@ -342,7 +394,7 @@ impl MetaStore {
     pub fn write<T>(&self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>) -> Result<T> {
         let (v, seq) = self.write_unflushed(f)?;
         if let (Some(fl), Some(seq)) = (&self.flusher, seq) {
-            fl.wait(seq, &self.path, || self.force_sync())?;
+            fl.wait(seq, &self.path)?;
         }
         Ok(v)
     }
@@ -357,14 +409,6 @@ impl MetaStore {
             Some(fl) => fl.failed(&self.path),
             None => Ok(()),
         }
-    }
-
-    fn force_sync(&self) -> Result<()> {
-        let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let open = guard.as_ref().ok_or_else(|| self.closed())?;
-        open.env
-            .force_sync()
-            .map_err(|e| Error::unknown(format!("flush {}", self.path.display())).with_source(e))
     }
 
     /// [`write`](Self::write) up to its commit; returns the commit's number for the flush.
@@ -386,7 +430,13 @@ impl MetaStore {
                 issued: &self.issued,
             };
             let res = f(&mut txn).and_then(|v| {
-                txn.txn.commit()?;
+                if let Err(e) = txn.txn.commit() {
+                    let e = Error::from(e);
+                    if let (false, Some(fl)) = (is_map_full(&e), &self.flusher) {
+                        fl.commit_failed(&self.path, &e);
+                    }
+                    return Err(e);
+                }
                 Ok((v, self.flusher.as_ref().map(Flusher::committed)))
             });
             match res {
@@ -436,16 +486,15 @@ impl MetaStore {
     /// Closes the store; every later call returns Unavailable. Closing twice is fine.
     pub fn close(&self) -> Result<()> {
         let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let (Some(open), Some(fl)) = (guard.as_ref(), &self.flusher) {
-            // Writers waiting for their flush find it done (theirs would find the store
-            // closed).
-            fl.close(&self.path, open.env.force_sync());
-        }
+        let flushed = match (guard.as_ref(), &self.flusher) {
+            (Some(_), Some(fl)) => fl.close(&self.path),
+            _ => Ok(()),
+        };
         if let Some(open) = guard.take() {
             // Waits for nothing: the write lock means no transaction is live.
             open.env.prepare_for_closing();
         }
-        Ok(())
+        flushed
     }
 
     /// Reads every snapshot whose info matches `filters` (containerd filter strings, OR'd)
@@ -1232,7 +1281,7 @@ mod tests {
 
     #[test]
     fn one_flush_serves_every_writer_that_committed_before_it() {
-        let fl = Arc::new(Flusher::default());
+        let fl = Arc::new(flusher());
         let syncs = Arc::new(AtomicUsize::new(0));
         let path = Path::new("/m");
         // Commits 1..=4, then four writers wait at once; the first flush is held until
@@ -1245,7 +1294,7 @@ mod tests {
                 let (fl, syncs, start) = (fl.clone(), syncs.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    fl.wait(seq, path, || {
+                    fl.wait_with(seq, path, || {
                         std::thread::sleep(std::time::Duration::from_millis(50));
                         syncs.fetch_add(1, Ordering::SeqCst);
                         Ok(())
@@ -1263,7 +1312,7 @@ mod tests {
         );
         // A commit after the flush needs a flush of its own.
         let seq = fl.committed();
-        fl.wait(seq, path, || {
+        fl.wait_with(seq, path, || {
             syncs.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
@@ -1273,24 +1322,21 @@ mod tests {
 
     #[test]
     fn a_failed_flush_fails_that_writer_and_every_later_call() {
-        let fl = Flusher::default();
+        let fl = flusher();
         let path = Path::new("/m");
         let seq = fl.committed();
         let err = fl
-            .wait(seq, path, || Err(Error::unknown("EIO")))
+            .wait_with(seq, path, || Err(Error::unknown("EIO")))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(err.to_string().contains("/m"), "{err}");
-        assert!(
-            err.to_string().contains("open the snapshotter again"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("restart the snapshotter"), "{err}");
         assert!(fl.failed(path).is_err());
         // Later writers fail without trying to flush again.
         let seq = fl.committed();
         let tried = AtomicUsize::new(0);
         assert!(fl
-            .wait(seq, path, || {
+            .wait_with(seq, path, || {
                 tried.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             })
@@ -1298,16 +1344,35 @@ mod tests {
         assert_eq!(tried.load(Ordering::SeqCst), 0);
     }
 
+    /// A flusher on a scratch file.
+    fn flusher() -> Flusher {
+        Flusher::new(tempfile::tempfile().unwrap())
+    }
+
     #[test]
-    fn a_store_closing_after_its_flush_lets_waiting_writers_succeed() {
-        let fl = Flusher::default();
+    fn a_flush_already_done_is_not_undone_by_a_later_failure_nor_hung_by_a_panic() {
+        let fl = flusher();
         let path = Path::new("/m");
+        let first = fl.committed();
+        fl.wait_with(first, path, || Ok(())).unwrap();
+        let second = fl.committed();
+        let panicked = fl.wait_with(second, path, || panic!("boom"));
+        assert!(panicked.is_err(), "a panicking flush fails its writer");
+        // The first commit stays acknowledged; the store has stopped for what follows.
+        fl.wait_with(first, path, || Ok(())).unwrap();
+        assert!(fl.failed(path).is_err());
+        let third = fl.committed();
+        assert!(fl.wait_with(third, path, || Ok(())).is_err());
+    }
+
+    #[test]
+    fn a_failed_commit_stops_the_store() {
+        let fl = flusher();
+        let path = Path::new("/m");
+        fl.commit_failed(path, &Error::unknown("EIO at commit"));
         let seq = fl.committed();
-        fl.close(path, Ok(()));
-        // The writer's own flush finds the store closed; close's flush covered it.
-        fl.wait(seq, path, || Err(Error::unavailable("closed")))
-            .unwrap();
-        assert!(fl.failed(path).is_ok());
+        assert!(fl.wait_with(seq, path, || Ok(())).is_err());
+        assert!(fl.close(path).is_err());
     }
 
     #[test]
