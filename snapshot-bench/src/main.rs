@@ -88,12 +88,20 @@ pub struct Args {
     pub quick: bool,
     pub json: Option<PathBuf>,
     /// The workloads to run (`chain`, `meta`, `store`, `big-tree`, `concurrent`,
-    /// `scale`); empty for all.
+    /// `scale`, `gc`); empty for all.
     pub only: Vec<String>,
 }
 
 /// The workloads `--only` can name.
-pub const WORKLOADS: [&str; 6] = ["chain", "meta", "store", "big-tree", "concurrent", "scale"];
+pub const WORKLOADS: [&str; 7] = [
+    "chain",
+    "meta",
+    "store",
+    "big-tree",
+    "concurrent",
+    "scale",
+    "gc",
+];
 
 impl Args {
     /// Whether the workload `name` runs.

@@ -20,6 +20,7 @@ struct Sizes {
     clients: usize,
     client_chain: usize,
     scale: usize,
+    garbage: usize,
 }
 
 impl Sizes {
@@ -34,6 +35,7 @@ impl Sizes {
                 clients: 4,
                 client_chain: 5,
                 scale: 10_000,
+                garbage: 1_000,
             }
         } else {
             Sizes {
@@ -45,6 +47,7 @@ impl Sizes {
                 clients: 8,
                 client_chain: 20,
                 scale: 100_000,
+                garbage: 10_000,
             }
         }
     }
@@ -174,6 +177,10 @@ pub fn all(args: &Args) -> Result<Vec<Row>> {
         }
         if args.runs("scale") {
             rows.extend(scale(args, &s)?);
+        }
+        // The metadata layer is a library: measured in process.
+        if args.runs("gc") && via == Via::Library {
+            rows.extend(gc(args, &s)?);
         }
         for r in &mut rows[start..] {
             r.via = via.name();
@@ -574,4 +581,148 @@ fn scale(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
     rows[2].floor = Some(small_prep);
     rows[3].floor = Some(small_stat);
     Ok(rows)
+}
+
+/// `gc`: the namespaced metadata layer collecting `garbage` unreachable snapshots while
+/// another thread runs a steady stream of Prepare (rooted, so kept) and Stat: their
+/// latencies against the same stream with no collection running; the collection's
+/// metadata transaction (the only time it holds writers back) and its whole run; then the
+/// background scheduler's pause share over a stream of Prepare and Remove, against
+/// containerd's budget of 20 ms in every second.
+fn gc(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
+    use snapshots::metadata::{GcPolicy, Metadata, MetadataOptions, Scheduler, ROOT_LABEL};
+    println!("gc: {} unreachable snapshots", s.garbage);
+    let root = args.root.join("gc");
+    if root.exists() {
+        let _ = snapshots::snapshot_core::layout::remove_tree(&root);
+    }
+    let backend = snapshots::open(
+        args.backend,
+        &root.join("backend"),
+        &snapshots::Options::default(),
+    )
+    .doing(|| format!("open {} at {}", args.backend, root.display()))?;
+    let md = Metadata::open(
+        &root.join("namespaces"),
+        std::sync::Arc::from(backend),
+        &MetadataOptions::default(),
+    )
+    .doing(|| "open the metadata layer".into())?;
+    let ns = md.namespace("bench").doing(|| "namespace".into())?;
+    for i in 0..s.garbage {
+        ns.prepare(&format!("garbage-{i}"), "", &CreateOptions::default())
+            .doing(|| format!("prepare garbage-{i}"))?;
+    }
+    let kept = CreateOptions::with_labels(snapshots::labels([(ROOT_LABEL, "1")]));
+    ns.prepare("stat-me", "", &kept)
+        .doing(|| "prepare stat-me".into())?;
+    // One round of the stream: a Prepare and a Stat, timed apart.
+    let stream =
+        |tag: &str, prep: &mut Vec<Duration>, stat: &mut Vec<Duration>, n: usize| -> Result {
+            for i in 0..n {
+                let (r, t) = timed(|| ns.prepare(&format!("{tag}-{i}"), "", &kept));
+                r.doing(|| format!("prepare {tag}-{i}"))?;
+                prep.push(t);
+                let (r, t) = timed(|| ns.stat("stat-me"));
+                r.doing(|| "stat".into())?;
+                stat.push(t);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        };
+    let n = s.meta.min(500);
+    let (mut prep0, mut stat0) = (Vec::new(), Vec::new());
+    stream("quiet", &mut prep0, &mut stat0, n)?;
+    let (mut prep1, mut stat1) = (Vec::new(), Vec::new());
+    let collected = std::thread::scope(|sc| -> Result<snapshots::metadata::Collection> {
+        let collector = sc.spawn(|| md.collect());
+        // The stream runs for as long as the collection does (at least n rounds).
+        let mut round = 0;
+        while !collector.is_finished() || round < n {
+            stream(&format!("busy{round}"), &mut prep1, &mut stat1, 1)?;
+            round += 1;
+        }
+        collector
+            .join()
+            .expect("the collector panicked")
+            .doing(|| "collect".into())
+    })?;
+    println!(
+        "gc: collected {} records and {} backend snapshots: metadata transactions {:?} (the longest {:?}), whole collection {:?}",
+        collected.records.len(),
+        collected.backend.len(),
+        collected.metadata_time,
+        collected.longest_pause,
+        collected.total_time
+    );
+    let quiet_prep = median_of(&prep0);
+    let quiet_stat = median_of(&stat0);
+    let mut rows = vec![
+        Row::new("gc", "prepare, no collection", prep0, None),
+        Row::new(
+            "gc",
+            "prepare during the collection",
+            prep1,
+            Some(quiet_prep),
+        ),
+        Row::new("gc", "stat, no collection", stat0, None),
+        Row::new("gc", "stat during the collection", stat1, Some(quiet_stat)),
+        Row::new(
+            "gc",
+            format!("collection: metadata transactions ({})", s.garbage),
+            vec![collected.metadata_time],
+            None,
+        ),
+        Row::new(
+            "gc",
+            "collection: the longest of them",
+            vec![collected.longest_pause],
+            None,
+        ),
+        Row::new(
+            "gc",
+            format!(
+                "collection: whole ({} backend removals)",
+                collected.backend.len()
+            ),
+            vec![collected.total_time],
+            None,
+        ),
+    ];
+    // The scheduler on containerd's policy, over a stream that makes garbage.
+    let sched = Scheduler::start(std::sync::Arc::clone(&md), GcPolicy::default())
+        .doing(|| "start the scheduler".into())?;
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(if args.quick { 2 } else { 10 }) {
+        let key = format!("churn-{i}");
+        ns.prepare(&key, "", &CreateOptions::default())
+            .doing(|| format!("prepare {key}"))?;
+        ns.remove(&key).doing(|| format!("remove {key}"))?;
+        i += 1;
+    }
+    let st = sched.stats();
+    drop(sched);
+    println!(
+        "gc: scheduler: {} collections in {:?} over {i} prepare+remove, paused {:?}: {:.2} % of the time (budget 2 %)",
+        st.collections,
+        st.elapsed,
+        st.paused,
+        st.pause_share() * 100.0
+    );
+    rows.push(Row::new(
+        "gc",
+        "scheduler: pause per collection",
+        vec![st.paused / st.collections.max(1) as u32],
+        None,
+    ));
+    md.close().doing(|| "close".into())?;
+    let _ = snapshots::snapshot_core::layout::remove_tree(&root);
+    Ok(rows)
+}
+
+fn median_of(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
 }

@@ -18,6 +18,9 @@ pub const ROOT_LABEL: &str = "containerd.io/gc.root";
 /// `containerd.io/gc.ref.snapshot.<snapshotter>[/<anything>]` = the referenced key.
 pub const REF_PREFIX: &str = "containerd.io/gc.ref.snapshot.";
 
+/// How many records one of the collection's write transactions deletes.
+pub const SWEEP_BATCH: usize = 256;
+
 /// What a collection removed (or, for a dry run, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Collection {
@@ -28,14 +31,20 @@ pub struct Collection {
     /// Backend snapshots left because a call was using them or the backend refused
     /// (a parent of a snapshot kept), with the reason.
     pub kept: Vec<(String, String)>,
-    /// How long the metadata transaction (mark and record removal) took.
+    /// How long the collection's metadata write transactions took in all (the mark reads
+    /// in a read transaction, which holds nobody back).
     pub metadata_time: Duration,
+    /// The longest of those transactions: the longest a Prepare or Commit waited for it.
+    pub longest_pause: Duration,
     /// How long the whole collection took.
     pub total_time: Duration,
 }
 
 /// The snapshots of `ns` that `rec` keeps alive: its parent and its references.
-fn references<'a>(rec: &'a Record, snapshotter: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+pub(crate) fn references<'a>(
+    rec: &'a Record,
+    snapshotter: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     let parent = (!rec.parent.is_empty()).then_some(rec.parent.as_str());
     let refs = rec.labels.iter().filter_map(move |(k, v)| {
         let rest = k.strip_prefix(REF_PREFIX)?;
@@ -117,6 +126,27 @@ fn leaves_first(infos: Vec<Info>) -> Vec<Info> {
 }
 
 impl Metadata {
+    /// Notes, while a collection runs, what `rec` (about to be written) keeps alive, so
+    /// that the collection spares it. Called inside the transaction that writes `rec`.
+    pub(crate) fn rescue(&self, rec: &Record) {
+        if let Some(set) = self.rescues().as_mut() {
+            for k in references(rec, &self.snapshotter) {
+                set.insert((rec.ns.clone(), k.to_string()));
+            }
+        }
+    }
+
+    /// Runs `hook` with the batch's number before each of a collection's record-deleting
+    /// transactions (for tests that race a call against a collection).
+    #[doc(hidden)]
+    pub fn on_sweep_batch(&self, hook: impl Fn(usize) + Send + Sync + 'static) {
+        *self.sweep_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
+    fn rescues(&self) -> std::sync::MutexGuard<'_, Option<Keys>> {
+        self.rescue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Collects garbage: removes every record no root reaches (roots are snapshots
     /// labelled [`ROOT_LABEL`]; a snapshot reaches its parent and the snapshots its
     /// [`REF_PREFIX`] labels name), then every backend snapshot no record names, leaves
@@ -144,24 +174,26 @@ impl Metadata {
         let start = Instant::now();
         let mut out = Collection::default();
         let snapshotter = self.snapshotter.clone();
-        let (all, unreachable) = if dry_run {
-            self.read(|tx| mark(tx, &snapshotter))?
-        } else {
-            self.write(|tx| {
-                let (all, unreachable) = mark(tx, &snapshotter)?;
-                for r in all
-                    .iter()
-                    .filter(|r| unreachable.contains(&(r.ns.clone(), r.key.clone())))
-                {
-                    if !r.parent.is_empty() {
-                        tx.unlink(&r.ns, &r.parent, &r.key)?;
-                    }
-                    tx.delete(&r.ns, &r.key)?;
-                }
-                Ok((all, unreachable))
-            })?
+        // From before the mark's snapshot, every record written names what it keeps alive
+        // (see `Metadata::rescue`): the sweep spares those.
+        if !dry_run {
+            // Under the writer lock, so a writer that found no collection running has
+            // committed before the mark's snapshot is taken.
+            self.write(|_| {
+                *self.rescues() = Some(Keys::new());
+                Ok(())
+            })?;
+        }
+        let marked = self.read(|tx| mark(tx, &snapshotter));
+        let swept = match (&marked, dry_run) {
+            (Ok((all, unreachable)), false) => self.sweep_records(all, unreachable, &mut out),
+            _ => Ok(Keys::new()),
         };
-        out.metadata_time = start.elapsed();
+        *self.rescues() = None;
+        let (all, mut unreachable) = marked?;
+        if !dry_run {
+            unreachable = swept?;
+        }
         out.records = unreachable.iter().cloned().collect();
         out.records.sort();
         let dirty = if dry_run {
@@ -184,6 +216,84 @@ impl Metadata {
         }
         out.total_time = start.elapsed();
         Ok(out)
+    }
+
+    /// Deletes the `unreachable` records in transactions of [`SWEEP_BATCH`], each the only
+    /// time the collection holds writers back; spares what a record written since the
+    /// mark keeps alive, and what that keeps alive. Returns the keys deleted.
+    fn sweep_records(
+        &self,
+        all: &[Record],
+        unreachable: &Keys,
+        out: &mut Collection,
+    ) -> Result<Keys> {
+        let mut candidates: HashMap<(String, String), &Record> = all
+            .iter()
+            .filter(|r| unreachable.contains(&(r.ns.clone(), r.key.clone())))
+            .map(|r| ((r.ns.clone(), r.key.clone()), r))
+            .collect();
+        let mut order: Vec<(String, String)> = candidates.keys().cloned().collect();
+        order.sort();
+        let mut deleted = Keys::new();
+        for (n, chunk) in order.chunks(SWEEP_BATCH).enumerate() {
+            if let Some(hook) = self
+                .sweep_hook
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                hook(n);
+            }
+            let t = Instant::now();
+            self.write(|tx| {
+                // Under the writer lock: no record is being written meanwhile.
+                let rescued = self.rescued(&mut candidates);
+                for k in chunk {
+                    if rescued.contains(k) || !candidates.contains_key(k) {
+                        continue;
+                    }
+                    let Some(r) = tx.record(&k.0, &k.1)? else {
+                        continue; // removed meanwhile
+                    };
+                    if !r.parent.is_empty() {
+                        tx.unlink(&r.ns, &r.parent, &r.key)?;
+                    }
+                    tx.delete(&r.ns, &r.key)?;
+                    deleted.insert(k.clone());
+                }
+                Ok(())
+            })?;
+            let pause = t.elapsed();
+            out.metadata_time += pause;
+            out.longest_pause = out.longest_pause.max(pause);
+        }
+        Ok(deleted)
+    }
+
+    /// The candidates that records written since the mark keep alive (directly or through
+    /// other candidates); they are taken out of `candidates`.
+    fn rescued(&self, candidates: &mut HashMap<(String, String), &Record>) -> Keys {
+        let mut stack: Vec<(String, String)> = self
+            .rescues()
+            .as_ref()
+            .map(|set| {
+                set.iter()
+                    .filter(|k| candidates.contains_key(*k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut rescued = Keys::new();
+        while let Some(k) = stack.pop() {
+            let Some(r) = candidates.remove(&k) else {
+                continue;
+            };
+            rescued.insert(k);
+            for next in references(r, &self.snapshotter) {
+                stack.push((r.ns.clone(), next.to_string()));
+            }
+        }
+        rescued
     }
 
     fn sweep_backend(

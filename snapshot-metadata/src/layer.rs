@@ -81,6 +81,9 @@ pub struct Metadata {
     pub(crate) collecting: Mutex<()>,
     // Changes, for the scheduler.
     pub(crate) events: crate::scheduler::Events,
+    // While a collection sweeps: what records written since its mark keep alive.
+    pub(crate) rescue: Mutex<Option<HashSet<(String, String)>>>,
+    pub(crate) sweep_hook: Mutex<Option<SweepHook>>,
     closed: AtomicBool,
     path: PathBuf,
 }
@@ -92,6 +95,8 @@ impl std::fmt::Debug for Metadata {
             .finish()
     }
 }
+
+pub(crate) type SweepHook = Box<dyn Fn(usize) + Send + Sync>;
 
 /// A pin on a backend key, released when dropped.
 pub(crate) struct Pin<'a> {
@@ -130,6 +135,8 @@ impl Metadata {
             dirty: AtomicBool::new(true),
             collecting: Mutex::new(()),
             events: Default::default(),
+            rescue: Mutex::new(None),
+            sweep_hook: Mutex::new(None),
             closed: AtomicBool::new(false),
             path: dir.to_path_buf(),
         });
@@ -412,6 +419,7 @@ impl Namespaced {
                 }
                 tx.link(ns, parent, &rec.key)?;
             }
+            self.md.rescue(&rec);
             tx.put(&rec)
         });
         drop(pin);
@@ -560,6 +568,7 @@ impl Snapshotter for Namespaced {
             let mut binfo = Info::new(info.kind, rec.bkey.clone());
             binfo.labels = inherited_labels(&rec.labels);
             let updated = self.md.backend.update(&binfo, fieldpaths)?;
+            self.md.rescue(&rec);
             tx.put(&rec)?;
             Ok(merged(updated, &rec))
         })
@@ -648,7 +657,10 @@ impl Snapshotter for Namespaced {
             .backend
             .commit(&intent.committed.bkey, &active_bkey, &bopts);
         self.md.write(|tx| match &done {
-            Ok(()) => apply_commit(tx, &intent),
+            Ok(()) => {
+                self.md.rescue(&intent.committed);
+                apply_commit(tx, &intent)
+            }
             // Nothing changed in the backend: the active snapshot stays.
             Err(_) => tx.clear_pending(&intent),
         })?;

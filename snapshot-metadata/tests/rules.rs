@@ -452,3 +452,39 @@ fn the_scheduler_collects_after_removals_and_not_when_idle() {
     assert!(now.backend.is_empty() && now.records.is_empty());
     drop(sched);
 }
+
+#[test]
+fn a_snapshot_made_on_garbage_during_a_collection_keeps_its_parent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md = open(tmp.path());
+    let ns = md.namespace("default").unwrap();
+    for i in 0..(3 * snapshot_metadata::gc::SWEEP_BATCH) {
+        ns.prepare(&format!("garbage-{i:05}"), "", &opt()).unwrap();
+    }
+    // Unreachable, and last in the sweep's order.
+    ns.prepare("zz-parent-a", "", &opt()).unwrap();
+    ns.commit("zz-parent", "zz-parent-a", &commit_opt())
+        .unwrap();
+    // After the mark, before the parent's batch: a rooted child on the parent.
+    let result = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (ns, result) = (md.namespace("default").unwrap(), Arc::clone(&result));
+        md.on_sweep_batch(move |n| {
+            if n == 1 {
+                *result.lock().unwrap() = Some(ns.prepare("child", "zz-parent", &root_label()));
+            }
+        });
+    }
+    let done = md.collect().unwrap();
+    let child = result.lock().unwrap().take().expect("the hook ran");
+    assert!(child.is_ok(), "{child:?}");
+    assert!(
+        ns.stat("zz-parent").is_ok(),
+        "the parent of a kept child was collected"
+    );
+    assert!(!done
+        .records
+        .contains(&("default".into(), "zz-parent".into())));
+    md.check().unwrap();
+    assert!(md.plan().unwrap().records.len() <= 1);
+}
