@@ -1,5 +1,5 @@
-//! Compiles containerd's snapshots and mount protos with protox (pure Rust), so the build
-//! needs no system `protoc`.
+//! Compiles containerd's snapshots and mount protos, and snapshotd's own collector proto,
+//! with protox (pure Rust), so the build needs no system `protoc`.
 
 use std::path::Path;
 
@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "github.com/containerd/containerd/api/types/mount.proto",
         "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
+        "snapshotd/v1/collector.proto",
     ];
     // protox needs no protoc; rerunning when PROTOC changes lets `PROTOC=/nonexistent`
     // prove it.

@@ -64,6 +64,27 @@ pub async fn connect_in(
     path: &Path,
     namespace: NamespaceHeader,
 ) -> Result<Client, tonic::transport::Error> {
+    Ok(SnapshotsClient::with_interceptor(
+        channel(path).await?,
+        namespace,
+    ))
+}
+
+/// A connected client of snapshotd's own `Collector` service.
+pub type Collector =
+    crate::proto::collector::collector_client::CollectorClient<tonic::transport::Channel>;
+
+/// Connects to snapshotd's `Collector` service (garbage collection of a daemon started
+/// with `--namespaced`) on the unix socket `path`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_collector(path: &Path) -> Result<Collector, tonic::transport::Error> {
+    Ok(Collector::new(channel(path).await?))
+}
+
+/// A channel to the unix socket `path`.
+async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_owned();
     // The URI is required by the API but never used: the connector ignores it.
     let channel = Endpoint::from_static("http://[::]:50051")
@@ -72,7 +93,7 @@ pub async fn connect_in(
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await?;
-    Ok(SnapshotsClient::with_interceptor(channel, namespace))
+    Ok(channel)
 }
 
 /// A [`Snapshotter`](snapshots::Snapshotter) whose calls go to a snapshots service over

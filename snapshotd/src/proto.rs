@@ -21,5 +21,11 @@ pub mod containerd {
     }
 }
 
+/// `package snapshotd.v1`: the `Collector` service (garbage collection on demand).
+pub mod snapshotd_v1 {
+    tonic::include_proto!("snapshotd.v1");
+}
+
 pub use containerd::services::snapshots::v1 as snapshots;
 pub use containerd::types;
+pub use snapshotd_v1 as collector;

@@ -131,6 +131,7 @@ pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
+    let target: Target = target.into();
     let listener =
         tokio::net::UnixListener::from_std(listener).map_err(|source| DaemonError::Runtime {
             what: "registering the socket with tokio",
@@ -139,7 +140,8 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(SnapshotService::with_stop(target.into(), stop_rx).into_server())
+        .add_service(SnapshotService::with_stop(target.clone(), stop_rx).into_server())
+        .add_service(crate::service::CollectorService::new(target).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             shutdown.await;
             let _ = stop_tx.send(true);

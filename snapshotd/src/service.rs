@@ -344,3 +344,66 @@ impl Snapshots for SnapshotService {
         Ok(Response::new(()))
     }
 }
+
+/// snapshotd's `Collector` service: garbage collection of the namespaced metadata layer on
+/// demand (`snapshotctl gc`).
+#[derive(Clone)]
+pub struct CollectorService {
+    target: Target,
+}
+
+impl CollectorService {
+    /// The service for `target` (Unimplemented unless it is namespaced).
+    pub fn new(target: Target) -> Self {
+        CollectorService { target }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> crate::proto::collector::collector_server::CollectorServer<Self> {
+        crate::proto::collector::collector_server::CollectorServer::new(self)
+    }
+}
+
+fn nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+#[tonic::async_trait]
+impl crate::proto::collector::collector_server::Collector for CollectorService {
+    async fn collect(
+        &self,
+        request: Request<crate::proto::collector::CollectRequest>,
+    ) -> Result<Response<crate::proto::collector::CollectResponse>, Status> {
+        use crate::proto::collector as c;
+        let Target::Namespaced(md) = &self.target else {
+            return Err(to_status(&Error::not_implemented(
+                "gc: this daemon serves no namespaces: start it with --namespaced (behind \
+                 containerd, containerd collects)",
+            )));
+        };
+        let dry_run = request.into_inner().dry_run;
+        let md = Arc::clone(md);
+        let done =
+            tokio::task::spawn_blocking(move || if dry_run { md.plan() } else { md.collect() })
+                .await
+                .map_err(|e| Status::unknown(format!("gc failed: {e}")))?
+                .map_err(|e| to_status(&e))?;
+        Ok(Response::new(c::CollectResponse {
+            dry_run,
+            records: done
+                .records
+                .into_iter()
+                .map(|(namespace, key)| c::Record { namespace, key })
+                .collect(),
+            backend: done.backend,
+            kept: done
+                .kept
+                .into_iter()
+                .map(|(name, reason)| c::Kept { name, reason })
+                .collect(),
+            metadata_ns: nanos(done.metadata_time),
+            longest_pause_ns: nanos(done.longest_pause),
+            total_ns: nanos(done.total_time),
+        }))
+    }
+}

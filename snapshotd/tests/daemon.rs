@@ -307,6 +307,12 @@ fn snapshotctl_drives_the_daemon() {
 
     ctl_ok(&s, &["rm", "container", "inspect", "layer-1"]);
     ctl_ok(&s, &["cleanup"]);
+    let out = ctl(&s, &["gc"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--namespaced"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(ctl_ok(&s, &["ls"]).lines().count(), 1);
 
     let help = Command::new(SNAPSHOTCTL).arg("--help").output().unwrap();
@@ -458,11 +464,29 @@ fn a_namespaced_daemon_serves_namespaces_to_snapshotctl() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Removed in a, collected by cleanup: its tree goes; b's stays.
+    // Removed in a, collected: its tree goes; b's stays. A dry run first removes nothing.
     ctl_ok(&s, &["-n", "a", "rm", "base"]);
     assert!(a_tree.is_dir(), "remove only unlinks");
-    ctl_ok(&s, &["-n", "a", "cleanup"]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&s, &["--json", "gc", "--dry-run"])).unwrap();
+    assert_eq!(plan["dry_run"], true);
+    let would: Vec<&str> = plan["backend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        would
+            .iter()
+            .any(|b| b.starts_with("a/") && b.ends_with("/base")),
+        "{plan}"
+    );
+    assert!(a_tree.is_dir(), "a dry run removes nothing");
+    let out = ctl_ok(&s, &["gc"]);
+    assert!(out.contains("removed") && out.contains("/base"), "{out}");
     assert!(!a_tree.exists(), "collected: {}", a_tree.display());
+    ctl_ok(&s, &["-n", "a", "cleanup"]);
     assert!(b_tree.is_dir(), "b's snapshot keeps its tree");
     assert!(d.log().contains("namespaced"), "{}", d.log());
     d.child

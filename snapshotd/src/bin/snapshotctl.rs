@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use snapshotd::client::{connect_in, Client, NamespaceHeader};
+use snapshotd::client::{connect_collector, connect_in, Client, NamespaceHeader};
 use snapshotd::config::DEFAULT_ADDRESS;
 use snapshotd::convert::{from_status, info_from_proto, mount_from_proto};
 use snapshotd::proto::snapshots as pb;
@@ -119,8 +119,17 @@ enum Command {
         /// Labels to set or (with an empty value) remove
         labels: Vec<String>,
     },
-    /// Delete the files of removed snapshots now (backends with asynchronous remove).
+    /// Delete the files of removed snapshots now (backends with asynchronous remove; on a
+    /// --namespaced daemon, a garbage collection).
     Cleanup,
+    /// Collect garbage now on a daemon started with --namespaced, and show what went:
+    /// records no root reaches (roots are labelled containerd.io/gc.root) and backend
+    /// snapshots no record names.
+    Gc {
+        /// Show what a collection would remove; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Mount the active snapshot or view KEY at DIR (as root).
     Mount {
         /// Key of an active snapshot or view
@@ -415,6 +424,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 println!("{}", json!({ "cleanup": "done" }));
             }
         }
+        Command::Gc { dry_run } => gc(&cli.address, dry_run, json).await?,
         Command::Mount { key, dir } => {
             let mounts = mounts(&mut c, &key).await?;
             snapshots::mount::mount_all(&mounts, &dir).map_err(CtlError::from)?;
@@ -558,6 +568,86 @@ fn print_json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
+}
+
+async fn gc(address: &Path, dry_run: bool, json: bool) -> Result<(), CtlError> {
+    let mut c = connect_collector(address)
+        .await
+        .map_err(|source| CtlError::Connect {
+            address: address.to_path_buf(),
+            source,
+        })?;
+    let r = c
+        .collect(snapshotd::proto::collector::CollectRequest { dry_run })
+        .await
+        .map_err(err)?
+        .into_inner();
+    let ms = |ns: i64| ns as f64 / 1e6;
+    if json {
+        let records: Vec<_> = r
+            .records
+            .iter()
+            .map(|x| json!({ "namespace": x.namespace, "key": x.key }))
+            .collect();
+        let kept: Vec<_> = r
+            .kept
+            .iter()
+            .map(|k| json!({ "name": k.name, "reason": k.reason }))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "dry_run": r.dry_run,
+                "records": records,
+                "backend": r.backend,
+                "kept": kept,
+                "metadata_ms": ms(r.metadata_ns),
+                "longest_pause_ms": ms(r.longest_pause_ns),
+                "total_ms": ms(r.total_ns),
+            })
+        );
+        return Ok(());
+    }
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    let mut rows: Vec<Vec<String>> = r
+        .records
+        .iter()
+        .map(|x| {
+            vec![
+                "record".into(),
+                x.namespace.clone(),
+                x.key.clone(),
+                verb.into(),
+            ]
+        })
+        .collect();
+    rows.extend(
+        r.backend
+            .iter()
+            .map(|b| vec!["backend".into(), String::new(), b.clone(), verb.into()]),
+    );
+    rows.extend(r.kept.iter().map(|k| {
+        vec![
+            "backend".into(),
+            String::new(),
+            k.name.clone(),
+            format!("kept: {}", k.reason),
+        ]
+    }));
+    if rows.is_empty() {
+        println!("nothing to collect");
+    } else {
+        print_table(&["WHAT", "NAMESPACE", "KEY", "DONE"], rows);
+    }
+    println!(
+        "{} records and {} backend snapshots {verb}; metadata transactions {:.1} ms (longest {:.1} ms), in all {:.1} ms",
+        r.records.len(),
+        r.backend.len(),
+        ms(r.metadata_ns),
+        ms(r.longest_pause_ns),
+        ms(r.total_ns)
+    );
+    Ok(())
 }
 
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
