@@ -14,6 +14,13 @@
 //! sync = false                   # flush a layer's data before its commit is recorded
 //! namespaced = false             # namespaces and garbage collection (never behind containerd)
 //!
+//! [gc]                           # the collector's policy with namespaced (containerd's knobs)
+//! pause_threshold = 0.02         # share of time collections may hold writers back
+//! deletion_threshold = 0         # removals that start a collection at once (0: none)
+//! mutation_threshold = 100       # changes that make the next interval collect
+//! schedule_delay_ms = 0
+//! startup_delay_ms = 100
+//!
 //! [overlay]
 //! sync_remove = false            # delete directories at remove, not in cleanup
 //! upperdir_label = false         # label snapshots with their upper directory
@@ -115,6 +122,25 @@ pub struct FileConfig {
     /// The `[overlay]` table.
     #[serde(default)]
     pub overlay: OverlayFileConfig,
+    /// The `[gc]` table (with `namespaced`).
+    #[serde(default)]
+    pub gc: GcFileConfig,
+}
+
+/// The `[gc]` table: containerd's garbage-collection scheduler knobs, for `namespaced`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GcFileConfig {
+    /// `pause_threshold = 0.02`: the share of time collections may hold writers back.
+    pub pause_threshold: Option<f64>,
+    /// `deletion_threshold = 0`: removals that start a collection at once (0: none).
+    pub deletion_threshold: Option<u64>,
+    /// `mutation_threshold = 100`: changes that make the next interval collect.
+    pub mutation_threshold: Option<u64>,
+    /// `schedule_delay_ms = 0`: how long after being asked a collection starts.
+    pub schedule_delay_ms: Option<u64>,
+    /// `startup_delay_ms = 100`: when the first collection runs after start.
+    pub startup_delay_ms: Option<u64>,
 }
 
 /// The `[overlay]` table of the configuration file.
@@ -163,6 +189,8 @@ pub struct Config {
     pub options: BackendOptions,
     /// Serve the namespaced metadata layer.
     pub namespaced: bool,
+    /// The collector's policy (with `namespaced`).
+    pub gc: snapshots::metadata::GcPolicy,
 }
 
 impl Config {
@@ -228,8 +256,29 @@ impl Config {
                 redirect_dir: flags.redirect_dir || ov.redirect_dir.unwrap_or(false),
             },
             namespaced: flags.namespaced || file.namespaced.unwrap_or(false),
+            gc: gc_policy(&file.gc)?,
         })
     }
+}
+
+fn gc_policy(g: &GcFileConfig) -> Result<snapshots::metadata::GcPolicy, DaemonError> {
+    let d = snapshots::metadata::GcPolicy::default();
+    let pause = g.pause_threshold.unwrap_or(d.pause_threshold);
+    if !(0.0..=0.5).contains(&pause) {
+        return Err(DaemonError::Value(snapshots::Error::invalid_argument(format!(
+            "[gc] pause_threshold = {pause}: give a share between 0 and 0.5 (0.02 is 20 ms in every second)"
+        ))));
+    }
+    let ms = |v: Option<u64>, dflt: std::time::Duration| {
+        v.map_or(dflt, std::time::Duration::from_millis)
+    };
+    Ok(snapshots::metadata::GcPolicy {
+        pause_threshold: pause,
+        deletion_threshold: g.deletion_threshold.unwrap_or(d.deletion_threshold),
+        mutation_threshold: g.mutation_threshold.unwrap_or(d.mutation_threshold),
+        schedule_delay: ms(g.schedule_delay_ms, d.schedule_delay),
+        startup_delay: ms(g.startup_delay_ms, d.startup_delay),
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, DaemonError> {
@@ -282,6 +331,32 @@ mod tests {
         assert_eq!(c.address, Path::new(DEFAULT_ADDRESS));
         assert_eq!(c.log_level, LevelFilter::Info);
         assert_eq!(c.options, BackendOptions::default());
+    }
+
+    #[test]
+    fn namespaced_mode_and_the_collectors_policy_come_from_the_file_or_the_flag() {
+        let c = Config::merge(&flags(&[]), FileConfig::default()).unwrap();
+        assert!(!c.namespaced);
+        assert_eq!(c.gc, snapshots::metadata::GcPolicy::default());
+        assert!(
+            Config::merge(&flags(&["--namespaced"]), FileConfig::default())
+                .unwrap()
+                .namespaced
+        );
+        let file: FileConfig = toml::from_str(
+            "namespaced = true\n[gc]\npause_threshold = 0.1\ndeletion_threshold = 5\nstartup_delay_ms = 0\n",
+        )
+        .unwrap();
+        let c = Config::merge(&flags(&[]), file).unwrap();
+        assert!(c.namespaced);
+        assert_eq!(c.gc.pause_threshold, 0.1);
+        assert_eq!(c.gc.deletion_threshold, 5);
+        assert_eq!(c.gc.startup_delay, std::time::Duration::ZERO);
+        assert_eq!(c.gc.mutation_threshold, 100);
+        let bad: FileConfig = toml::from_str("[gc]\npause_threshold = 0.9\n").unwrap();
+        let e = Config::merge(&flags(&[]), bad).unwrap_err();
+        assert!(e.to_string().contains("pause_threshold"), "{e}");
+        assert!(toml::from_str::<FileConfig>("[gc]\npause = 1\n").is_err());
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn serve_namespaced(
     config: &Config,
     backend: Backend,
 ) -> Result<(), DaemonError> {
-    use snapshots::metadata::{GcPolicy, Metadata, MetadataOptions, Scheduler};
+    use snapshots::metadata::{Metadata, MetadataOptions, Scheduler};
     let dir = config.root.join("namespaces");
     let opened = Metadata::open(
         &dir,
@@ -293,7 +293,7 @@ fn serve_namespaced(
             ..MetadataOptions::default()
         },
     )
-    .and_then(|md| Ok((Scheduler::start(Arc::clone(&md), GcPolicy::default())?, md)));
+    .and_then(|md| Ok((Scheduler::start(Arc::clone(&md), config.gc.clone())?, md)));
     let (scheduler, md) = opened.map_err(|source| DaemonError::Open {
         backend,
         root: dir.clone(),
