@@ -488,3 +488,120 @@ fn a_snapshot_made_on_garbage_during_a_collection_keeps_its_parent() {
     md.check().unwrap();
     assert!(md.plan().unwrap().records.len() <= 1);
 }
+
+/// A backend that provides remote snapshots itself, as containerd's test backend does: a
+/// Prepare labelled with a target answers AlreadyExists when a committed snapshot with
+/// that target and the same parent exists.
+struct Remote(Arc<dyn Snapshotter>);
+
+impl Snapshotter for Remote {
+    fn stat(&self, key: &str) -> snapshot_core::Result<Info> {
+        self.0.stat(key)
+    }
+    fn update(&self, info: &Info, paths: &[String]) -> snapshot_core::Result<Info> {
+        self.0.update(info, paths)
+    }
+    fn usage(&self, key: &str) -> snapshot_core::Result<snapshot_core::Usage> {
+        self.0.usage(key)
+    }
+    fn mounts(&self, key: &str) -> snapshot_core::Result<Vec<snapshot_core::Mount>> {
+        self.0.mounts(key)
+    }
+    fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &CreateOptions,
+    ) -> snapshot_core::Result<Vec<snapshot_core::Mount>> {
+        if let Some(t) = opts.labels.get(TARGET_LABEL) {
+            let mut found = false;
+            self.0.walk(&[], &mut |i: &Info| {
+                found |= i.kind == Kind::Committed
+                    && i.parent == parent
+                    && i.labels.get(TARGET_LABEL) == Some(t);
+                Ok(())
+            })?;
+            if found {
+                return Err(snapshot_core::Error::already_exists(format!(
+                    "target {t} exists"
+                )));
+            }
+        }
+        self.0.prepare(key, parent, opts)
+    }
+    fn view(
+        &self,
+        key: &str,
+        parent: &str,
+        opts: &CreateOptions,
+    ) -> snapshot_core::Result<Vec<snapshot_core::Mount>> {
+        self.0.view(key, parent, opts)
+    }
+    fn commit(&self, name: &str, key: &str, opts: &CommitOptions) -> snapshot_core::Result<()> {
+        self.0.commit(name, key, opts)
+    }
+    fn remove(&self, key: &str) -> snapshot_core::Result<()> {
+        self.0.remove(key)
+    }
+    fn walk(
+        &self,
+        filters: &[String],
+        f: &mut dyn FnMut(&Info) -> snapshot_core::Result<()>,
+    ) -> snapshot_core::Result<()> {
+        self.0.walk(filters, f)
+    }
+    fn close(&self) -> snapshot_core::Result<()> {
+        self.0.close()
+    }
+}
+
+#[test]
+fn a_target_the_backend_provides_is_recorded_and_an_unasked_already_exists_is_unknown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = NativeConfig {
+        no_sync: true,
+        ..NativeConfig::default()
+    };
+    let native: Arc<dyn Snapshotter> =
+        Arc::new(NativeSnapshotter::open(&tmp.path().join("backend"), config).unwrap());
+    // A layer the backend has of its own (a remote snapshotter's lazily pulled layer).
+    let target = labels([(TARGET_LABEL, "sha256:remote")]);
+    native.prepare("remote-a", "", &opt()).unwrap();
+    native
+        .commit(
+            "remote/sha256:remote",
+            "remote-a",
+            &CommitOptions {
+                labels: target.clone(),
+                parent: String::new(),
+            },
+        )
+        .unwrap();
+    let md = Metadata::open(
+        &tmp.path().join("namespaces"),
+        Arc::new(Remote(Arc::clone(&native))),
+        &MetadataOptions::default(),
+    )
+    .unwrap();
+    let ns = md.namespace("default").unwrap();
+    let e = ns
+        .prepare("extract", "", &CreateOptions::with_labels(target.clone()))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    let info = ns.stat("sha256:remote").unwrap();
+    assert_eq!(info.kind, Kind::Committed);
+    assert_eq!(
+        info.labels.get(TARGET_LABEL).map(String::as_str),
+        Some("sha256:remote")
+    );
+    // Nothing was made for the asked key, and the record points at the backend's layer.
+    assert_eq!(backend_names(&md), vec!["remote/sha256:remote".to_string()]);
+    md.check().unwrap();
+    // A backend's AlreadyExists without a target is Unknown: here the backend already has
+    // the key the layer derives next ("default" used sequence 1 above, "x" takes 2).
+    native.prepare("default/3/k", "", &opt()).unwrap();
+    let clash = md.namespace("default").unwrap();
+    clash.prepare("x", "", &opt()).unwrap();
+    let e = clash.prepare("k", "", &opt()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unknown, "{e}");
+}
