@@ -72,9 +72,22 @@ fn mark<R: Reader>(tx: &R, snapshotter: &str) -> Result<(Vec<Record>, Keys)> {
         .map(|r| ((r.ns.as_str(), r.key.as_str()), r))
         .collect();
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    // Roots: the labelled records, and what a Commit in flight consumes or builds on.
+    let pending = tx.all_pending()?;
+    let in_flight: HashSet<(&str, &str)> = pending
+        .iter()
+        .filter(|i| !i.active.is_empty())
+        .flat_map(|i| {
+            let ns = i.committed.ns.as_str();
+            [(ns, i.active.as_str()), (ns, i.committed.parent.as_str())]
+        })
+        .collect();
     let mut stack: Vec<&Record> = all
         .iter()
-        .filter(|r| r.labels.get(ROOT_LABEL).is_some_and(|v| !v.is_empty()))
+        .filter(|r| {
+            r.labels.get(ROOT_LABEL).is_some_and(|v| !v.is_empty())
+                || in_flight.contains(&(r.ns.as_str(), r.key.as_str()))
+        })
         .collect();
     for r in &stack {
         seen.insert((&r.ns, &r.key));
@@ -130,6 +143,8 @@ impl Metadata {
     /// that the collection spares it. Called inside the transaction that writes `rec`.
     pub(crate) fn rescue(&self, rec: &Record) {
         if let Some(set) = self.rescues().as_mut() {
+            // The record itself too: a write the mark did not see (an Update that roots it).
+            set.insert((rec.ns.clone(), rec.key.clone()));
             for k in references(rec, &self.snapshotter) {
                 set.insert((rec.ns.clone(), k.to_string()));
             }
@@ -208,8 +223,8 @@ impl Metadata {
                     (false, Some(c)) => c.cleanup(),
                     _ => Ok(()),
                 });
-            if swept.is_err() && !dry_run {
-                // The next collection sweeps again.
+            if (swept.is_err() || !out.kept.is_empty()) && !dry_run {
+                // The next collection sweeps again (what was kept may go then).
                 self.dirty.store(true, Ordering::SeqCst);
             }
             swept?;
@@ -232,8 +247,24 @@ impl Metadata {
             .filter(|r| unreachable.contains(&(r.ns.clone(), r.key.clone())))
             .map(|r| ((r.ns.clone(), r.key.clone()), r))
             .collect();
-        let mut order: Vec<(String, String)> = candidates.keys().cloned().collect();
-        order.sort();
+        // Leaves first (deepest first along the parent edge): a kill between two batches,
+        // or a child spared in a later batch, never leaves a record whose parent is gone.
+        let depth = |k: &(String, String)| {
+            let mut d = 0usize;
+            let mut cur = candidates.get(k).map(|r| r.parent.clone());
+            while let Some(p) = cur.filter(|p| !p.is_empty()) {
+                d += 1;
+                cur = candidates.get(&(k.0.clone(), p)).map(|r| r.parent.clone());
+                if d > candidates.len() {
+                    break;
+                }
+            }
+            d
+        };
+        let mut order: Vec<(usize, (String, String))> =
+            candidates.keys().map(|k| (depth(k), k.clone())).collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let order: Vec<(String, String)> = order.into_iter().map(|(_, k)| k).collect();
         let mut deleted = Keys::new();
         for (n, chunk) in order.chunks(SWEEP_BATCH).enumerate() {
             if let Some(hook) = self
@@ -255,6 +286,11 @@ impl Metadata {
                     let Some(r) = tx.record(&k.0, &k.1)? else {
                         continue; // removed meanwhile
                     };
+                    // A child made or spared since the mark, or a Commit in flight: kept
+                    // (the next collection looks again).
+                    if tx.has_children(&k.0, &k.1)? || tx.pending(&k.0, &k.1)?.is_some() {
+                        continue;
+                    }
                     if !r.parent.is_empty() {
                         tx.unlink(&r.ns, &r.parent, &r.key)?;
                     }
@@ -303,14 +339,35 @@ impl Metadata {
         unreachable: &Keys,
         out: &mut Collection,
     ) -> Result<()> {
+        // From here on every key pinned stays spared until the sweep ends, even once its
+        // pin is gone (its record may commit after the read below).
+        {
+            let mut p = self.pins();
+            p.sweeping = true;
+            p.touched.clear();
+        }
+        let r = self.sweep_backend_pinned(dry_run, all, unreachable, out);
+        let mut p = self.pins();
+        p.sweeping = false;
+        p.touched.clear();
+        r
+    }
+
+    fn sweep_backend_pinned(
+        &self,
+        dry_run: bool,
+        all: &[Record],
+        unreachable: &Keys,
+        out: &mut Collection,
+    ) -> Result<()> {
         // The backend first, then the records: a snapshot the walk saw was made before it
-        // ended, so its maker pinned it, or recorded it, before the read below.
+        // ended, so its maker pinned it before the read below.
         let mut infos = Vec::new();
         self.backend.walk(&[], &mut |i: &Info| {
             infos.push(i.clone());
             Ok(())
         })?;
-        let named: HashSet<String> = if dry_run {
+        let mut named: HashSet<String> = if dry_run {
             all.iter()
                 .filter(|r| !unreachable.contains(&(r.ns.clone(), r.key.clone())))
                 .map(|r| r.bkey.clone())
@@ -322,13 +379,17 @@ impl Metadata {
                 .map(|r| r.bkey)
                 .collect()
         };
+        // What calls in flight name (their intents), besides their pins.
+        for i in self.read(|tx| tx.all_pending())? {
+            named.insert(i.committed.bkey);
+        }
         for info in leaves_first(infos) {
             if named.contains(&info.name) {
                 continue;
             }
             {
                 let mut p = self.pins();
-                if p.pinned.contains_key(&info.name) {
+                if p.pinned.contains_key(&info.name) || p.touched.contains(&info.name) {
                     out.kept
                         .push((info.name, "in use by a running call".into()));
                     continue;

@@ -45,6 +45,12 @@ pub struct MetadataOptions {
     pub snapshotter: String,
     /// The size of the database's memory map in bytes.
     pub map_size: usize,
+    /// Whether a Prepare labelled with a target that another namespace committed (with
+    /// the same label, on the same parent) shares that snapshot instead of making one.
+    /// Off by default, as in containerd (which shares only what the backend itself
+    /// answers AlreadyExists for): it trusts every namespace, since any namespace can
+    /// commit content labelled with another's layer.
+    pub share_targets: bool,
 }
 
 impl Default for MetadataOptions {
@@ -52,6 +58,7 @@ impl Default for MetadataOptions {
         MetadataOptions {
             snapshotter: "overlayfs".into(),
             map_size: 1 << 30,
+            share_targets: false,
         }
     }
 }
@@ -63,6 +70,10 @@ impl Default for MetadataOptions {
 pub(crate) struct Pins {
     pub pinned: HashMap<String, usize>,
     pub removing: HashSet<String>,
+    // While a collection sweeps the backend, every key pinned since it began: spared even
+    // once unpinned (its record may have committed after the sweep read the records).
+    pub sweeping: bool,
+    pub touched: HashSet<String>,
 }
 
 /// containerd's metadata layer over one backend: namespaces, parent-to-children links,
@@ -84,6 +95,7 @@ pub struct Metadata {
     // While a collection sweeps: what records written since its mark keep alive.
     pub(crate) rescue: Mutex<Option<HashSet<(String, String)>>>,
     pub(crate) sweep_hook: Mutex<Option<SweepHook>>,
+    pub(crate) share_targets: bool,
     closed: AtomicBool,
     path: PathBuf,
 }
@@ -137,6 +149,7 @@ impl Metadata {
             events: Default::default(),
             rescue: Mutex::new(None),
             sweep_hook: Mutex::new(None),
+            share_targets: opts.share_targets,
             closed: AtomicBool::new(false),
             path: dir.to_path_buf(),
         });
@@ -150,6 +163,12 @@ impl Metadata {
     fn recover(&self) -> Result<()> {
         for intent in self.read(|tx| tx.all_pending())? {
             let c = &intent.committed;
+            if intent.active.is_empty() {
+                // A create's reservation: its backend snapshot, if made, has no record and
+                // goes with the next collection.
+                self.write(|tx| tx.unreserve(&c.ns, &c.key))?;
+                continue;
+            }
             let made = match self.backend.stat(&c.bkey) {
                 Ok(_) => true,
                 Err(e) if e.is(ErrorKind::NotFound) => false,
@@ -165,7 +184,7 @@ impl Metadata {
                 if made {
                     apply_commit(tx, &intent)
                 } else {
-                    tx.clear_pending(&intent)
+                    drop_commit(tx, &intent)
                 }
             })?;
         }
@@ -209,6 +228,9 @@ impl Metadata {
             return None;
         }
         *p.pinned.entry(bkey.to_string()).or_default() += 1;
+        if p.sweeping {
+            p.touched.insert(bkey.to_string());
+        }
         Some(Pin {
             md: self,
             bkey: bkey.to_string(),
@@ -326,7 +348,7 @@ impl Namespaced {
                     )));
                 }
             }
-            if tx.record(ns, key)?.is_some() {
+            if tx.record(ns, key)?.is_some() || tx.pending(ns, key)?.is_some() {
                 return Err(Error::already_exists(format!(
                     "snapshot {:?} exists in namespace {ns:?}",
                     truncate_for_message(key)
@@ -344,8 +366,17 @@ impl Namespaced {
                 None => None,
             };
             let seq = tx.next_seq(ns)?;
-            Ok((format!("{ns}/{seq}/{key}"), bparent, known))
+            let bkey = format!("{ns}/{seq}/{key}");
+            // The key is taken until the record commits: a Commit of the same name, or
+            // another create of the key, is AlreadyExists meanwhile.
+            tx.reserve(ns, key, &bkey)?;
+            Ok((bkey, bparent, known))
         })?;
+        let _reserved = Reservation {
+            md: &self.md,
+            ns,
+            key,
+        };
         let pin = self
             .md
             .pin(&bkey)
@@ -353,7 +384,9 @@ impl Namespaced {
         let bopts = CreateOptions::with_labels(inherited_labels(&opts.labels));
         // A target committed on this backend (in any namespace): shared, not made again.
         let mut shared = match (&target, known) {
-            (Some(t), Some(candidate)) => self.check_target(t, &bparent, &candidate)?,
+            (Some(t), Some(candidate)) if self.md.share_targets => {
+                self.check_target(t, &bparent, &candidate)?
+            }
             _ => None,
         };
         let made = match (&shared, kind) {
@@ -369,7 +402,13 @@ impl Namespaced {
             parent: parent.to_string(),
             created: now,
             updated: now,
-            labels: opts.labels.clone(),
+            // An empty value is no label (containerd drops them).
+            labels: opts
+                .labels
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         let (mounts, created, outcome, _target_pin) = match made {
             Ok(m) => (m, Some(bkey), Ok(()), None),
@@ -400,7 +439,8 @@ impl Namespaced {
             Err(e) => return Err(e),
         };
         let recorded = self.md.write(|tx| {
-            if tx.record(ns, &rec.key)?.is_some() {
+            tx.unreserve(ns, key)?;
+            if tx.record(ns, &rec.key)?.is_some() || tx.pending(ns, &rec.key)?.is_some() {
                 return Err(Error::already_exists(format!(
                     "snapshot {:?} exists in namespace {ns:?}",
                     truncate_for_message(&rec.key)
@@ -514,6 +554,40 @@ pub(crate) fn apply_commit(tx: &mut WriteTxn<'_>, intent: &Intent) -> Result<()>
         tx.put_target(t, &bparent, &c.bkey)?;
     }
     tx.clear_pending(intent)
+}
+
+/// Forgets a Commit whose backend step did not happen: its intent and its provisional
+/// link from the parent.
+pub(crate) fn drop_commit(tx: &mut WriteTxn<'_>, intent: &Intent) -> Result<()> {
+    let c = &intent.committed;
+    if !c.parent.is_empty() && tx.record(&c.ns, &c.key)?.is_none() {
+        tx.unlink(&c.ns, &c.parent, &c.key)?;
+    }
+    tx.clear_pending(intent)
+}
+
+/// A create's hold on its key, let go when dropped (the record's transaction lets it go
+/// itself when it commits).
+struct Reservation<'a> {
+    md: &'a Metadata,
+    ns: &'a str,
+    key: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let done = self.md.write(|tx| match tx.pending(self.ns, self.key)? {
+            Some(i) if i.active.is_empty() => tx.unreserve(self.ns, self.key),
+            _ => Ok(()),
+        });
+        if let Err(e) = done {
+            log::warn!(
+                "namespace metadata: releasing {:?} in {:?}: {e} (released at the next open)",
+                self.key,
+                self.ns
+            );
+        }
+    }
 }
 
 fn parent_missing(ns: &str, parent: &str) -> Error {
@@ -645,6 +719,13 @@ impl Snapshotter for Namespaced {
                 },
             };
             tx.put_pending(&intent)?;
+            // Until the commit is recorded: the new parent cannot be removed, and what the
+            // active and the committed snapshot keep alive is spared by a collection.
+            if !intent.committed.parent.is_empty() {
+                tx.link(ns, &intent.committed.parent, name)?;
+            }
+            self.md.rescue(&active);
+            self.md.rescue(&intent.committed);
             Ok((intent, active.bkey, bopts))
         })?;
         // Pinned from before the backend makes it until its record commits.
@@ -662,7 +743,7 @@ impl Snapshotter for Namespaced {
                 apply_commit(tx, &intent)
             }
             // Nothing changed in the backend: the active snapshot stays.
-            Err(_) => tx.clear_pending(&intent),
+            Err(_) => drop_commit(tx, &intent),
         })?;
         done?;
         self.md.events.changed(false);

@@ -13,9 +13,15 @@
 //!   backend; the rest live in the layer. Stat, Update and Walk show the backend's labels
 //!   with the layer's written over them; Walk filters the merged view.
 //! - **Remote snapshots**: a Prepare labelled [`TARGET_LABEL`]` = <target>` whose backend
-//!   answers AlreadyExists (a committed snapshot with that target and the same parent
-//!   exists, in any namespace) records `<target>` in the namespace, pointing at that
-//!   backend snapshot (no copy), and returns AlreadyExists so the caller skips unpacking.
+//!   answers AlreadyExists (it has a committed snapshot with that target and the same
+//!   parent) records `<target>` in the namespace, pointing at that backend snapshot (no
+//!   copy), and returns AlreadyExists so the caller skips unpacking. With
+//!   [`MetadataOptions::share_targets`], a target another namespace committed is shared
+//!   the same way (this trusts every namespace).
+//! - **Races** end as if ordered: a create holds its key until its record commits, a
+//!   Commit records its intent first (roots for a collection, and a link that keeps its
+//!   parent), a collection spares what records written since its mark keep alive and the
+//!   backend keys calls pinned while it swept, and deletes records leaves first.
 //! - **Garbage collection**: [`Metadata::collect`] (see [`gc`]) removes what no root
 //!   ([`ROOT_LABEL`]) reaches through parents and [`REF_PREFIX`] labels, then every backend
 //!   snapshot no record names, leaves first, outside the metadata transaction.

@@ -282,6 +282,35 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
+    /// Holds `key` of `ns` for a create until its record commits (an intent without an
+    /// active key).
+    pub fn reserve(&mut self, ns: &str, key: &str, bkey: &str) -> Result<()> {
+        let mut v = Vec::new();
+        put_str(&mut v, "");
+        v.extend_from_slice(&encode(&Record {
+            ns: ns.to_string(),
+            key: key.to_string(),
+            bkey: bkey.to_string(),
+            parent: String::new(),
+            created: UNIX_EPOCH,
+            updated: UNIX_EPOCH,
+            labels: Labels::new(),
+        }));
+        self.dbs
+            .pending
+            .put(&mut self.txn, &record_key(ns, key), &v)
+            .lmdb()
+    }
+
+    /// Lets a create's hold on `key` go.
+    pub fn unreserve(&mut self, ns: &str, key: &str) -> Result<()> {
+        self.dbs
+            .pending
+            .delete(&mut self.txn, &record_key(ns, key))
+            .lmdb()
+            .map(drop)
+    }
+
     pub fn clear_pending(&mut self, i: &Intent) -> Result<()> {
         let ns = &i.committed.ns;
         for k in [&i.active, &i.committed.key] {

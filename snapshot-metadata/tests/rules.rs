@@ -11,17 +11,16 @@ use snapshot_metadata::{Metadata, MetadataOptions, Namespaced, ROOT_LABEL, TARGE
 use snapshot_native::{NativeConfig, NativeSnapshotter};
 
 fn open(root: &Path) -> Arc<Metadata> {
+    open_with(root, &MetadataOptions::default())
+}
+
+fn open_with(root: &Path, opts: &MetadataOptions) -> Arc<Metadata> {
     let config = NativeConfig {
         no_sync: true,
         ..NativeConfig::default()
     };
     let backend = NativeSnapshotter::open(&root.join("backend"), config).unwrap();
-    Metadata::open(
-        &root.join("namespaces"),
-        Arc::new(backend),
-        &MetadataOptions::default(),
-    )
-    .unwrap()
+    Metadata::open(&root.join("namespaces"), Arc::new(backend), opts).unwrap()
 }
 
 fn opt() -> CreateOptions {
@@ -183,7 +182,13 @@ fn only_inherited_labels_reach_the_backend_and_reads_merge_both() {
 #[test]
 fn a_target_committed_in_one_namespace_is_shared_by_another_without_a_copy() {
     let tmp = tempfile::tempdir().unwrap();
-    let md = open(tmp.path());
+    let md = open_with(
+        tmp.path(),
+        &MetadataOptions {
+            share_targets: true,
+            ..MetadataOptions::default()
+        },
+    );
     let (n1, n2) = (md.namespace("n1").unwrap(), md.namespace("n2").unwrap());
     let target = labels([(TARGET_LABEL, "sha256:layer1")]);
     n1.prepare("extract-1", "", &CreateOptions::with_labels(target.clone()))
@@ -604,4 +609,27 @@ fn a_target_the_backend_provides_is_recorded_and_an_unasked_already_exists_is_un
     clash.prepare("x", "", &opt()).unwrap();
     let e = clash.prepare("k", "", &opt()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unknown, "{e}");
+}
+
+#[test]
+fn without_share_targets_another_namespace_unpacks_its_own_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let md = open(tmp.path());
+    let (n1, n2) = (md.namespace("n1").unwrap(), md.namespace("n2").unwrap());
+    let target = labels([(TARGET_LABEL, "sha256:layer1")]);
+    n1.prepare("extract-1", "", &CreateOptions::with_labels(target.clone()))
+        .unwrap();
+    n1.commit(
+        "sha256:layer1",
+        "extract-1",
+        &CommitOptions {
+            labels: target.clone(),
+            parent: String::new(),
+        },
+    )
+    .unwrap();
+    // containerd's rule: only the backend's AlreadyExists shares; native never answers it.
+    n2.prepare("extract-2", "", &CreateOptions::with_labels(target))
+        .unwrap();
+    assert_eq!(backend_names(&md).len(), 2);
 }
