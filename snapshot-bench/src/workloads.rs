@@ -695,8 +695,9 @@ fn gc(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
     let start = Instant::now();
     let mut i = 0;
     while start.elapsed() < Duration::from_secs(if args.quick { 2 } else { 10 }) {
+        // Rooted until removed: an unlabelled snapshot is garbage at once.
         let key = format!("churn-{i}");
-        ns.prepare(&key, "", &CreateOptions::default())
+        ns.prepare(&key, "", &kept)
             .doing(|| format!("prepare {key}"))?;
         ns.remove(&key).doing(|| format!("remove {key}"))?;
         i += 1;

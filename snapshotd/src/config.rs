@@ -230,6 +230,15 @@ impl Config {
             .or(file.log_level.as_deref())
             .unwrap_or("info");
         let ov = file.overlay;
+        let namespaced = flags.namespaced || file.namespaced.unwrap_or(false);
+        if namespaced && (flags.no_sync || file.no_sync.unwrap_or(false)) {
+            // The namespace metadata commits durably; a backend that does not could lose,
+            // in a power cut, snapshots whose records survive.
+            return Err(DaemonError::Value(snapshots::Error::invalid_argument(
+                "namespaced with no_sync: a power cut could leave namespace records naming \
+                 snapshots the backend lost; drop one of the two",
+            )));
+        }
         Ok(Config {
             backend,
             root: flags
@@ -255,7 +264,7 @@ impl Config {
                 },
                 redirect_dir: flags.redirect_dir || ov.redirect_dir.unwrap_or(false),
             },
-            namespaced: flags.namespaced || file.namespaced.unwrap_or(false),
+            namespaced,
             gc: gc_policy(&file.gc)?,
         })
     }
@@ -357,6 +366,12 @@ mod tests {
         let e = Config::merge(&flags(&[]), bad).unwrap_err();
         assert!(e.to_string().contains("pause_threshold"), "{e}");
         assert!(toml::from_str::<FileConfig>("[gc]\npause = 1\n").is_err());
+        let e = Config::merge(
+            &flags(&["--namespaced", "--no-sync"]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no_sync"), "{e}");
     }
 
     #[test]
