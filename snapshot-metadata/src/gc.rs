@@ -57,8 +57,8 @@ pub(crate) fn references<'a>(
 /// (namespace, key) pairs.
 type Keys = HashSet<(String, String)>;
 
-/// Every record, and the (namespace, key) of those no root reaches.
-fn mark<R: Reader>(tx: &R, snapshotter: &str) -> Result<(Vec<Record>, Keys)> {
+/// Every record of every namespace.
+fn read_all<R: Reader>(tx: &R) -> Result<Vec<Record>> {
     let mut all = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
@@ -67,6 +67,12 @@ fn mark<R: Reader>(tx: &R, snapshotter: &str) -> Result<(Vec<Record>, Keys)> {
         after = Some(last.clone());
         all.extend(batch.into_iter().map(|(_, r)| r));
     }
+    Ok(all)
+}
+
+/// Every record, and the (namespace, key) of those no root reaches.
+fn mark<R: Reader>(tx: &R, snapshotter: &str) -> Result<(Vec<Record>, Keys)> {
+    let all = read_all(tx)?;
     let index: HashMap<(&str, &str), &Record> = all
         .iter()
         .map(|r| ((r.ns.as_str(), r.key.as_str()), r))
@@ -373,8 +379,7 @@ impl Metadata {
                 .map(|r| r.bkey.clone())
                 .collect()
         } else {
-            self.read(|tx| mark(tx, &self.snapshotter))?
-                .0
+            self.read(|tx| read_all(tx))?
                 .into_iter()
                 .map(|r| r.bkey)
                 .collect()
@@ -423,7 +428,7 @@ impl Metadata {
     /// Unknown listing the first problems found; what the backend's Stat returns for
     /// another reason than NotFound.
     pub fn check(&self) -> Result<usize> {
-        let (all, _) = self.read(|tx| mark(tx, &self.snapshotter))?;
+        let all = self.read(|tx| read_all(tx))?;
         let index: HashMap<(&str, &str), &Record> = all
             .iter()
             .map(|r| ((r.ns.as_str(), r.key.as_str()), r))

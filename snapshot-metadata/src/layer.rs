@@ -37,6 +37,15 @@ pub fn inherited_labels(labels: &Labels) -> Labels {
         .collect()
 }
 
+/// The labels a record keeps: all but those with an empty value (containerd drops them).
+fn stored_labels(labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Options of [`Metadata::open`].
 #[derive(Debug, Clone)]
 pub struct MetadataOptions {
@@ -402,13 +411,7 @@ impl Namespaced {
             parent: parent.to_string(),
             created: now,
             updated: now,
-            // An empty value is no label (containerd drops them).
-            labels: opts
-                .labels
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: stored_labels(&opts.labels),
         };
         let (mounts, created, outcome, _target_pin) = match made {
             Ok(m) => (m, Some(bkey), Ok(()), None),
@@ -710,12 +713,7 @@ impl Snapshotter for Namespaced {
                     parent,
                     created: now,
                     updated: now,
-                    labels: opts
-                        .labels
-                        .iter()
-                        .filter(|(_, v)| !v.is_empty())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    labels: stored_labels(&opts.labels),
                 },
             };
             tx.put_pending(&intent)?;

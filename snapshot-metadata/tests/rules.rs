@@ -191,17 +191,7 @@ fn a_target_committed_in_one_namespace_is_shared_by_another_without_a_copy() {
     );
     let (n1, n2) = (md.namespace("n1").unwrap(), md.namespace("n2").unwrap());
     let target = labels([(TARGET_LABEL, "sha256:layer1")]);
-    n1.prepare("extract-1", "", &CreateOptions::with_labels(target.clone()))
-        .unwrap();
-    n1.commit(
-        "sha256:layer1",
-        "extract-1",
-        &CommitOptions {
-            labels: target.clone(),
-            parent: String::new(),
-        },
-    )
-    .unwrap();
+    commit_target(&n1, "sha256:layer1");
     let before = backend_names(&md);
 
     // Another namespace unpacking the same layer: AlreadyExists, and it has the layer.
@@ -236,6 +226,23 @@ fn a_target_committed_in_one_namespace_is_shared_by_another_without_a_copy() {
     n2.remove("sha256:layer1").unwrap();
     md.collect().unwrap();
     assert!(backend_names(&md).is_empty(), "{:?}", backend_names(&md));
+}
+
+/// Unpacks the layer `target` in `sn` as containerd's unpacker does: Prepare labelled
+/// with the target, Commit under the target's name with the label.
+fn commit_target(sn: &Namespaced, target: &str) {
+    let l = labels([(TARGET_LABEL, target)]);
+    sn.prepare("extract-1", "", &CreateOptions::with_labels(l.clone()))
+        .unwrap();
+    sn.commit(
+        target,
+        "extract-1",
+        &CommitOptions {
+            labels: l,
+            parent: String::new(),
+        },
+    )
+    .unwrap();
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -617,17 +624,7 @@ fn without_share_targets_another_namespace_unpacks_its_own_copy() {
     let md = open(tmp.path());
     let (n1, n2) = (md.namespace("n1").unwrap(), md.namespace("n2").unwrap());
     let target = labels([(TARGET_LABEL, "sha256:layer1")]);
-    n1.prepare("extract-1", "", &CreateOptions::with_labels(target.clone()))
-        .unwrap();
-    n1.commit(
-        "sha256:layer1",
-        "extract-1",
-        &CommitOptions {
-            labels: target.clone(),
-            parent: String::new(),
-        },
-    )
-    .unwrap();
+    commit_target(&n1, "sha256:layer1");
     // containerd's rule: only the backend's AlreadyExists shares; native never answers it.
     n2.prepare("extract-2", "", &CreateOptions::with_labels(target))
         .unwrap();
