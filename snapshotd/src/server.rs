@@ -97,10 +97,22 @@ pub fn bind(path: &Path) -> Result<BoundSocket, DaemonError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(DaemonError::io("checking socket path", path, e)),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path)
+    // Bound and listening under a temporary name, then renamed into place: a client that
+    // finds the path can connect (bind alone makes the file before listen accepts).
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
         .map_err(|e| DaemonError::io("binding socket", path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(|e| DaemonError::io("setting mode 0660 on socket", path, e))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| DaemonError::io("setting mode 0660 on socket", path, e))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| DaemonError::io("placing socket", path, e))
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     listener
         .set_nonblocking(true)
         .map_err(|e| DaemonError::io("setting non-blocking mode on socket", path, e))?;
