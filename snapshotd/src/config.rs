@@ -99,6 +99,14 @@ pub struct Flags {
     /// that are not containerd. Never behind containerd, which has its own.
     #[arg(long)]
     pub namespaced: bool,
+    /// Print the lines containerd's config.toml needs to use this daemon (its backend,
+    /// root and socket), for containerd RELEASE 1 (config version 2) or 2 (config
+    /// version 3: capabilities, exports, the transfer service's unpack entry), and exit
+    #[arg(long, value_name = "RELEASE")]
+    pub print_containerd_config: Option<String>,
+    /// The snapshotter's name in containerd, for --print-containerd-config
+    #[arg(long, value_name = "NAME", default_value = "snapshotd")]
+    pub containerd_name: String,
 }
 
 /// The configuration file's contents; every field is optional.

@@ -13,13 +13,14 @@
 //!
 //! The library holds the pieces the two binaries share: the generated protocol code
 //! ([`proto`]), conversions and the error-to-status mapping ([`convert`]), the service
-//! ([`service`]), configuration ([`config`]), the socket and serving loop ([`server`]),
+//! ([`service`]), configuration ([`config`]), containerd's configuration for it ([`containerd`]), the socket and serving loop ([`server`]),
 //! systemd readiness ([`notify`]), a client ([`client`]), a small stderr logger
 //! ([`logger`]) and RFC 3339 times ([`time`]).
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod config;
+pub mod containerd;
 pub mod convert;
 pub mod error;
 pub mod logger;

@@ -1,14 +1,20 @@
 //! End to end with a real containerd: a private containerd loads snapshotd as a proxy
 //! snapshotter, imports a three-layer OCI image built here (no network), runs a container
-//! from it with runc, and garbage-collects everything when the image is removed.
+//! from it with runc, and garbage-collects everything when the image is removed. It runs
+//! with Debian's containerd 1.6 and with containerd 2.x (fetched from Debian's `sid` suite
+//! into `target/containerd2` by `tests/containerd2/fetch.sh` when missing; set
+//! `SNAPSHOT_CONTAINERD2_DIR` to use another cache). containerd 2.x imports through its
+//! transfer service, reads capabilities and exports from the proxy entry, and runs an
+//! idmapped container in a user namespace on overlay.
 //!
-//! Needs (Debian): containerd, runc, busybox-static, tar. Privileged
-//! (`SNAPSHOT_TEST_PRIVILEGED=1`, as root).
+//! Needs (Debian): containerd, runc, busybox-static, tar, and for 2.x apt-get and
+//! dpkg-deb with a reachable Debian mirror. Privileged (`SNAPSHOT_TEST_PRIVILEGED=1`, as
+//! root).
 
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +23,7 @@ use common::{privileged, wait_for, ChildGuard};
 use rustix::process::Signal;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use snapshotd::containerd::{ProxyEntry, Release};
 
 const SNAPSHOTD: &str = env!("CARGO_BIN_EXE_snapshotd");
 const SNAPSHOTCTL: &str = env!("CARGO_BIN_EXE_snapshotctl");
@@ -29,7 +36,7 @@ const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 #[serial_test::serial(containerd)]
 fn containerd_imports_runs_and_collects_on_overlay() {
     if privileged("containerd_imports_runs_and_collects_on_overlay") {
-        end_to_end("overlay", None);
+        end_to_end(&Flavor::v1(), "overlay", None);
     }
 }
 
@@ -37,7 +44,23 @@ fn containerd_imports_runs_and_collects_on_overlay() {
 #[serial_test::serial(containerd)]
 fn containerd_imports_runs_and_collects_on_native() {
     if privileged("containerd_imports_runs_and_collects_on_native") {
-        end_to_end("native", None);
+        end_to_end(&Flavor::v1(), "native", None);
+    }
+}
+
+#[test]
+#[serial_test::serial(containerd)]
+fn containerd2_imports_runs_and_collects_on_overlay() {
+    if privileged("containerd2_imports_runs_and_collects_on_overlay") {
+        end_to_end(&Flavor::v2(), "overlay", None);
+    }
+}
+
+#[test]
+#[serial_test::serial(containerd)]
+fn containerd2_imports_runs_and_collects_on_native() {
+    if privileged("containerd2_imports_runs_and_collects_on_native") {
+        end_to_end(&Flavor::v2(), "native", None);
     }
 }
 
@@ -49,72 +72,262 @@ fn containerd_imports_runs_and_collects_on_native() {
 #[serial_test::serial(containerd)]
 fn containerd_imports_runs_and_collects_on_btrfs() {
     if privileged("containerd_imports_runs_and_collects_on_btrfs") {
-        let mount = std::env::var_os("SNAPSHOT_BTRFS_MOUNT")
-            .expect("SNAPSHOT_BTRFS_MOUNT must name a mounted btrfs filesystem for the btrfs run");
-        end_to_end("btrfs", Some(Path::new(&mount)));
+        end_to_end(&Flavor::v1(), "btrfs", Some(&btrfs_mount()));
     }
 }
 
-/// The whole flow on `backend`, with the backend's root under `root_base` (default: the
-/// test's temp dir).
-fn end_to_end(backend: &str, root_base: Option<&Path>) {
-    for tool in [
-        "containerd",
-        "ctr",
-        "runc",
-        "containerd-shim-runc-v2",
-        "tar",
-    ] {
+/// containerd 2.x on btrfs, as [`containerd_imports_runs_and_collects_on_btrfs`].
+#[cfg(feature = "btrfs")]
+#[test]
+#[serial_test::serial(containerd)]
+fn containerd2_imports_runs_and_collects_on_btrfs() {
+    if privileged("containerd2_imports_runs_and_collects_on_btrfs") {
+        end_to_end(&Flavor::v2(), "btrfs", Some(&btrfs_mount()));
+    }
+}
+
+#[cfg(feature = "btrfs")]
+fn btrfs_mount() -> PathBuf {
+    let mount = std::env::var_os("SNAPSHOT_BTRFS_MOUNT")
+        .expect("SNAPSHOT_BTRFS_MOUNT must name a mounted btrfs filesystem for the btrfs run");
+    PathBuf::from(mount)
+}
+
+/// Which containerd runs: its binaries, its release (the configuration's format) and its
+/// version, printed by each test.
+struct Flavor {
+    release: Release,
+    /// Where its binaries are; `None`: the machine's (`PATH`).
+    bin_dir: Option<PathBuf>,
+    version: String,
+}
+
+impl Flavor {
+    /// The machine's containerd (Debian's 1.6).
+    fn v1() -> Flavor {
+        for tool in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+            assert!(which(tool), "{tool} is missing: apt-get install containerd");
+        }
+        let f = Flavor {
+            release: Release::V1,
+            bin_dir: None,
+            version: String::new(),
+        };
+        f.with_version()
+    }
+
+    /// containerd 2.x from Debian's `sid` suite, fetched into the cache when missing.
+    fn v2() -> Flavor {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cache = std::env::var_os("SNAPSHOT_CONTAINERD2_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest.join("../target/containerd2"));
+        let script = manifest.join("tests/containerd2/fetch.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&cache)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
         assert!(
-            which(tool),
-            "{tool} is missing: apt-get install containerd runc tar"
+            out.status.success(),
+            "cannot fetch containerd 2.x into {} ({}): {}\nthe containerd 2.x end-to-end \
+             tests need it: check that a Debian mirror is reachable, or set \
+             SNAPSHOT_CONTAINERD2_DIR to a directory holding x/usr/bin/containerd",
+            cache.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f = Flavor {
+            release: Release::V2,
+            bin_dir: Some(cache.join("x/usr/bin")),
+            version: String::new(),
+        };
+        let f = f.with_version();
+        assert!(
+            f.version.contains(" 2."),
+            "{} is not a containerd 2.x: {}",
+            f.bin("containerd").display(),
+            f.version
+        );
+        f
+    }
+
+    fn with_version(mut self) -> Flavor {
+        let out = Command::new(self.bin("containerd"))
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.bin("containerd").display()));
+        self.version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("running {}", self.version);
+        self
+    }
+
+    /// `PATH` for containerd: its own directory first, so it starts its own shim.
+    fn path_env(&self) -> std::ffi::OsString {
+        let mut path = std::ffi::OsString::new();
+        if let Some(d) = &self.bin_dir {
+            path.push(d);
+            path.push(":");
+        }
+        path.push(
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        );
+        path
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        }
+    }
+}
+
+/// snapshotd on `backend` and a private containerd of `flavor` using it, under one temp
+/// dir; everything mounted under it is unmounted when the rig goes.
+struct Rig {
+    // Dropped in this order: containerd, snapshotd, the mounts, the directories.
+    ctrd: Containerd,
+    sd: Process,
+    sd_sock: PathBuf,
+    sd_root: PathBuf,
+    _root_dir: tempfile::TempDir,
+    _mounts: MountSweep,
+    tmp: tempfile::TempDir,
+}
+
+impl Rig {
+    /// Starts both, with the backend's root under `root_base` (default: the temp dir).
+    fn start(flavor: &Flavor, backend: &str, root_base: Option<&Path>) -> Rig {
+        for tool in ["runc", "tar"] {
+            assert!(which(tool), "{tool} is missing: apt-get install runc tar");
+        }
+        assert!(
+            Path::new(BUSYBOX).exists(),
+            "{BUSYBOX} is missing: apt-get install busybox-static"
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("sd-e2e-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mounts = MountSweep(tmp.path().to_owned());
+        let root_dir = match root_base {
+            Some(base) => tempfile::Builder::new()
+                .prefix("sd-e2e-root-")
+                .tempdir_in(base)
+                .unwrap(),
+            None => tempfile::Builder::new()
+                .prefix("sd-root-")
+                .tempdir_in(tmp.path())
+                .unwrap(),
+        };
+        let sd_root = root_dir.path().to_owned();
+        let sd_sock = tmp.path().join("sd.sock");
+        let sd = Process::spawn(
+            "snapshotd",
+            Command::new(SNAPSHOTD)
+                .args(["--backend", backend, "--log-level", "debug"])
+                .arg("--root")
+                .arg(&sd_root)
+                .arg("--address")
+                .arg(&sd_sock),
+            &tmp.path().join("snapshotd.log"),
+        );
+        assert!(
+            wait_for(&sd_sock, Duration::from_secs(20)),
+            "snapshotd: no socket\n{}",
+            sd.log()
+        );
+        let entry = ProxyEntry {
+            name: PLUGIN,
+            address: &sd_sock,
+            backend: backend.parse().unwrap(),
+            root: &sd_root,
+        };
+        let ctrd = Containerd::start(flavor, tmp.path(), &entry);
+        Rig {
+            ctrd,
+            sd,
+            sd_sock,
+            sd_root,
+            _root_dir: root_dir,
+            _mounts: mounts,
+            tmp,
+        }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctrd.ctr(args)
+    }
+
+    /// Stops containerd, then snapshotd (which must exit cleanly and remove its socket),
+    /// and checks that no tree is left in the backend's root.
+    fn finish(self) {
+        let Rig {
+            ctrd,
+            mut sd,
+            sd_sock,
+            sd_root,
+            ..
+        } = self;
+        drop(ctrd);
+        let st = sd
+            .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+            .expect("snapshotd exits");
+        assert!(st.success(), "snapshotd: {st:?}\n{}", sd.log());
+        assert!(!sd_sock.exists());
+        // Every directory that holds snapshots is empty once the daemon stopped (btrfs
+        // keeps active and view subvolumes beside the committed ones; the blank trees
+        // made ahead for creates to come are deleted at the stop).
+        for dir in ["snapshots", "active", "view"] {
+            let Ok(entries) = fs::read_dir(sd_root.join(dir)) else {
+                assert_ne!(
+                    dir,
+                    "snapshots",
+                    "{} has no snapshots/ directory",
+                    sd_root.display()
+                );
+                continue;
+            };
+            let left: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+            assert!(left.is_empty(), "files left in the backend root: {left:?}");
+        }
+    }
+
+    /// `ctr ARGS`, which must succeed: its stdout.
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert_ok(&out, &format!("ctr {args:?}"), &self.sd, &self.ctrd);
+        String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+    }
+}
+
+/// The whole flow on `backend` with containerd `flavor`, with the backend's root under
+/// `root_base` (default: the test's temp dir).
+fn end_to_end(flavor: &Flavor, backend: &str, root_base: Option<&Path>) {
+    let rig = Rig::start(flavor, backend, root_base);
+    let image = build_image(&rig.tmp.path().join("image"), 0);
+    let (sd_sock, sd_root) = (rig.sd_sock.clone(), rig.sd_root.clone());
+    let (sd, ctrd) = (&rig.sd, &rig.ctrd);
+    let ctr = |args: &[&str]| rig.ctr(args);
+    if flavor.release == Release::V2 {
+        // containerd copies the entry's capabilities and exports into the plugin's
+        // metadata: what clients (ctr's --remap-labels, CRI) read.
+        let plugins = rig.ctr_ok(&["plugins", "ls", "-d", &format!("id=={PLUGIN}")]);
+        for cap in backend
+            .parse::<snapshots::Backend>()
+            .unwrap()
+            .capabilities()
+        {
+            assert!(plugins.contains(cap), "capability {cap} not in:\n{plugins}");
+        }
+        assert!(
+            plugins.contains(&sd_root.display().to_string()),
+            "root export not in:\n{plugins}"
         );
     }
-    assert!(
-        Path::new(BUSYBOX).exists(),
-        "{BUSYBOX} is missing: apt-get install busybox-static"
-    );
-
-    let tmp = tempfile::Builder::new()
-        .prefix("sd-e2e-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // Unmounts anything left under the temp dir, last: declared first, dropped last.
-    let _mounts = MountSweep(tmp.path().to_owned());
-
-    let image = build_image(&tmp.path().join("image"));
-
-    let root_dir = match root_base {
-        Some(base) => tempfile::Builder::new()
-            .prefix("sd-e2e-root-")
-            .tempdir_in(base)
-            .unwrap(),
-        None => tempfile::Builder::new()
-            .prefix("sd-root-")
-            .tempdir_in(tmp.path())
-            .unwrap(),
-    };
-    let sd_root = root_dir.path().to_owned();
-    let sd_sock = tmp.path().join("sd.sock");
-    let mut sd = Process::spawn(
-        "snapshotd",
-        Command::new(SNAPSHOTD)
-            .args(["--backend", backend, "--log-level", "debug"])
-            .arg("--root")
-            .arg(&sd_root)
-            .arg("--address")
-            .arg(&sd_sock),
-        &tmp.path().join("snapshotd.log"),
-    );
-    assert!(
-        wait_for(&sd_sock, Duration::from_secs(20)),
-        "snapshotd: no socket\n{}",
-        sd.log()
-    );
-
-    let ctrd = Containerd::start(tmp.path(), &sd_sock);
-    let ctr = |args: &[&str]| ctrd.ctr(args);
 
     // Import: containerd unpacks the three layers through snapshotd.
     let out = ctr(&[
@@ -155,7 +368,7 @@ fn end_to_end(backend: &str, root_base: Option<&Path>) {
     let backend_ls = snapshotctl(&sd_sock, &["--json", "ls"]);
     let infos: serde_json::Value = serde_json::from_str(&backend_ls).unwrap();
     let infos = infos.as_array().unwrap();
-    assert_eq!(infos.len(), 3, "{backend_ls}");
+    assert_eq!(infos.len(), image.chain_ids.len(), "{backend_ls}");
     for chain_id in &image.chain_ids {
         assert!(
             infos
@@ -206,7 +419,10 @@ fn end_to_end(backend: &str, root_base: Option<&Path>) {
 
     // --rm removed the container's snapshot: only the layers remain.
     let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        image.chain_ids.len() + 1
+    );
 
     // Remove the image: garbage collection removes every snapshot and its files.
     let out = ctr(&["images", "rm", "--sync", IMAGE]);
@@ -239,28 +455,7 @@ fn end_to_end(backend: &str, root_base: Option<&Path>) {
         out.status.success() || err.contains("not implemented"),
         "cleanup: {err}"
     );
-    drop(ctrd);
-    let st = sd
-        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
-        .expect("snapshotd exits");
-    assert!(st.success(), "snapshotd: {st:?}\n{}", sd.log());
-    assert!(!sd_sock.exists());
-    // Every directory that holds snapshots is empty once the daemon stopped (btrfs keeps
-    // active and view subvolumes beside the committed ones; the blank trees made ahead
-    // for creates to come are deleted at the stop).
-    for dir in ["snapshots", "active", "view"] {
-        let Ok(entries) = fs::read_dir(sd_root.join(dir)) else {
-            assert_ne!(
-                dir,
-                "snapshots",
-                "{} has no snapshots/ directory",
-                sd_root.display()
-            );
-            continue;
-        };
-        let left: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
-        assert!(left.is_empty(), "files left in the backend root: {left:?}");
-    }
+    rig.finish();
 }
 
 struct Image {
@@ -313,13 +508,16 @@ fn tar_dir(src: &Path, out: &Path) -> Vec<u8> {
     fs::read(out).unwrap()
 }
 
-/// An OCI image archive of three layers:
-/// 1. a static busybox with `/bin/sh`, `cat`, `ls`, `echo`, `test` links, `/etc/layer1.txt`,
+/// An OCI image archive of three layers (four with `bulk` files):
+/// 1. a static busybox with `/bin/sh`, `cat`, `ls`, `echo`, `test`, `stat`, `id`,
+///    `touch`, `wc` links, `/etc/layer1.txt`,
 ///    `/etc/removed-later`, `/data/old/{a,b}.txt`, `/data/kept/k.txt`;
 /// 2. adds `/etc/layer2.txt` and `/data/old/c.txt`;
 /// 3. deletes `/etc/removed-later` (a `.wh.` whiteout) and replaces `/data/old` with an
-///    opaque directory (`.wh..wh..opq`) holding only `new.txt`.
-fn build_image(work: &Path) -> Image {
+///    opaque directory (`.wh..wh..opq`) holding only `new.txt`;
+/// 4. with `bulk > 0`: `/bulk/<n>` for n < `bulk`, 100 files a directory, each of 16
+///    bytes: an image whose chown costs something.
+fn build_image(work: &Path, bulk: usize) -> Image {
     let layers_dir = work.join("layers");
     let (l1, l2, l3) = (
         layers_dir.join("1"),
@@ -332,7 +530,9 @@ fn build_image(work: &Path) -> Image {
     dir(&l1, "bin");
     fs::copy(BUSYBOX, l1.join("bin/busybox")).unwrap();
     fs::set_permissions(l1.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
-    for applet in ["sh", "cat", "ls", "echo", "test"] {
+    for applet in [
+        "sh", "cat", "ls", "echo", "test", "stat", "id", "touch", "wc",
+    ] {
         symlink("busybox", l1.join("bin").join(applet)).unwrap();
     }
     dir(&l1, "etc");
@@ -356,6 +556,20 @@ fn build_image(work: &Path) -> Image {
     put(&l3, "data/old/.wh..wh..opq", b"", 0o644);
     put(&l3, "data/old/new.txt", b"new\n", 0o644);
 
+    let mut layers = vec![l1, l2, l3];
+    if bulk > 0 {
+        let l4 = layers_dir.join("4");
+        for n in 0..bulk {
+            put(
+                &l4,
+                &format!("bulk/{}/{n}", n / 100),
+                b"0123456789abcde\n",
+                0o644,
+            );
+        }
+        layers.push(l4);
+    }
+
     let oci = work.join("oci");
     let blobs = oci.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
@@ -367,7 +581,7 @@ fn build_image(work: &Path) -> Image {
 
     let mut layer_descs = Vec::new();
     let mut diff_ids = Vec::new();
-    for (i, l) in [&l1, &l2, &l3].into_iter().enumerate() {
+    for (i, l) in layers.iter().enumerate() {
         let data = tar_dir(l, &work.join(format!("layer{}.tar", i + 1)));
         let (digest, size) = blob(&data);
         diff_ids.push(digest.clone());
@@ -377,16 +591,20 @@ fn build_image(work: &Path) -> Image {
             "size": size,
         }));
     }
+    let mut history = vec![
+        json!({ "created_by": "layer 1: busybox" }),
+        json!({ "created_by": "layer 2: add files" }),
+        json!({ "created_by": "layer 3: whiteouts" }),
+    ];
+    if bulk > 0 {
+        history.push(json!({ "created_by": format!("layer 4: {bulk} files") }));
+    }
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
         "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/" },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": [
-            { "created_by": "layer 1: busybox" },
-            { "created_by": "layer 2: add files" },
-            { "created_by": "layer 3: whiteouts" },
-        ],
+        "history": history,
     });
     let (config_digest, config_size) = blob(config.to_string().as_bytes());
     let manifest = json!({
@@ -517,20 +735,27 @@ impl Process {
 /// started, then containerd.
 struct Containerd {
     process: Process,
+    ctr: PathBuf,
     address: PathBuf,
     containers: std::cell::RefCell<Vec<String>>,
 }
 
 impl Containerd {
-    fn start(tmp: &Path, snapshotd_socket: &Path) -> Containerd {
+    /// Starts containerd `flavor` with a configuration made of its own root, state and
+    /// sockets under `tmp` and, for the proxy, exactly what `snapshotd
+    /// --print-containerd-config` prints for `entry`.
+    fn start(flavor: &Flavor, tmp: &Path, entry: &ProxyEntry<'_>) -> Containerd {
         let base = tmp.join("containerd");
         fs::create_dir_all(&base).unwrap();
         let address = base.join("containerd.sock");
+        let proxy = snapshotd::containerd::config(flavor.release, entry);
+        let (version_line, proxy) = proxy.split_once('\n').unwrap();
         let config = format!(
-            r#"version = 2
+            r#"{version_line}
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.snapshotter.v1.aufs"]
 
@@ -539,21 +764,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
 [ttrpc]
   address = "{address}.ttrpc"
-
-[proxy_plugins.{PLUGIN}]
-  type = "snapshot"
-  address = "{sd}"
-"#,
+{proxy}"#,
             root = base.join("root").display(),
             state = base.join("state").display(),
             address = address.display(),
-            sd = snapshotd_socket.display(),
         );
         let config_path = base.join("config.toml");
         fs::write(&config_path, config).unwrap();
         let process = Process::spawn(
             "containerd",
-            Command::new("containerd")
+            Command::new(flavor.bin("containerd"))
+                .env("PATH", flavor.path_env())
                 .arg("--config")
                 .arg(&config_path)
                 .args(["--log-level", "debug"]),
@@ -561,6 +782,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         );
         let c = Containerd {
             process,
+            ctr: flavor.bin("ctr"),
             address,
             containers: Default::default(),
         };
@@ -584,7 +806,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     /// Runs `ctr` against this containerd; a call that hangs is killed after
     /// [`CTR_TIMEOUT`] and fails the test instead of hanging it.
     fn ctr(&self, args: &[&str]) -> Output {
-        let child = Command::new("ctr")
+        let child = Command::new(&self.ctr)
             .arg("--address")
             .arg(&self.address)
             .args(args)
