@@ -194,6 +194,7 @@ macro_rules! snapshotter_suite {
             layers_128_mount,
             errors_not_found,
             commit_rebase,
+            unpack_labels,
             errors_already_exists,
             errors_failed_precondition,
             errors_invalid_argument,

@@ -228,7 +228,7 @@ fn unknown_case_panics() {
 
 #[test]
 fn case_count() {
-    assert_eq!(CASES.len(), 37);
+    assert_eq!(CASES.len(), 38);
     assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 19);
 }
 

@@ -61,7 +61,7 @@ pub fn run_caught() -> Result {
     }
     if util::interrupted().is_none() {
         util::header(
-            "btrfs: containerd end to end and kill-restart through snapshotd (--features btrfs)",
+            "btrfs: containerd 1.6 and 2.x end to end and kill-restart through snapshotd (--features btrfs)",
         );
         let status = util::run_interruptible(
             util::cargo()
@@ -79,6 +79,7 @@ pub fn run_caught() -> Result {
                 .args([
                     "--",
                     "containerd_imports_runs_and_collects_on_btrfs",
+                    "containerd2_imports_runs_and_collects_on_btrfs",
                     "kill_restart_with_four_clients_on_btrfs",
                 ])
                 .env("SNAPSHOT_BTRFS_MOUNT", &mounted.target)

@@ -1172,3 +1172,44 @@ pub fn commit_rebase(ctx: &mut Ctx<'_>) {
         .or_fail("commit naming the parent the snapshot has");
     assert_eq!(sn.stat("same").or_fail("stat same").parent, "base");
 }
+
+/// The labels containerd 2.3 puts on an unpack Prepare
+/// (`containerd.io/snapshot/diff-id`, `containerd.io/snapshot/parent-chain-id`) are
+/// stored and returned like any other: on the active snapshot, on the committed one when
+/// the Commit carries them again (as containerd's unpacker does), in Walk and its filters.
+pub fn unpack_labels(ctx: &mut Ctx<'_>) {
+    const DIFF_ID: &str = "containerd.io/snapshot/diff-id";
+    const PARENT_CHAIN_ID: &str = "containerd.io/snapshot/parent-chain-id";
+    let diff = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let chain = "sha256:2e6f3b1e2b8a9a1c4a5e0d6b7c8f9e0a1b2c3d4e5f60718293a4b5c6d7e8f901";
+    let sn = ctx.sn();
+    commit_base(sn, "base", "");
+    let with = |extra: &[(&str, &str)]| {
+        let mut l = labels([(super::GC_ROOT_LABEL, super::gc_root_time())]);
+        for (k, v) in extra {
+            l.insert(k.to_string(), v.to_string());
+        }
+        l
+    };
+    let ours = [(DIFF_ID, diff), (PARENT_CHAIN_ID, chain)];
+    sn.prepare("extract", "base", &CreateOptions::with_labels(with(&ours)))
+        .or_fail("prepare with unpack labels");
+    let active = sn.stat("extract").or_fail("stat extract");
+    assert_eq!(active.labels, with(&ours), "the active snapshot's labels");
+    sn.commit("layer", "extract", &CommitOptions::with_labels(with(&ours)))
+        .or_fail("commit with unpack labels");
+    let committed = sn.stat("layer").or_fail("stat layer");
+    assert_eq!(
+        committed.labels,
+        with(&ours),
+        "the committed snapshot's labels"
+    );
+    assert_eq!(committed.parent, "base");
+    let mut found = Vec::new();
+    sn.walk(&[format!("labels.\"{DIFF_ID}\"=={diff}")], &mut |i| {
+        found.push((i.name.clone(), i.labels.get(PARENT_CHAIN_ID).cloned()));
+        Ok(())
+    })
+    .or_fail("walk by diff-id");
+    assert_eq!(found, vec![("layer".to_string(), Some(chain.to_string()))]);
+}

@@ -99,6 +99,7 @@ pub static CASES: &[Case] = &[
     // Beyond containerd's suite.
     case("errors_not_found", false, extra::errors_not_found),
     case("commit_rebase", false, extra::commit_rebase),
+    case("unpack_labels", false, extra::unpack_labels),
     case("errors_already_exists", false, extra::errors_already_exists),
     case(
         "errors_failed_precondition",
