@@ -56,7 +56,7 @@ impl Storage for BtrfsStorage {
         kind_name(kind)
     }
 
-    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, _labels: &Labels) -> Result<()> {
         match parent {
             Some(parent) => {
                 sys::snapshot_subvolume(parent, dst, kind == Kind::View)?;

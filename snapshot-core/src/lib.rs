@@ -17,6 +17,8 @@
 mod blank;
 pub mod error;
 pub mod filter;
+pub mod idmap;
+mod idmount;
 pub mod keyspace;
 pub mod layout;
 pub mod lifecycle;

@@ -134,14 +134,27 @@ pub trait Storage: Send + Sync + 'static {
         true
     }
 
+    /// Refuses a create the backend cannot serve, before anything is built: `labels` are
+    /// the create's (default: every create is served). Overlay checks the ID-mapping
+    /// labels ([`crate::idmap`]) here.
+    ///
+    /// # Errors
+    /// InvalidArgument for labels the backend cannot read, FailedPrecondition for what it
+    /// cannot do on this machine.
+    fn check_create(&self, kind: Kind, labels: &Labels) -> Result<()> {
+        let _ = (kind, labels);
+        Ok(())
+    }
+
     /// Builds the tree of a new active or view snapshot at `dst`, which does not exist
-    /// yet; `parent` is the committed parent's tree. On an error, whatever exists at `dst`
-    /// is deleted with [`delete`](Self::delete).
+    /// yet; `parent` is the committed parent's tree and `labels` the create's (empty for a
+    /// blank tree made ahead). On an error, whatever exists at `dst` is deleted with
+    /// [`delete`](Self::delete).
     ///
     /// # Errors
     /// Whatever fails; when the parent was removed meanwhile, the caller reports that
     /// instead.
-    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()>;
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, labels: &Labels) -> Result<()>;
 
     /// Whether a blank tree (what [`fill`](Self::fill) builds for an active snapshot
     /// without a parent), made ahead and adapted with [`adapt_blank`](Self::adapt_blank),
@@ -152,16 +165,17 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Turns `tree`, a durable blank tree, into the tree of a new active snapshot on
-    /// `parent` (called only where [`blank_serves`](Self::blank_serves) allows a parent),
-    /// and makes what it changed durable (an fsync of each inode it changed: an fsync of
-    /// `tree` does not carry an owner change of a directory below it) before it returns:
-    /// the record commits next. Default: nothing to do.
+    /// `parent` (if any; a parent only where [`blank_serves`](Self::blank_serves) allows
+    /// one) with the create's `labels`, and makes what it changed durable (an fsync of
+    /// each inode it changed: an fsync of `tree` does not carry an owner change of a
+    /// directory below it) before it returns: the record commits next. Default: nothing
+    /// to do.
     ///
     /// # Errors
     /// Whatever fails; when the parent was removed meanwhile, the caller reports that
     /// instead.
-    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<()> {
-        let _ = (tree, parent);
+    fn adapt_blank(&self, tree: &Path, parent: Option<&Path>, labels: &Labels) -> Result<()> {
+        let _ = (tree, parent, labels);
         Ok(())
     }
 
@@ -635,12 +649,13 @@ impl<S: Storage> SnapshotStore<S> {
             let parent_ids = self
                 .store
                 .read(|tx| tx.check_create(kind, key, parent, &opts.labels))?;
+            self.storage.check_create(kind, &opts.labels)?;
             let parent_id = parent_ids.first().copied();
             let parent_tree = parent_id.map(|p| self.tree(Kind::Committed, p));
             let mut staged = None;
             let mut blank = None;
             if self.storage.has_tree(kind, parent_id.is_some()) {
-                let built = match self.take_blank(kind, parent_tree.as_deref()) {
+                let built = match self.take_blank(kind, parent_tree.as_deref(), &opts.labels) {
                     Some(Ok(b)) => {
                         blank = Some(b);
                         Ok(())
@@ -648,7 +663,9 @@ impl<S: Storage> SnapshotStore<S> {
                     Some(Err(e)) => Err(e),
                     None => {
                         let st = self.stage(kind);
-                        let r = self.storage.fill(&st.path, kind, parent_tree.as_deref());
+                        let r =
+                            self.storage
+                                .fill(&st.path, kind, parent_tree.as_deref(), &opts.labels);
                         staged = Some(st);
                         r
                     }
@@ -709,7 +726,12 @@ impl<S: Storage> SnapshotStore<S> {
 
     /// A blank tree for a new snapshot of `kind` on `parent` (adapted to it), when the
     /// pool has one and the backend can use it; starts a refill when the pool runs low.
-    fn take_blank(&self, kind: Kind, parent: Option<&Path>) -> Option<Result<BlankTree<'_, S>>> {
+    fn take_blank(
+        &self,
+        kind: Kind,
+        parent: Option<&Path>,
+        labels: &Labels,
+    ) -> Option<Result<BlankTree<'_, S>>> {
         let pool = self.blanks.as_deref()?;
         if kind != Kind::Active || !self.storage.blank_serves(parent.is_some()) {
             return None;
@@ -726,10 +748,11 @@ impl<S: Storage> SnapshotStore<S> {
             path: self.tree(Kind::Active, id),
             recorded: false,
         };
-        Some(match parent {
-            None => Ok(b),
-            Some(p) => self.storage.adapt_blank(&b.path, p).map(|()| b),
-        })
+        Some(
+            self.storage
+                .adapt_blank(&b.path, parent, labels)
+                .map(|()| b),
+        )
     }
 
     /// Makes [`BATCH`] blank trees in a background thread, durable before the pool hands
@@ -1166,7 +1189,12 @@ fn make_blanks<S: Storage>(
             break;
         }
         made.push(id);
-        if let Err(e) = storage.fill(&dir.join(id.to_string()), Kind::Active, None) {
+        if let Err(e) = storage.fill(
+            &dir.join(id.to_string()),
+            Kind::Active,
+            None,
+            &Labels::new(),
+        ) {
             log::warn!("{}: making a blank tree ahead: {e}", S::NAME);
             delete_blank(storage, pool, dir, id);
             made.pop();

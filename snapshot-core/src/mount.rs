@@ -20,6 +20,7 @@ use rustix::mount::{
 };
 
 use crate::error::{Error, Result};
+use crate::idmap::{IdMap, GIDMAP_OPTION, UIDMAP_OPTION};
 use crate::types::Mount;
 
 /// The longest option string mount(2) takes whole (one page minus the terminating NUL).
@@ -35,16 +36,31 @@ pub struct ParsedOptions {
     pub flags: MountFlags,
     /// Options the filesystem interprets, in order (`lowerdir=...`, `subvolid=5`).
     pub data: Vec<String>,
+    /// The value of a `uidmap=` option (containerd 2.x: idmap the mount), taken out of
+    /// the data.
+    pub uidmap: Option<String>,
+    /// The value of a `gidmap=` option, taken out of the data.
+    pub gidmap: Option<String>,
 }
 
 /// Splits options as containerd's `parseMountOptions` does: flag words become flags,
-/// everything else is filesystem data.
+/// `uidmap=`/`gidmap=` the ID mapping, everything else is filesystem data.
 pub fn parse_options(options: &[String]) -> ParsedOptions {
     let mut out = ParsedOptions {
         flags: MountFlags::empty(),
         data: Vec::new(),
+        uidmap: None,
+        gidmap: None,
     };
     for o in options {
+        if let Some(v) = o.strip_prefix(UIDMAP_OPTION) {
+            out.uidmap = Some(v.to_string());
+            continue;
+        }
+        if let Some(v) = o.strip_prefix(GIDMAP_OPTION) {
+            out.gidmap = Some(v.to_string());
+            continue;
+        }
         let (set, flag) = match o.as_str() {
             "async" => (false, MountFlags::SYNCHRONOUS),
             "atime" => (false, MountFlags::NOATIME),
@@ -141,6 +157,9 @@ fn mount_err(m: &Mount, target: &Path, e: Errno) -> Error {
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     let parsed = parse_options(&m.options);
+    if let Some(maps) = idmapping(m, &parsed)? {
+        return mount_idmapped(m, target, &parsed, &maps);
+    }
     if m.kind == "bind" || parsed.flags.contains(MountFlags::BIND) {
         return mount_bind(m, target, &parsed);
     }
@@ -176,6 +195,190 @@ fn mount_bind(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The mapping a mount's `uidmap=`/`gidmap=` options ask for.
+///
+/// # Errors
+/// InvalidArgument for a malformed value or for one option without the other (an
+/// idmapped mount needs both; containerd's mount code would silently mount unmapped).
+fn idmapping(m: &Mount, parsed: &ParsedOptions) -> Result<Option<(IdMap, IdMap)>> {
+    match (&parsed.uidmap, &parsed.gidmap) {
+        (None, None) => Ok(None),
+        (Some(u), Some(g)) => Ok(Some((
+            IdMap::parse("mount option uidmap", u)?,
+            IdMap::parse("mount option gidmap", g)?,
+        ))),
+        _ => Err(Error::invalid_argument(format!(
+            "{} mount of {:?} has only one of uidmap= and gidmap=: an idmapped mount needs \
+             both (label the snapshot with containerd.io/snapshot/uidmapping and \
+             containerd.io/snapshot/gidmapping)",
+            m.kind, m.source
+        ))),
+    }
+}
+
+/// An idmapped mount, as containerd 2.x makes it: a bind becomes an idmapped clone of
+/// its source moved to `target`; an overlay gets idmapped clones of its lower layers
+/// (one of their common directory where they share one), attached under a private
+/// temporary directory for the overlay mount and detached after it (the overlay keeps
+/// its own references). The upper and work directories are not idmapped: the
+/// snapshotter gave the upper directory to the mapped root.
+fn mount_idmapped(
+    m: &Mount,
+    target: &Path,
+    parsed: &ParsedOptions,
+    maps: &(IdMap, IdMap),
+) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| {
+        Error::unknown(format!(
+            "idmapped {} mount of {:?} at {} ({what})",
+            m.kind,
+            m.source,
+            target.display()
+        ))
+        .with_source(e)
+    };
+    let userns = crate::idmount::user_namespace(&maps.0, &maps.1)
+        .map_err(|e| fail("making the user namespace", e))?;
+    let read_only = parsed.flags.contains(MountFlags::RDONLY);
+    if m.kind == "bind" || parsed.flags.contains(MountFlags::BIND) {
+        let tree = crate::idmount::idmapped_tree(Path::new(&m.source), &userns, read_only)
+            .map_err(|e| fail("idmapping the source", e))?;
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| fail("attaching it", e.into()))?;
+        let extra = parsed.flags & !(MountFlags::BIND | MountFlags::REC | MountFlags::RDONLY);
+        if !extra.is_empty() {
+            let flags = MountFlags::BIND | extra | (parsed.flags & MountFlags::RDONLY);
+            if let Err(e) = rustix::mount::mount_remount(target, flags, "") {
+                let _ = unmount(target);
+                return Err(mount_err(m, target, e));
+            }
+        }
+        return Ok(());
+    }
+    if m.kind != "overlay" {
+        return Err(Error::invalid_argument(format!(
+            "{} mount of {:?} carries uidmap=/gidmap=: only bind and overlay mounts can be \
+             idmapped",
+            m.kind, m.source
+        )));
+    }
+    let parts = overlay_parts(&parsed.data);
+    let scratch = IdmapScratch::new().map_err(|e| fail("making a temporary directory", e))?;
+    let common = common_dir(&parts.lower);
+    let mut lowers = Vec::with_capacity(parts.lower.len());
+    match &common {
+        Some(dir) => {
+            let at = scratch
+                .attach(dir, &userns)
+                .map_err(|e| fail("idmapping the layers", e))?;
+            for l in &parts.lower {
+                let rel = Path::new(l).strip_prefix(dir).unwrap_or(Path::new(""));
+                lowers.push(at.join(rel).to_string_lossy().into_owned());
+            }
+        }
+        None => {
+            for l in &parts.lower {
+                let at = scratch
+                    .attach(Path::new(l), &userns)
+                    .map_err(|e| fail("idmapping a layer", e))?;
+                lowers.push(at.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut data: Vec<String> = Vec::with_capacity(parsed.data.len());
+    for o in &parsed.data {
+        if o.starts_with("lowerdir=") {
+            data.push(format!("lowerdir={}", lowers.join(":")));
+        } else {
+            data.push(o.clone());
+        }
+    }
+    let plain = ParsedOptions {
+        flags: parsed.flags,
+        data,
+        uidmap: None,
+        gidmap: None,
+    };
+    mount_overlay(m, target, &plain)
+}
+
+/// The deepest directory every path in `paths` lies under, unless that is `/` (an
+/// idmapped clone of the whole tree) or there is a single path.
+fn common_dir(paths: &[&str]) -> Option<PathBuf> {
+    if paths.len() < 2 {
+        return None;
+    }
+    let mut common = Path::new(paths[0]).parent()?.to_path_buf();
+    for p in &paths[1..] {
+        while !Path::new(p).starts_with(&common) {
+            common = common.parent()?.to_path_buf();
+        }
+    }
+    (common.components().count() > 1).then_some(common)
+}
+
+/// A private temporary directory holding the idmapped trees of one overlay mount; they
+/// are detached and the directory removed on drop.
+struct IdmapScratch {
+    dir: PathBuf,
+    attached: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl IdmapScratch {
+    fn new() -> std::io::Result<IdmapScratch> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(".snapshot-idmap-{}-{n}", std::process::id()));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)?;
+        Ok(IdmapScratch {
+            dir,
+            attached: Default::default(),
+        })
+    }
+
+    /// Attaches a read-only idmapped clone of `src` under the directory; returns where.
+    fn attach(&self, src: &Path, userns: &OwnedFd) -> std::io::Result<PathBuf> {
+        let at = self.dir.join(self.attached.borrow().len().to_string());
+        std::fs::create_dir(&at)?;
+        let tree = crate::idmount::idmapped_tree(src, userns, true)?;
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            &at,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+        self.attached.borrow_mut().push(at.clone());
+        Ok(at)
+    }
+}
+
+impl Drop for IdmapScratch {
+    fn drop(&mut self) {
+        // rmdir only, never a recursive delete: a tree that failed to detach is the
+        // image's own files.
+        for at in self.attached.borrow().iter() {
+            if let Err(e) = rustix::mount::unmount(at, UnmountFlags::DETACH) {
+                log::warn!("detaching idmapped layer {}: {e}", at.display());
+            }
+        }
+        let n = self.attached.borrow().len();
+        for i in 0..=n {
+            let _ = std::fs::remove_dir(self.dir.join(i.to_string()));
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            log::warn!("removing {}: {e}", self.dir.display());
+        }
+    }
 }
 
 /// Whether this kernel's overlay takes `lowerdir+` through `fsconfig` (Linux 6.8+).
@@ -246,13 +449,7 @@ fn mount_overlay(m: &Mount, target: &Path, parsed: &ParsedOptions) -> Result<()>
 
 /// True if the running kernel's release is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let uname = rustix::system::uname();
-    let release = uname.release().to_string_lossy();
-    let mut nums = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let (ma, mi) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-    (ma, mi) >= (major, minor)
+    running_kernel().is_some_and(|v| v >= (major, minor))
 }
 
 fn open_path(p: &str) -> std::io::Result<OwnedFd> {
@@ -560,6 +757,19 @@ pub fn unescape_mountinfo(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `(major, minor)` of a kernel release string such as `6.18.44-fc`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// `(major, minor)` of the running kernel.
+pub fn running_kernel() -> Option<(u32, u32)> {
+    kernel_version(&rustix::system::uname().release().to_string_lossy())
 }
 
 #[cfg(test)]

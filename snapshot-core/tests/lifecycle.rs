@@ -48,7 +48,7 @@ impl Storage for Dirs {
         }
     }
 
-    fn fill(&self, dst: &Path, _kind: Kind, parent: Option<&Path>) -> Result<()> {
+    fn fill(&self, dst: &Path, _kind: Kind, parent: Option<&Path>, _labels: &Labels) -> Result<()> {
         fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
         let ahead = dst
             .file_name()
@@ -89,7 +89,10 @@ impl Storage for Dirs {
         self.blanks
     }
 
-    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<()> {
+    fn adapt_blank(&self, tree: &Path, parent: Option<&Path>, _labels: &Labels) -> Result<()> {
+        let Some(parent) = parent else {
+            return Ok(());
+        };
         fs::metadata(parent).map_err(|e| Error::io("open parent", parent, e))?;
         let src = parent.join("data");
         if !src.exists() {

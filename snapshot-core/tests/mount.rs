@@ -537,3 +537,146 @@ fn mountinfo_parsing() {
         Path::new("/")
     );
 }
+
+/// The owner `stat` reports for `path`.
+fn owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path).unwrap();
+    (m.uid(), m.gid())
+}
+
+fn opts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn idmapped_bind_shows_the_mapped_owner_and_changes_nothing_on_disk() {
+    if !privileged("idmapped_bind_shows_the_mapped_owner", false) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    std::os::unix::fs::lchown(src.join("f"), Some(5), Some(7)).unwrap();
+    let target = tmp.path().join("mnt");
+    fs::create_dir(&target).unwrap();
+    // Two ranges: container 0 is host 100000, container 5 falls in the second range.
+    let m = Mount::new(
+        "bind",
+        src.to_str().unwrap(),
+        opts(&[
+            "uidmap=0:100000:1,1:200001:65535",
+            "gidmap=0:300000:65536",
+            "ro",
+            "rbind",
+        ]),
+    );
+    mount_all(std::slice::from_ref(&m), &target).unwrap();
+    let _g = Mounted(target.clone());
+    assert_eq!(
+        owner(&target),
+        (100000, 300000),
+        "the root, owned by 0 on disk"
+    );
+    assert_eq!(owner(&target.join("f")), (200005, 300007));
+    assert_eq!(
+        owner(&src.join("f")),
+        (5, 7),
+        "the files themselves are not chowned"
+    );
+    let e = fs::write(target.join("g"), "y").unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(EROFS),
+        "ro holds on the idmapped bind"
+    );
+}
+
+#[test]
+fn idmapped_overlay_maps_the_lower_layers_only() {
+    if !privileged("idmapped_overlay_maps_the_lower_layers_only", true) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let layers = tmp.path().join("snapshots");
+    let (l1, l2, upper, work) = (
+        layers.join("1/fs"),
+        layers.join("2/fs"),
+        layers.join("3/fs"),
+        layers.join("3/work"),
+    );
+    for d in [&l1, &l2, &upper, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    fs::write(l1.join("low"), "1").unwrap();
+    fs::write(l2.join("mid"), "2").unwrap();
+    std::os::unix::fs::lchown(&upper, Some(100000), Some(100000)).unwrap();
+    let target = tmp.path().join("mnt");
+    fs::create_dir(&target).unwrap();
+    let m = Mount::new(
+        "overlay",
+        "overlay",
+        vec![
+            "uidmap=0:100000:65536".into(),
+            "gidmap=0:100000:65536".into(),
+            format!("workdir={}", work.display()),
+            format!("upperdir={}", upper.display()),
+            format!("lowerdir={}:{}", l2.display(), l1.display()),
+        ],
+    );
+    mount_all(std::slice::from_ref(&m), &target).unwrap();
+    let g = Mounted(target.clone());
+    assert_eq!(owner(&target.join("low")), (100000, 100000));
+    assert_eq!(owner(&target.join("mid")), (100000, 100000));
+    assert_eq!(
+        owner(&target),
+        (100000, 100000),
+        "the root is the upper directory's"
+    );
+    fs::write(target.join("new"), "n").unwrap();
+    assert!(
+        upper.join("new").exists(),
+        "writes go to the upper directory"
+    );
+    assert_eq!(owner(&l1.join("low")), (0, 0), "no layer file is chowned");
+    // The temporary idmapped layers are detached: only the overlay is mounted.
+    let left: Vec<String> = mountinfo()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.mount_point.to_string_lossy().into_owned())
+        .filter(|p| p.contains(".snapshot-idmap-"))
+        .collect();
+    assert!(left.is_empty(), "idmapped layers left mounted: {left:?}");
+    drop(g);
+}
+
+#[test]
+fn idmap_options_are_checked() {
+    if !privileged("idmap_options_are_checked", false) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let target = tmp.path().join("mnt");
+    fs::create_dir(&target).unwrap();
+    let src = tmp.path().to_str().unwrap();
+    for (options, says) in [
+        (
+            opts(&["uidmap=0:1000:10", "rbind"]),
+            "only one of uidmap= and gidmap=",
+        ),
+        (
+            opts(&["uidmap=0:1000", "gidmap=0:1000:10", "rbind"]),
+            "mount option uidmap",
+        ),
+        (
+            opts(&["uidmap=0:1000:1", "gidmap=x", "rbind"]),
+            "mount option gidmap",
+        ),
+    ] {
+        let e = mount_all(&[Mount::new("bind", src, options.clone())], &target).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{options:?}: {e}");
+        assert!(e.to_string().contains(says), "{options:?}: {e}");
+    }
+    assert!(mounts_at(&target).is_empty(), "nothing was mounted");
+}

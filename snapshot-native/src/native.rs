@@ -53,7 +53,7 @@ impl Storage for NativeStorage {
         kind == Kind::Active || !has_parent
     }
 
-    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, _labels: &Labels) -> Result<()> {
         std::fs::create_dir(dst).map_err(|e| NativeError::io("create directory", dst, e))?;
         // The root of the mount: 0755 as containerd's, unless a parent's root mode is
         // copied over it.

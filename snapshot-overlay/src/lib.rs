@@ -40,4 +40,4 @@ mod snapshotter;
 pub use config::{OverlayConfig, UPPERDIR_LABEL, VOLATILE_LABEL};
 pub use error::OverlayError;
 pub use probe::KernelFeatures;
-pub use snapshotter::OverlaySnapshotter;
+pub use snapshotter::{idmapping, OverlaySnapshotter};

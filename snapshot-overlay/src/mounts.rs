@@ -4,7 +4,7 @@
 //! releases at the end so the positions containerd's tests pin stay put):
 //!
 //! ```text
-//! index=off?  userxattr?  redirect_dir=on?  workdir=W upperdir=U (active)  volatile? (active)
+//! uidmap=? gidmap=?  index=off?  userxattr?  redirect_dir=on?  workdir=W upperdir=U (active)  volatile? (active)
 //! lowerdir=P0:P1:...  <extra options>...
 //! ```
 //!
@@ -67,23 +67,27 @@ fn path_str(p: &Path) -> String {
 /// The mounts of snapshot `id` of `kind` (Active or View; anything but Active is treated
 /// as read-only) whose parents are `parent_ids`, nearest first. `volatile` adds the
 /// `volatile` option to an active overlay (the caller checked the label and the kernel).
+/// `idmap` (`uidmap=…`, `gidmap=…`) goes first on every mount, binds included, as
+/// containerd 2.x's overlay puts it.
 pub fn build_mounts(
     s: &MountSettings,
     kind: Kind,
     id: u64,
     parent_ids: &[u64],
     volatile: bool,
+    idmap: &[String],
 ) -> Vec<Mount> {
     let active = kind == Kind::Active;
     if parent_ids.is_empty() {
         let mode = if active { "rw" } else { "ro" };
-        return vec![bind(path_str(&s.upper(id)), mode)];
+        return vec![bind(path_str(&s.upper(id)), mode, idmap)];
     }
     if !active && parent_ids.len() == 1 {
         // A read-only overlay needs two lower layers; one parent is just its layer.
-        return vec![bind(path_str(&s.upper(parent_ids[0])), "ro")];
+        return vec![bind(path_str(&s.upper(parent_ids[0])), "ro", idmap)];
     }
-    let mut options = Vec::with_capacity(8 + s.extra_options.len());
+    let mut options = Vec::with_capacity(8 + idmap.len() + s.extra_options.len());
+    options.extend(idmap.iter().cloned());
     if s.index_off {
         options.push("index=off".to_string());
     }
@@ -105,8 +109,10 @@ pub fn build_mounts(
     vec![Mount::new("overlay", "overlay", options)]
 }
 
-fn bind(source: String, mode: &str) -> Mount {
-    Mount::new("bind", source, vec![mode.to_string(), "rbind".to_string()])
+fn bind(source: String, mode: &str, idmap: &[String]) -> Mount {
+    let mut options = idmap.to_vec();
+    options.extend([mode.to_string(), "rbind".to_string()]);
+    Mount::new("bind", source, options)
 }
 
 fn lowerdir(s: &MountSettings, parent_ids: &[u64]) -> String {
@@ -345,7 +351,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let got = build_mounts(&c.s, c.kind, c.id, c.parents, c.volatile);
+            let got = build_mounts(&c.s, c.kind, c.id, c.parents, c.volatile, &[]);
             assert_eq!(got.len(), 1, "{}", c.name);
             assert_eq!(got[0].kind, c.want_kind, "{}", c.name);
             assert_eq!(got[0].source, c.want_source, "{}", c.name);
@@ -354,10 +360,46 @@ mod tests {
     }
 
     #[test]
+    fn idmap_options_come_first_on_every_shape() {
+        let mut s = MountSettings::new("/r/snapshots");
+        s.index_off = true;
+        let idmap = [
+            "uidmap=0:100000:65536".to_string(),
+            "gidmap=0:100000:65536".to_string(),
+        ];
+        let cases: &[(Kind, &[u64], &[&str])] = &[
+            (Kind::Active, &[], &["rw", "rbind"]),
+            (Kind::View, &[], &["ro", "rbind"]),
+            (Kind::View, &[2], &["ro", "rbind"]),
+            (
+                Kind::View,
+                &[3, 2],
+                &["index=off", "lowerdir=/r/snapshots/3/fs:/r/snapshots/2/fs"],
+            ),
+            (
+                Kind::Active,
+                &[2],
+                &[
+                    "index=off",
+                    "workdir=/r/snapshots/7/work",
+                    "upperdir=/r/snapshots/7/fs",
+                    "lowerdir=/r/snapshots/2/fs",
+                ],
+            ),
+        ];
+        for (kind, parents, rest) in cases {
+            let m = build_mounts(&s, *kind, 7, parents, false, &idmap);
+            let mut want: Vec<&str> = idmap.iter().map(String::as_str).collect();
+            want.extend(rest.iter());
+            assert_eq!(m[0].options, want, "{kind:?} on {parents:?}");
+        }
+    }
+
+    #[test]
     fn deep_chain_keeps_every_layer_nearest_first() {
         let s = MountSettings::new("/r/snapshots");
         let parents: Vec<u64> = (1..=500).rev().collect();
-        let m = build_mounts(&s, Kind::Active, 501, &parents, false);
+        let m = build_mounts(&s, Kind::Active, 501, &parents, false, &[]);
         let lower = m[0]
             .options
             .last()

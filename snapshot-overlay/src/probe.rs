@@ -36,6 +36,9 @@ pub struct KernelFeatures {
     pub userxattr: bool,
     /// The kernel knows the `volatile` option (Linux 5.10+).
     pub volatile: bool,
+    /// Overlay takes idmapped lower layers (Linux 5.19+), so ID-mapped snapshots
+    /// (`containerd.io/snapshot/uidmapping`) can be served: containerd's `remap-ids`.
+    pub idmapped_lowers: bool,
 }
 
 /// Fails unless the kernel has overlayfs, trying `modprobe overlay` once.
@@ -184,17 +187,8 @@ pub fn uid_map_is_user_namespace(uid_map: &str) -> bool {
     fields != ["0", "0", "4294967295"]
 }
 
-/// `(major, minor)` of a kernel release string such as `6.18.44-fc`.
-pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-fn running_kernel() -> Option<(u32, u32)> {
-    kernel_version(&rustix::system::uname().release().to_string_lossy())
-}
+pub use snapshot_core::mount::kernel_version;
+use snapshot_core::mount::running_kernel;
 
 /// containerd's `NeedsUserXAttr`: off in the initial user namespace and on tmpfs (which
 /// refuses user xattrs), on from Linux 5.11 in a user namespace. Older kernels that the
@@ -236,6 +230,7 @@ pub fn detect(root: &Path, force_userxattr: Option<bool>) -> Result<KernelFeatur
         index_off: PathBuf::from(INDEX_PARAM).exists(),
         userxattr,
         volatile: running_kernel().is_some_and(|v| v >= (5, 10)),
+        idmapped_lowers: snapshot_core::idmap::overlay_idmaps_lowers(),
     })
 }
 

@@ -4,6 +4,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use snapshot_core::idmap::{
+    IdMapping, GIDMAP_OPTION, GID_MAPPING_LABEL, UIDMAP_OPTION, UID_MAPPING_LABEL,
+};
 use snapshot_core::lifecycle::{SnapshotStore, Storage};
 use snapshot_core::metastore::Snapshot;
 use snapshot_core::usage::disk_usage;
@@ -46,17 +49,18 @@ impl Storage for OverlayStorage {
     const ASYNC_REMOVE: bool = true;
     const PURE_MOUNTS: bool = true;
 
-    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
+    fn check_create(&self, _kind: Kind, labels: &Labels) -> Result<()> {
+        idmapping(labels, self.features.idmapped_lowers).map(drop)
+    }
+
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, labels: &Labels) -> Result<()> {
         make_dir(dst, 0o700)?;
         let fs = dst.join("fs");
         make_dir(&fs, 0o755)?;
         if kind == Kind::Active {
             make_dir(&dst.join("work"), 0o711)?;
         }
-        if let Some(parent) = parent {
-            inherit_owner(&parent.join("fs"), &fs)?;
-        }
-        Ok(())
+        self.own_layer(&fs, parent, labels)
     }
 
     fn blank_serves(&self, _has_parent: bool) -> bool {
@@ -64,8 +68,8 @@ impl Storage for OverlayStorage {
         true
     }
 
-    fn adapt_blank(&self, tree: &Path, parent: &Path) -> Result<()> {
-        inherit_owner(&parent.join("fs"), &tree.join("fs"))
+    fn adapt_blank(&self, tree: &Path, parent: Option<&Path>, labels: &Labels) -> Result<()> {
+        self.own_layer(&tree.join("fs"), parent, labels)
     }
 
     fn measure(&self, tree: &Path) -> Result<Usage> {
@@ -74,18 +78,33 @@ impl Storage for OverlayStorage {
 
     fn mounts(&self, s: &Snapshot, _tree: &Path, labels: Option<&Labels>) -> Result<Vec<Mount>> {
         let volatile = labels.is_some_and(|l| self.volatile(s.kind, l));
+        // The values as stored, as containerd 2.x's overlay returns them: they were
+        // checked at create, and a mount helper parses them again.
+        let idmap: Vec<String> = match (self.features.idmapped_lowers, labels) {
+            (true, Some(l)) => [
+                (UID_MAPPING_LABEL, UIDMAP_OPTION),
+                (GID_MAPPING_LABEL, GIDMAP_OPTION),
+            ]
+            .into_iter()
+            .filter_map(|(label, opt)| l.get(label).map(|v| format!("{opt}{v}")))
+            .collect(),
+            _ => Vec::new(),
+        };
         Ok(build_mounts(
             &self.settings,
             s.kind,
             s.id,
             &s.parent_ids,
             volatile,
+            &idmap,
         ))
     }
 
     fn mount_labels(&self, s: &Snapshot) -> bool {
-        // Only an active overlay can be volatile: skip the label read otherwise.
-        self.features.volatile && s.kind == Kind::Active && !s.parent_ids.is_empty()
+        // Any snapshot may be ID-mapped where the kernel can; otherwise only an active
+        // overlay needs its labels (volatile): skip the label read elsewhere.
+        self.features.idmapped_lowers
+            || (self.features.volatile && s.kind == Kind::Active && !s.parent_ids.is_empty())
     }
 
     fn can_rebase(&self) -> bool {
@@ -103,6 +122,20 @@ impl Storage for OverlayStorage {
 }
 
 impl OverlayStorage {
+    /// Gives a new layer `fs` its owner: the host IDs of the container's root when the
+    /// create is ID-mapped (containerd 2.x: the upper directory belongs to the mapped
+    /// root, and the lower layers are idmapped at mount, never chowned), else the owner
+    /// of the parent's layer.
+    fn own_layer(&self, fs: &Path, parent: Option<&Path>, labels: &Labels) -> Result<()> {
+        match idmapping(labels, self.features.idmapped_lowers)? {
+            Some(m) => set_owner(fs, m.root()),
+            None => match parent {
+                Some(parent) => inherit_owner(&parent.join("fs"), fs),
+                None => Ok(()),
+            },
+        }
+    }
+
     fn volatile(&self, kind: Kind, labels: &Labels) -> bool {
         let asked = labels.get(VOLATILE_LABEL).is_some_and(|v| v != "false");
         if asked && !self.features.volatile {
@@ -239,24 +272,52 @@ fn make_dir(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// The ID mapping `labels` ask for, checked: `None` without the mapping labels.
+///
+/// # Errors
+/// InvalidArgument naming the label for a malformed mapping; FailedPrecondition when
+/// `supported` is false (a kernel before 5.19, whose overlay cannot take idmapped lower
+/// layers).
+pub fn idmapping(labels: &Labels, supported: bool) -> Result<Option<IdMapping>> {
+    let Some(m) = IdMapping::from_labels(labels)? else {
+        return Ok(None);
+    };
+    if !supported {
+        let (a, b) = snapshot_core::idmap::IDMAPPED_OVERLAY_LOWERS;
+        return Err(Error::failed_precondition(format!(
+            "labels {UID_MAPPING_LABEL}/{GID_MAPPING_LABEL} ask for an ID-mapped snapshot, \
+             but this kernel ({}) cannot idmap overlay lower layers (Linux {a}.{b} or later \
+             can): drop remap-ids from containerd's proxy_plugins capabilities so it chowns \
+             a copy instead",
+            rustix::system::uname().release().to_string_lossy()
+        )));
+    }
+    Ok(Some(m))
+}
+
 /// Gives `fs` the owner of the parent's layer `parent_fs`, as containerd does: the
 /// overlay's root takes the upper directory's owner, so without this a container on an
-/// image whose root belongs to a user would see root's ownership instead. A change is
-/// made durable (an fsync of `fs`): the fsync of the tree that follows a create does not
-/// carry it everywhere (btrfs logs only the directory fsynced and the inodes new in it).
+/// image whose root belongs to a user would see root's ownership instead.
 fn inherit_owner(parent_fs: &Path, fs: &Path) -> Result<()> {
     let meta = std::fs::metadata(parent_fs).map_err(|source| OverlayError::StatParent {
         path: parent_fs.to_path_buf(),
         source,
     })?;
+    set_owner(fs, (meta.uid(), meta.gid()))
+}
+
+/// Gives `fs` the owner `(uid, gid)`, made durable (an fsync of `fs`): the fsync of the
+/// tree that follows a create does not carry it everywhere (btrfs logs only the directory
+/// fsynced and the inodes new in it).
+fn set_owner(fs: &Path, (uid, gid): (u32, u32)) -> Result<()> {
     let set = |source| OverlayError::SetOwner {
         path: fs.to_path_buf(),
         source,
     };
     let cur = std::fs::symlink_metadata(fs).map_err(set)?;
-    if (cur.uid(), cur.gid()) == (meta.uid(), meta.gid()) {
+    if (cur.uid(), cur.gid()) == (uid, gid) {
         return Ok(());
     }
-    std::os::unix::fs::lchown(fs, Some(meta.uid()), Some(meta.gid())).map_err(set)?;
+    std::os::unix::fs::lchown(fs, Some(uid), Some(gid)).map_err(set)?;
     snapshot_core::layout::fsync_dir(fs)
 }

@@ -837,3 +837,145 @@ fn roots_are_absolute_and_must_fit_in_mount_options() {
         }
     }
 }
+
+fn idmapped(uid: &str, gid: &str) -> CreateOptions {
+    CreateOptions::with_labels(labels([
+        (snapshot_core::idmap::UID_MAPPING_LABEL, uid),
+        (snapshot_core::idmap::GID_MAPPING_LABEL, gid),
+    ]))
+}
+
+fn owner(path: &Path) -> (u32, u32) {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// containerd 2.x's ID-mapped snapshots: the upper directory belongs to the mapped root,
+/// every mount carries the labels' values as `uidmap=`/`gidmap=` first, and mounted, the
+/// image's files (owned by 0 on disk, never chowned) show as the mapped root's.
+#[test]
+fn idmapped_snapshots_own_their_upper_and_map_their_layers() {
+    if !privileged("idmapped_snapshots_own_their_upper_and_map_their_layers") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(dir.path(), cfg());
+    assert!(
+        sn.features().idmapped_lowers,
+        "this kernel idmaps overlay lowers"
+    );
+    layer(&sn, "l1", "", &[("etc/one", "1")]);
+    layer(&sn, "l2", "l1", &[("etc/two", "2")]);
+    let (uid, gid) = ("0:100000:1,1:200001:65535", "0:300000:65536");
+    let m = sn.prepare("c", "l2", &idmapped(uid, gid)).unwrap();
+    assert_eq!(m[0].kind, "overlay");
+    assert_eq!(
+        &m[0].options[..2],
+        [format!("uidmap={uid}"), format!("gidmap={gid}")]
+    );
+    assert_eq!(
+        sn.mounts("c").unwrap(),
+        m,
+        "Mounts returns what Prepare did"
+    );
+    let upper = sn.upper_dir("c").unwrap();
+    assert_eq!(
+        owner(&upper),
+        (100000, 300000),
+        "the upper belongs to the mapped root"
+    );
+    assert_eq!(
+        owner(&upper.with_file_name("work")),
+        (0, 0),
+        "work is not chowned"
+    );
+    let target = dir.path().join("mnt");
+    {
+        let _g = MountGuard::mount(&m, &target);
+        assert_eq!(owner(&target.join("etc/one")), (100000, 300000));
+        assert_eq!(owner(&target.join("etc/two")), (100000, 300000));
+        std::fs::write(target.join("etc/new"), "n").unwrap();
+    }
+    assert!(upper.join("etc/new").exists());
+    assert_eq!(
+        owner(&sn.upper_dir("l1").unwrap().join("etc/one")),
+        (0, 0),
+        "the layer's files are not chowned"
+    );
+
+    // Without a parent (a blank tree made ahead), a view of one layer (a read-only bind)
+    // and of two (a read-only overlay): each carries the mapping.
+    let m = sn.prepare("bare", "", &idmapped(uid, gid)).unwrap();
+    assert_eq!(m[0].kind, "bind");
+    assert_eq!(
+        m[0].options[..2],
+        [format!("uidmap={uid}"), format!("gidmap={gid}")]
+    );
+    assert_eq!(owner(&sn.upper_dir("bare").unwrap()), (100000, 300000));
+    for (key, parent, kind) in [("v1", "l1", "bind"), ("v2", "l2", "overlay")] {
+        let m = sn.view(key, parent, &idmapped(uid, gid)).unwrap();
+        assert_eq!(m[0].kind, kind, "{key}");
+        assert_eq!(m[0].options[0], format!("uidmap={uid}"), "{key}");
+        let t = dir.path().join(key);
+        let _g = MountGuard::mount(&m, &t);
+        assert_eq!(owner(&t.join("etc/one")), (100000, 300000), "{key}");
+    }
+    // Plain snapshots beside them are unchanged.
+    let m = sn
+        .prepare("plain", "l2", &CreateOptions::default())
+        .unwrap();
+    assert!(
+        m[0].options.iter().all(|o| !o.starts_with("uidmap=")),
+        "{m:?}"
+    );
+    assert_eq!(owner(&sn.upper_dir("plain").unwrap()), (0, 0));
+    // The mapping outlives a restart.
+    sn.close().unwrap();
+    let sn = open(dir.path(), cfg());
+    assert_eq!(
+        sn.mounts("c").unwrap()[0].options[0],
+        format!("uidmap={uid}")
+    );
+}
+
+#[test]
+fn malformed_mappings_are_invalid_argument_and_build_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(dir.path(), cfg());
+    layer(&sn, "base", "", &[("f", "1")]);
+    let before = snapshot_entries(&sn);
+    let uid_label = snapshot_core::idmap::UID_MAPPING_LABEL;
+    let gid_label = snapshot_core::idmap::GID_MAPPING_LABEL;
+    for (opts, label) in [
+        (idmapped("0:100000", "0:100000:65536"), uid_label),
+        (idmapped("0:100000:65536", "0:100000:0"), gid_label),
+        (idmapped("0:100000:65536", "x"), gid_label),
+        (idmapped("1:100000:65536", "0:100000:65536"), uid_label),
+        (
+            CreateOptions::with_labels(labels([(uid_label, "0:4294967295:2")])),
+            uid_label,
+        ),
+    ] {
+        for r in [sn.prepare("k", "base", &opts), sn.view("k", "base", &opts)] {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{opts:?}: {e}");
+            assert!(e.to_string().contains(label), "{e}");
+        }
+    }
+    assert_eq!(snapshot_entries(&sn), before, "nothing was built");
+    sn.prepare("k", "base", &CreateOptions::default())
+        .expect("the key is still free");
+}
+
+#[test]
+fn kernels_without_idmapped_lowers_refuse_the_labels() {
+    let l = labels([(snapshot_core::idmap::UID_MAPPING_LABEL, "0:100000:65536")]);
+    let e = snapshot_overlay::idmapping(&l, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+    assert!(e.to_string().contains("5.19"), "{e}");
+    assert!(e.to_string().contains("remap-ids"), "{e}");
+    assert!(snapshot_overlay::idmapping(&labels([("x", "1")]), false)
+        .unwrap()
+        .is_none());
+    assert!(snapshot_overlay::idmapping(&l, true).unwrap().is_some());
+}

@@ -37,7 +37,7 @@ impl Storage for CopyStorage {
         kind == Kind::Active || !has_parent
     }
 
-    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>) -> Result<()> {
+    fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, _labels: &Labels) -> Result<()> {
         std::fs::create_dir(dst).map_err(|e| Error::io("mkdir", dst, e))?;
         std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io("chmod", dst, e))?;

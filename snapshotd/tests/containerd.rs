@@ -337,10 +337,10 @@ fn end_to_end(flavor: &Flavor, backend: &str, root_base: Option<&Path>) {
         PLUGIN,
         image.tar.to_str().unwrap(),
     ]);
-    assert_ok(&out, "ctr images import", &sd, &ctrd);
+    assert_ok(&out, "ctr images import", sd, ctrd);
 
     let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
-    assert_ok(&out, "ctr snapshots ls", &sd, &ctrd);
+    assert_ok(&out, "ctr snapshots ls", sd, ctrd);
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
     let mut rows: Vec<Vec<String>> = listed
         .lines()
@@ -397,7 +397,7 @@ fn end_to_end(flavor: &Flavor, backend: &str, root_base: Option<&Path>) {
         "-c",
         script,
     ]);
-    assert_ok(&out, "ctr run", &sd, &ctrd);
+    assert_ok(&out, "ctr run", sd, ctrd);
     let seen = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
     let parts: Vec<&str> = seen.split("---\n").collect();
     assert_eq!(parts.len(), 5, "container output:\n{seen}");
@@ -426,7 +426,7 @@ fn end_to_end(flavor: &Flavor, backend: &str, root_base: Option<&Path>) {
 
     // Remove the image: garbage collection removes every snapshot and its files.
     let out = ctr(&["images", "rm", "--sync", IMAGE]);
-    assert_ok(&out, "ctr images rm --sync", &sd, &ctrd);
+    assert_ok(&out, "ctr images rm --sync", sd, ctrd);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);

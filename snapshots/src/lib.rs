@@ -88,13 +88,23 @@ impl Backend {
     }
 
     /// The capabilities containerd's proxy-plugin configuration names for this backend
-    /// (`capabilities = [...]` in `[proxy_plugins.<name>]`, containerd 2.x): `rebase` for
-    /// overlay, whose layers are diffs and can be committed onto another parent; none for
-    /// native and btrfs, whose layers are full copies and refuse a rebasing Commit.
-    pub fn capabilities(self) -> &'static [&'static str] {
+    /// on this machine (`capabilities = [...]` in `[proxy_plugins.<name>]`, containerd
+    /// 2.x, which never asks the proxy): for overlay `rebase` (its layers are diffs and
+    /// can be committed onto another parent) and, where the kernel idmaps overlay lower
+    /// layers (Linux 5.19+), `remap-ids` (ID-mapped snapshots for containers in user
+    /// namespaces, no chowned copy of the image); none for native and btrfs, whose layers
+    /// are full copies and refuse a rebasing Commit, and which containerd serves user
+    /// namespaces by chowning a copy.
+    pub fn capabilities(self) -> Vec<&'static str> {
         match self {
-            Backend::Overlay => &["rebase"],
-            Backend::Native | Backend::Btrfs => &[],
+            Backend::Overlay => {
+                let mut caps = vec!["rebase"];
+                if snapshot_core::idmap::overlay_idmaps_lowers() {
+                    caps.push("remap-ids");
+                }
+                caps
+            }
+            Backend::Native | Backend::Btrfs => Vec::new(),
         }
     }
 
@@ -255,7 +265,11 @@ mod tests {
 
     #[test]
     fn only_overlay_can_rebase() {
-        assert_eq!(Backend::Overlay.capabilities(), ["rebase"]);
+        assert_eq!(Backend::Overlay.capabilities()[0], "rebase");
+        assert_eq!(
+            Backend::Overlay.capabilities().contains(&"remap-ids"),
+            snapshot_core::idmap::overlay_idmaps_lowers()
+        );
         assert!(Backend::Native.capabilities().is_empty());
         assert!(Backend::Btrfs.capabilities().is_empty());
     }
