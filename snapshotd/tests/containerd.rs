@@ -64,6 +64,195 @@ fn containerd2_imports_runs_and_collects_on_native() {
     }
 }
 
+/// A container in a user namespace through containerd 2.x on overlay: with
+/// `--remap-labels` ctr asks snapshotd for an ID-mapped snapshot (the proxy's configured
+/// `remap-ids`), which containerd mounts with idmapped lower layers; without it ctr
+/// chowns a copy of the image. Both show the container the image's files as its root's;
+/// only the copy touches them. Prints the median time of each way over three runs.
+#[test]
+#[serial_test::serial(containerd)]
+fn containerd2_runs_an_idmapped_container_on_overlay() {
+    if privileged("containerd2_runs_an_idmapped_container_on_overlay") {
+        idmapped_container(&Flavor::v2());
+    }
+}
+
+/// Files in the image's bulk layer: enough that chowning a copy costs what it costs for
+/// a real image.
+const BULK_FILES: usize = 10_000;
+const MAP: &str = "0:100000:65536";
+
+fn idmapped_container(flavor: &Flavor) {
+    let rig = Rig::start(flavor, "overlay", None);
+    let image = build_image(&rig.tmp.path().join("image"), BULK_FILES);
+    rig.ctr_ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        PLUGIN,
+        image.tar.to_str().unwrap(),
+    ]);
+    let top = image.chain_ids.last().unwrap().clone();
+    // What the container reports: the owners of an image file, a bulk file and its root
+    // as it sees them, its uid, the owner of a file it writes, and its uid_map.
+    let script = "stat -c %u:%g /etc/layer1.txt /bulk/0/0 /; id -u; echo hi > /etc/written \
+                  && stat -c %u:%g /etc/written; cat /proc/self/uid_map";
+    let run = |id: &str, remap: bool, rm: bool| -> (String, Duration) {
+        rig.ctrd.remember_container(id);
+        let mut args = vec![
+            "run",
+            "--snapshotter",
+            PLUGIN,
+            "--uidmap",
+            MAP,
+            "--gidmap",
+            MAP,
+        ];
+        if remap {
+            args.push("--remap-labels");
+        }
+        if rm {
+            args.push("--rm");
+        }
+        args.extend([IMAGE, id, "/bin/sh", "-c", script]);
+        let t = Instant::now();
+        let out = rig.ctr_ok(&args);
+        (out, t.elapsed())
+    };
+    let check_view = |out: &str, how: &str| {
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(
+            lines[..5],
+            ["0:0", "0:0", "0:0", "0", "0:0"],
+            "{how}: the container sees its root's files and writes as its root:\n{out}"
+        );
+        let map: Vec<&str> = lines[5].split_whitespace().collect();
+        assert_eq!(
+            map,
+            ["0", "100000", "65536"],
+            "{how}: in a user namespace:\n{out}"
+        );
+    };
+
+    // ID-mapped: one snapshot for the container, nothing chowned.
+    let (out, _) = run("idmapped-0", true, false);
+    check_view(&out, "idmapped");
+    let usage = rig.ctr_ok(&["snapshots", "--snapshotter", PLUGIN, "usage", "idmapped-0"]);
+    let inodes: u64 = usage
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("ctr snapshots usage:\n{usage}"));
+    // The container's layer holds what it and runc made (its file, /etc, mount points),
+    // not a copy of the image.
+    assert!(
+        inodes < 20,
+        "the idmapped container's layer holds {inodes} inodes:\n{usage}"
+    );
+    let listed = rig.ctr_ok(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
+    assert_eq!(
+        listed.lines().count(),
+        1 + image.chain_ids.len() + 1,
+        "the image's layers and the container's snapshot, no chowned copy:\n{listed}"
+    );
+    let backend = rig.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        PLUGIN,
+        "mounts",
+        "/mnt",
+        "idmapped-0",
+    ]);
+    assert!(
+        backend.contains(&format!("uidmap={MAP}")) && backend.contains(&format!("gidmap={MAP}")),
+        "the container's mounts carry the mapping:\n{backend}"
+    );
+    rig.ctr_ok(&["containers", "rm", "idmapped-0"]);
+    // Every file of the layers is still root's on disk (once containerd's collector
+    // removed the container's snapshot from the backend, and cleanup its tree).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ls = snapshotctl(&rig.sd_sock, &["--json", "ls"]);
+        let n = serde_json::from_str::<serde_json::Value>(&ls)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len();
+        if n == image.chain_ids.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container's snapshot stays: {ls}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    snapshotctl(&rig.sd_sock, &["cleanup"]);
+    let layers = rig.sd_root.join("snapshots");
+    let mut files = 0usize;
+    let mut stack = vec![layers.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                files += 1;
+                assert_eq!(
+                    (m.uid(), m.gid()),
+                    (0, 0),
+                    "{} was chowned",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(files > BULK_FILES, "walked the layers: {files} files");
+
+    // Three runs each way, alternating; the chowned copy (a committed snapshot on the
+    // image's top layer, named by containerd) is removed after each so the next run makes
+    // it again.
+    let (mut mapped, mut chowned) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let (out, t) = run(&format!("idmapped-{}", round + 1), true, true);
+        check_view(&out, "idmapped");
+        mapped.push(t);
+        let (out, t) = run(&format!("chowned-{round}"), false, true);
+        check_view(&out, "chowned copy");
+        chowned.push(t);
+        let listed = rig.ctr_ok(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
+        let copies: Vec<&str> = listed
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|r| r.len() == 3 && r[1] == top && r[2] == "Committed")
+            .map(|r| r[0])
+            .collect();
+        assert_eq!(copies.len(), 1, "one chowned copy of the image:\n{listed}");
+        let copy = copies[0].to_string();
+        let usage = rig.ctr_ok(&["snapshots", "--snapshotter", PLUGIN, "usage", &copy]);
+        if round == 0 {
+            eprintln!("the chowned copy {copy}:\n{usage}");
+        }
+        rig.ctr_ok(&["snapshots", "--snapshotter", PLUGIN, "rm", &copy]);
+    }
+    mapped.sort();
+    chowned.sort();
+    eprintln!(
+        "{}: ctr run of an image of {} files in a user namespace, median of 3: idmapped \
+         snapshot {:.0} ms, chowned copy {:.0} ms ({:.1}x)",
+        flavor.version,
+        BULK_FILES,
+        mapped[1].as_secs_f64() * 1e3,
+        chowned[1].as_secs_f64() * 1e3,
+        chowned[1].as_secs_f64() / mapped[1].as_secs_f64()
+    );
+    rig.remove_image_and_collect();
+    rig.finish();
+}
+
 /// On btrfs, with the backend's root on the filesystem `SNAPSHOT_BTRFS_MOUNT` names (as
 /// `cargo xtask test-btrfs` mounts it): `SNAPSHOT_TEST_PRIVILEGED=1
 /// SNAPSHOT_BTRFS_MOUNT=/mnt/btrfs cargo test -p snapshotd --features btrfs --test containerd`.
@@ -262,6 +451,45 @@ impl Rig {
         self.ctrd.ctr(args)
     }
 
+    /// Removes the image: containerd's garbage collection removes every snapshot and its
+    /// files; then the backend's cleanup.
+    fn remove_image_and_collect(&self) {
+        let (sd, ctrd, sd_sock) = (&self.sd, &self.ctrd, &self.sd_sock);
+        let ctr = |args: &[&str]| self.ctr(args);
+        let out = ctr(&["images", "rm", "--sync", IMAGE]);
+        assert_ok(&out, "ctr images rm --sync", sd, ctrd);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
+            let backend_ls = snapshotctl(&sd_sock, &["--json", "ls"]);
+            if String::from_utf8_lossy(&out.stdout).lines().count() <= 1
+                && backend_ls.trim() == "[]"
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "snapshots left after GC: ctr: {} backend: {backend_ls}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                sd.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Backends without deferred deletion answer Unimplemented, which containerd's GC
+        // takes as success too.
+        let out = Command::new(SNAPSHOTCTL)
+            .arg("--address")
+            .arg(&sd_sock)
+            .arg("cleanup")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("not implemented"),
+            "cleanup: {err}"
+        );
+    }
+
     /// Stops containerd, then snapshotd (which must exit cleanly and remove its socket),
     /// and checks that no tree is left in the backend's root.
     fn finish(self) {
@@ -424,37 +652,7 @@ fn end_to_end(flavor: &Flavor, backend: &str, root_base: Option<&Path>) {
         image.chain_ids.len() + 1
     );
 
-    // Remove the image: garbage collection removes every snapshot and its files.
-    let out = ctr(&["images", "rm", "--sync", IMAGE]);
-    assert_ok(&out, "ctr images rm --sync", sd, ctrd);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
-        let backend_ls = snapshotctl(&sd_sock, &["--json", "ls"]);
-        if String::from_utf8_lossy(&out.stdout).lines().count() <= 1 && backend_ls.trim() == "[]" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "snapshots left after GC: ctr: {} backend: {backend_ls}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            sd.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Backends without deferred deletion answer Unimplemented, which containerd's GC
-    // takes as success too.
-    let out = Command::new(SNAPSHOTCTL)
-        .arg("--address")
-        .arg(&sd_sock)
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() || err.contains("not implemented"),
-        "cleanup: {err}"
-    );
+    rig.remove_image_and_collect();
     rig.finish();
 }
 
