@@ -52,6 +52,7 @@ pub const DEFAULT_ADDRESS: &str = "/run/snapshotd/snapshotd.sock";
     long_about = "Serves containerd's snapshots gRPC API on a unix socket, backed by the native, \
 overlay or btrfs snapshotter, so containerd can use it as a proxy plugin:\n\n  \
 [proxy_plugins.snapshotd]\n    type = \"snapshot\"\n    address = \"/run/snapshotd/snapshotd.sock\"\n\n\
+--print-containerd-config 1|2 prints the whole entry for containerd 1.x or 2.x.\n\n\
 Settings come from the flags, then the TOML file (--config, default /etc/snapshotd/config.toml, \
 which may be missing), then the defaults. SIGTERM or SIGINT stops the daemon after the calls \
 in flight."

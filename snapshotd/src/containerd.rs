@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+#[cfg(doc)]
 use snapshots::Backend;
 
 /// What the configuration describes.
@@ -28,8 +29,9 @@ pub struct ProxyEntry<'a> {
     pub name: &'a str,
     /// snapshotd's socket.
     pub address: &'a Path,
-    /// snapshotd's backend (its capabilities).
-    pub backend: Backend,
+    /// The capabilities to declare: the backend's on this machine,
+    /// [`Backend::capabilities`].
+    pub capabilities: &'a [&'a str],
     /// snapshotd's root (the `root` export).
     pub root: &'a Path,
 }
@@ -99,19 +101,15 @@ pub fn config(release: Release, e: &ProxyEntry<'_>) -> String {
             writeln!(s, "[proxy_plugins.{name}]").unwrap();
             s.push_str("  type = \"snapshot\"\n");
             writeln!(s, "  address = {}", quote(e.address)).unwrap();
-            let caps: Vec<String> = e
-                .backend
-                .capabilities()
-                .iter()
-                .map(|c| format!("{c:?}"))
-                .collect();
+            let caps: Vec<String> = e.capabilities.iter().map(|c| format!("{c:?}")).collect();
             writeln!(s, "  capabilities = [{}]", caps.join(", ")).unwrap();
             writeln!(s, "  [proxy_plugins.{name}.exports]").unwrap();
             writeln!(s, "    root = {}", quote(e.root)).unwrap();
             s.push_str("    enable_remote_snapshot_annotations = \"true\"\n\n");
             s.push_str(
                 "# The transfer service (pulls, imports) unpacks only into the snapshotters\n\
-                 # listed here; the list replaces containerd's default entry.\n\
+                 # listed here. The list replaces containerd's default (overlayfs): add an\n\
+                 # entry for every other snapshotter you pull into.\n\
                  [[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n",
             );
             writeln!(s, "  platform = \"{}\"", platform()).unwrap();
@@ -145,20 +143,38 @@ fn quote(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use snapshots::Backend;
 
-    fn entry(backend: Backend) -> ProxyEntry<'static> {
+    const OVERLAY_CAPS: &[&str] = &["rebase", "remap-ids"];
+
+    fn entry(caps: &'static [&'static str]) -> ProxyEntry<'static> {
         ProxyEntry {
             name: "snapshotd",
             address: Path::new(crate::config::DEFAULT_ADDRESS),
-            backend,
+            capabilities: caps,
             root: Path::new(crate::config::DEFAULT_ROOT),
+        }
+    }
+
+    /// The README shows what `--print-containerd-config` prints for the defaults (overlay
+    /// on Linux 5.19+, amd64).
+    #[test]
+    fn readme_shows_the_printed_configurations() {
+        let readme = include_str!("../../README.md");
+        for release in [Release::V1, Release::V2] {
+            let text = config(release, &entry(OVERLAY_CAPS))
+                .replace(&format!("\"{}\"", platform()), "\"linux/amd64\"");
+            assert!(
+                readme.contains(&format!("```toml\n{text}```")),
+                "README.md lacks, as a toml block:\n{text}"
+            );
         }
     }
 
     #[test]
     fn both_releases_parse_as_toml_with_the_proxy_entry() {
         for release in [Release::V1, Release::V2] {
-            let text = config(release, &entry(Backend::Overlay));
+            let text = config(release, &entry(OVERLAY_CAPS));
             let v: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             let proxy = &v["proxy_plugins"]["snapshotd"];
             assert_eq!(proxy["type"].as_str(), Some("snapshot"));
@@ -180,7 +196,7 @@ mod tests {
                         .iter()
                         .map(|c| c.as_str().unwrap())
                         .collect();
-                    assert_eq!(caps, Backend::Overlay.capabilities());
+                    assert_eq!(caps, OVERLAY_CAPS);
                     assert_eq!(
                         proxy["exports"]["root"].as_str(),
                         Some(crate::config::DEFAULT_ROOT)
@@ -196,7 +212,9 @@ mod tests {
 
     #[test]
     fn native_offers_no_capabilities_and_paths_are_quoted() {
-        let mut e = entry(Backend::Native);
+        let native = Backend::Native.capabilities();
+        assert!(native.is_empty());
+        let mut e = entry(&[]);
         e.root = Path::new("/srv/a \"b\"\\c");
         let text = config(Release::V2, &e);
         let v: toml::Value = toml::from_str(&text).unwrap();

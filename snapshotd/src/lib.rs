@@ -11,6 +11,9 @@
 //!   address = "/run/snapshotd/snapshotd.sock"
 //! ```
 //!
+//! `snapshotd --print-containerd-config 1|2` prints the whole entry for containerd 1.x or
+//! 2.x (capabilities, exports, the transfer service's unpack entry): [`containerd`].
+//!
 //! The library holds the pieces the two binaries share: the generated protocol code
 //! ([`proto`]), conversions and the error-to-status mapping ([`convert`]), the service
 //! ([`service`]), configuration ([`config`]), containerd's configuration for it ([`containerd`]), the socket and serving loop ([`server`]),

@@ -43,10 +43,11 @@ fn print_containerd_config(release: &str, name: &str, config: &Config) {
         );
         snapshots::Backend::Overlay
     });
+    let capabilities = backend.capabilities();
     let entry = ProxyEntry {
         name,
         address: &config.address,
-        backend,
+        capabilities: &capabilities,
         root: &config.root,
     };
     print!("{}", snapshotd::containerd::config(release, &entry));

@@ -194,7 +194,7 @@ pub fn choose_backend(configured: Option<Backend>, root: &Path) -> Backend {
     let caps = backend.capabilities();
     log::info!(
         "capabilities of {backend}: [{}] (containerd 2.x: capabilities = [{}] in its \
-         [proxy_plugins] entry)",
+         [proxy_plugins] entry; snapshotd --print-containerd-config 2 prints the entry)",
         caps.join(", "),
         caps.iter()
             .map(|c| format!("{c:?}"))

@@ -429,10 +429,14 @@ impl Rig {
             "snapshotd: no socket\n{}",
             sd.log()
         );
+        let capabilities = backend
+            .parse::<snapshots::Backend>()
+            .unwrap()
+            .capabilities();
         let entry = ProxyEntry {
             name: PLUGIN,
             address: &sd_sock,
-            backend: backend.parse().unwrap(),
+            capabilities: &capabilities,
             root: &sd_root,
         };
         let ctrd = Containerd::start(flavor, tmp.path(), &entry);

@@ -494,3 +494,49 @@ fn a_namespaced_daemon_serves_namespaces_to_snapshotctl() {
         .expect("exit");
     assert!(dir.path().join("root/namespaces/data.mdb").exists());
 }
+
+#[test]
+fn print_containerd_config_names_the_daemons_socket_root_and_capabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let run = |args: &[&str]| {
+        std::process::Command::new(SNAPSHOTD)
+            .args(args)
+            .arg("--root")
+            .arg(&root)
+            .args(["--address", "/run/x/sd.sock", "--containerd-name", "mine"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--print-containerd-config", "2", "--backend", "native"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(v["version"].as_integer(), Some(3));
+    let p = &v["proxy_plugins"]["mine"];
+    assert_eq!(p["address"].as_str(), Some("/run/x/sd.sock"));
+    assert_eq!(
+        p["capabilities"].as_array().map(Vec::len),
+        Some(0),
+        "{text}"
+    );
+    assert_eq!(p["exports"]["root"].as_str(), root.to_str());
+    assert!(!root.exists(), "printing touches nothing");
+
+    let out = run(&["--print-containerd-config", "1.6", "--backend", "overlay"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("version = 2\n"), "{text}");
+    assert!(text.contains("[proxy_plugins.mine]"), "{text}");
+
+    let out = run(&["--print-containerd-config", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"3\"") && err.contains("major version"),
+        "{err}"
+    );
+}
