@@ -465,7 +465,7 @@ impl Rig {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = ctr(&["snapshots", "--snapshotter", PLUGIN, "ls"]);
-            let backend_ls = snapshotctl(&sd_sock, &["--json", "ls"]);
+            let backend_ls = snapshotctl(sd_sock, &["--json", "ls"]);
             if String::from_utf8_lossy(&out.stdout).lines().count() <= 1
                 && backend_ls.trim() == "[]"
             {
@@ -483,7 +483,7 @@ impl Rig {
         // takes as success too.
         let out = Command::new(SNAPSHOTCTL)
             .arg("--address")
-            .arg(&sd_sock)
+            .arg(sd_sock)
             .arg("cleanup")
             .output()
             .unwrap();
