@@ -100,6 +100,10 @@ pub struct Flags {
     /// that are not containerd. Never behind containerd, which has its own.
     #[arg(long)]
     pub namespaced: bool,
+    /// Serve Prometheus metrics over HTTP at /metrics on ADDR: a unix socket path, or
+    /// IP:PORT such as 127.0.0.1:9101 [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<String>,
     /// Print the lines containerd's config.toml needs to use this daemon (its backend,
     /// root and socket), for containerd RELEASE 1 (config version 2) or 2 (config
     /// version 3: capabilities, exports, the transfer service's unpack entry), and exit
@@ -128,6 +132,8 @@ pub struct FileConfig {
     pub sync: Option<bool>,
     /// `namespaced = true`
     pub namespaced: Option<bool>,
+    /// `metrics_address = "127.0.0.1:9101"` (or a unix socket path)
+    pub metrics_address: Option<String>,
     /// The `[overlay]` table.
     #[serde(default)]
     pub overlay: OverlayFileConfig,
@@ -200,6 +206,8 @@ pub struct Config {
     pub namespaced: bool,
     /// The collector's policy (with `namespaced`).
     pub gc: snapshots::metadata::GcPolicy,
+    /// Where Prometheus metrics are served (off when `None`).
+    pub metrics_address: Option<crate::metrics::MetricsAddress>,
 }
 
 impl Config {
@@ -275,6 +283,17 @@ impl Config {
             },
             namespaced,
             gc: gc_policy(&file.gc)?,
+            metrics_address: match flags
+                .metrics_address
+                .as_ref()
+                .or(file.metrics_address.as_ref())
+            {
+                Some(a) => Some(
+                    crate::metrics::MetricsAddress::parse(a)
+                        .map_err(|m| DaemonError::Value(snapshots::Error::invalid_argument(m)))?,
+                ),
+                None => None,
+            },
         })
     }
 }

@@ -27,6 +27,7 @@ pub mod containerd;
 pub mod convert;
 pub mod error;
 pub mod logger;
+pub mod metrics;
 pub mod notify;
 pub mod proto;
 pub mod server;

@@ -143,6 +143,19 @@ pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
+    serve_with(target, listener, shutdown, None).await
+}
+
+/// [`serve`], counting every call in `metrics`.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with(
+    target: impl Into<Target>,
+    listener: std::os::unix::net::UnixListener,
+    shutdown: impl Future<Output = ()> + Send,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+) -> Result<(), DaemonError> {
     let target: Target = target.into();
     let listener =
         tokio::net::UnixListener::from_std(listener).map_err(|source| DaemonError::Runtime {
@@ -152,7 +165,11 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(SnapshotService::with_stop(target.clone(), stop_rx).into_server())
+        .add_service(
+            SnapshotService::with_stop(target.clone(), stop_rx)
+                .with_metrics(metrics)
+                .into_server(),
+        )
         .add_service(crate::service::CollectorService::new(target).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             shutdown.await;
@@ -237,11 +254,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let result = if config.namespaced {
         serve_namespaced(&sn, &config, backend)
     } else {
+        let metrics = metrics_of(&config, &sn, None);
         serve_until_signal(
             Target::Plain(Arc::clone(&sn)),
             &config.address,
             backend,
             &config.root,
+            metrics,
         )
     };
     drain(&sn);
@@ -315,15 +334,46 @@ fn serve_namespaced(
         "namespaced: metadata at {}, garbage collected in the background",
         dir.display()
     );
+    let scheduler = Arc::new(scheduler);
+    let stats = Arc::downgrade(&scheduler);
+    let metrics = metrics_of(
+        config,
+        sn,
+        Some(Arc::new(move || {
+            stats.upgrade().map(|s| s.stats()).unwrap_or_default()
+        })),
+    );
     let result = serve_until_signal(
         Target::Namespaced(Arc::clone(&md)),
         &config.address,
         backend,
         &config.root,
+        metrics,
     );
     drop(scheduler);
     drain(&md);
     result
+}
+
+/// What `--metrics-address` asks for: where, and what a scrape reads (the backend `sn`,
+/// every namespace's snapshots, and the collector's totals).
+type MetricsSetup = Option<(crate::metrics::MetricsAddress, crate::metrics::Scrape)>;
+
+fn metrics_of(
+    config: &Config,
+    sn: &Arc<dyn Snapshotter>,
+    gc: Option<Arc<dyn Fn() -> snapshots::metadata::GcStats + Send + Sync>>,
+) -> MetricsSetup {
+    let addr = config.metrics_address.clone()?;
+    Some((
+        addr,
+        crate::metrics::Scrape {
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            snapshotter: Arc::clone(sn),
+            root: config.root.clone(),
+            gc,
+        },
+    ))
 }
 
 fn serve_until_signal(
@@ -331,6 +381,7 @@ fn serve_until_signal(
     address: &Path,
     backend: Backend,
     root: &Path,
+    metrics: MetricsSetup,
 ) -> Result<(), DaemonError> {
     let socket = bind(address)?;
     let runtime = runtime().map_err(|source| DaemonError::Runtime {
@@ -355,22 +406,46 @@ fn serve_until_signal(
             ));
         }
     };
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let mut metrics_path = None;
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
+        let counters = match metrics {
+            Some((addr, scrape)) => {
+                let listener = crate::metrics::bind(&addr)?;
+                if let crate::metrics::MetricsAddress::Unix(p) = &addr {
+                    metrics_path = Some(p.clone());
+                }
+                log::info!("metrics at http://{addr}/metrics");
+                let counters = Arc::clone(&scrape.metrics);
+                tokio::spawn(crate::metrics::serve(listener, scrape, metrics_stopped));
+                Some(counters)
+            }
+            None => None,
+        };
         log::info!(
             "serving the {backend} snapshotter at {} on {}",
             root.display(),
             address.display()
         );
         notify_or_log("READY=1");
-        serve(target, listener, async move {
-            shutdown.await;
-            log::info!("shutting down: finishing the calls in flight");
-            notify_or_log("STOPPING=1");
-        })
+        serve_with(
+            target,
+            listener,
+            async move {
+                shutdown.await;
+                log::info!("shutting down: finishing the calls in flight");
+                notify_or_log("STOPPING=1");
+            },
+            counters,
+        )
         .await
     });
+    let _ = metrics_stop.send(true);
     socket.remove();
+    if let Some(p) = metrics_path {
+        let _ = std::fs::remove_file(p);
+    }
     // Blocking calls of clients that went away may still run; they hold the snapshotter
     // and are waited for in `drain`.
     runtime.shutdown_timeout(Duration::from_secs(1));

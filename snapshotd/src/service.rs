@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{info_from_proto, info_to_proto, mount_to_proto, to_status, usage_to_proto};
+use crate::metrics::{Metrics, Op};
 use crate::proto::snapshots as pb;
 use crate::proto::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
 
@@ -59,6 +60,7 @@ pub struct SnapshotService {
     // Becomes true when the daemon stops: open List streams end at once.
     stopping: tokio::sync::watch::Receiver<bool>,
     _never: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl SnapshotService {
@@ -69,6 +71,7 @@ impl SnapshotService {
             target: Target::Plain(sn),
             stopping: rx,
             _never: Some(Arc::new(tx)),
+            metrics: None,
         }
     }
 
@@ -79,7 +82,29 @@ impl SnapshotService {
             target,
             stopping,
             _never: None,
+            metrics: None,
         }
+    }
+
+    /// Counts every call, its errors and its latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs a call and records it.
+    async fn metered<T>(
+        &self,
+        op: Op,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let Some(m) = &self.metrics else {
+            return call.await;
+        };
+        let start = std::time::Instant::now();
+        let r = call.await;
+        m.observe(op, start.elapsed(), r.as_ref().err().map(Status::code));
+        r
     }
 
     /// The tonic server for this service, ready to add to a router.
@@ -149,9 +174,11 @@ fn labels_of(map: std::collections::HashMap<String, String>) -> Labels {
     map.into_iter().collect()
 }
 
-#[tonic::async_trait]
-impl Snapshots for SnapshotService {
-    async fn prepare(
+/// A List response stream.
+pub type ListStream = ReceiverStream<Result<pb::ListSnapshotsResponse, Status>>;
+
+impl SnapshotService {
+    async fn prepare_call(
         &self,
         request: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
@@ -164,7 +191,7 @@ impl Snapshots for SnapshotService {
         }))
     }
 
-    async fn view(
+    async fn view_call(
         &self,
         request: Request<pb::ViewSnapshotRequest>,
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
@@ -177,7 +204,7 @@ impl Snapshots for SnapshotService {
         }))
     }
 
-    async fn mounts(
+    async fn mounts_call(
         &self,
         request: Request<pb::MountsRequest>,
     ) -> Result<Response<pb::MountsResponse>, Status> {
@@ -195,7 +222,7 @@ impl Snapshots for SnapshotService {
         }))
     }
 
-    async fn commit(
+    async fn commit_call(
         &self,
         request: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
@@ -209,7 +236,7 @@ impl Snapshots for SnapshotService {
         Ok(Response::new(()))
     }
 
-    async fn remove(
+    async fn remove_call(
         &self,
         request: Request<pb::RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
@@ -219,7 +246,7 @@ impl Snapshots for SnapshotService {
         Ok(Response::new(()))
     }
 
-    async fn stat(
+    async fn stat_call(
         &self,
         request: Request<pb::StatSnapshotRequest>,
     ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
@@ -231,7 +258,7 @@ impl Snapshots for SnapshotService {
         }))
     }
 
-    async fn update(
+    async fn update_call(
         &self,
         request: Request<pb::UpdateSnapshotRequest>,
     ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
@@ -251,12 +278,10 @@ impl Snapshots for SnapshotService {
         }))
     }
 
-    type ListStream = ReceiverStream<Result<pb::ListSnapshotsResponse, Status>>;
-
-    async fn list(
+    async fn list_call(
         &self,
         request: Request<pb::ListSnapshotsRequest>,
-    ) -> Result<Response<Self::ListStream>, Status> {
+    ) -> Result<Response<ListStream>, Status> {
         let sn = self.resolve(request.metadata())?;
         let filters = request.into_inner().filters;
         // A bad filter fails the call itself rather than the first stream message.
@@ -322,7 +347,7 @@ impl Snapshots for SnapshotService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn usage(
+    async fn usage_call(
         &self,
         request: Request<pb::UsageRequest>,
     ) -> Result<Response<pb::UsageResponse>, Status> {
@@ -332,7 +357,10 @@ impl Snapshots for SnapshotService {
         Ok(Response::new(usage_to_proto(usage)))
     }
 
-    async fn cleanup(&self, request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+    async fn cleanup_call(
+        &self,
+        request: Request<pb::CleanupRequest>,
+    ) -> Result<Response<()>, Status> {
         let sn = self.resolve(request.metadata())?;
         Self::blocking(sn, |sn| match sn.as_cleaner() {
             Some(cleaner) => cleaner.cleanup(),
@@ -342,6 +370,78 @@ impl Snapshots for SnapshotService {
         })
         .await?;
         Ok(Response::new(()))
+    }
+}
+
+#[tonic::async_trait]
+impl Snapshots for SnapshotService {
+    type ListStream = ListStream;
+
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareSnapshotRequest>,
+    ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
+        self.metered(Op::prepare, self.prepare_call(request)).await
+    }
+
+    async fn view(
+        &self,
+        request: Request<pb::ViewSnapshotRequest>,
+    ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
+        self.metered(Op::view, self.view_call(request)).await
+    }
+
+    async fn mounts(
+        &self,
+        request: Request<pb::MountsRequest>,
+    ) -> Result<Response<pb::MountsResponse>, Status> {
+        self.metered(Op::mounts, self.mounts_call(request)).await
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.metered(Op::commit, self.commit_call(request)).await
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.metered(Op::remove, self.remove_call(request)).await
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatSnapshotRequest>,
+    ) -> Result<Response<pb::StatSnapshotResponse>, Status> {
+        self.metered(Op::stat, self.stat_call(request)).await
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateSnapshotRequest>,
+    ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
+        self.metered(Op::update, self.update_call(request)).await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<ListStream>, Status> {
+        self.metered(Op::list, self.list_call(request)).await
+    }
+
+    async fn usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, Status> {
+        self.metered(Op::usage, self.usage_call(request)).await
+    }
+
+    async fn cleanup(&self, request: Request<pb::CleanupRequest>) -> Result<Response<()>, Status> {
+        self.metered(Op::cleanup, self.cleanup_call(request)).await
     }
 }
 

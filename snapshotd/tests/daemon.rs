@@ -540,3 +540,202 @@ fn print_containerd_config_names_the_daemons_socket_root_and_capabilities() {
         "{err}"
     );
 }
+
+/// `GET path` over the unix socket `sock`: the status line and the body.
+fn http_get(sock: &Path, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample `name{labels}` in OpenMetrics text (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_what_clients_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let msock = dir.path().join("run/metrics.sock");
+    let d = start(
+        dir.path(),
+        &[
+            "--backend",
+            "native",
+            "--metrics-address",
+            msock.to_str().unwrap(),
+        ],
+        None,
+    );
+    d.wait_ready();
+    assert!(wait_for(&msock, Duration::from_secs(10)), "{}", d.log());
+    let sn = snapshotd::client::RemoteSnapshotter::connect(&d.socket).unwrap();
+    use snapshots::{CommitOptions, CreateOptions, ErrorKind, Snapshotter};
+    const N: usize = 25;
+    for i in 0..N {
+        sn.prepare(&format!("a{i}"), "", &CreateOptions::default())
+            .unwrap();
+        sn.commit(
+            &format!("c{i}"),
+            &format!("a{i}"),
+            &CommitOptions::default(),
+        )
+        .unwrap();
+    }
+    sn.view("v", "c0", &CreateOptions::default()).unwrap();
+    sn.prepare("p", "c1", &CreateOptions::default()).unwrap();
+    for _ in 0..3 {
+        let e = sn.stat("missing").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+    let e = sn
+        .prepare("p", "c1", &CreateOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    sn.remove(&format!("c{}", N - 1)).unwrap();
+    let mut listed = 0;
+    sn.walk(&[], &mut |_| {
+        listed += 1;
+        Ok(())
+    })
+    .unwrap();
+
+    let (status, text) = http_get(&msock, "/metrics");
+    assert!(status.contains("200"), "{status}\n{text}");
+    let op = |o: &str| sample(&text, &format!("snapshotd_operations_total{{op=\"{o}\"}}"));
+    assert_eq!(op("prepare"), (N + 2) as f64, "{text}");
+    assert_eq!(op("commit"), N as f64);
+    assert_eq!(op("view"), 1.0);
+    assert_eq!(op("stat"), 3.0);
+    assert_eq!(op("remove"), 1.0);
+    assert_eq!(op("list"), 1.0);
+    let err = |o: &str, k: &str| {
+        sample(
+            &text,
+            &format!("snapshotd_operation_errors_total{{op=\"{o}\",kind=\"{k}\"}}"),
+        )
+    };
+    assert_eq!(err("stat", "not_found"), 3.0, "{text}");
+    assert_eq!(err("prepare", "already_exists"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            "snapshotd_operation_duration_seconds_count{op=\"commit\"}"
+        ),
+        N as f64
+    );
+    let kind = |k: &str| sample(&text, &format!("snapshotd_snapshots{{kind=\"{k}\"}}"));
+    assert_eq!(kind("committed"), (N - 1) as f64);
+    assert_eq!(kind("active"), 1.0);
+    assert_eq!(kind("view"), 1.0);
+    assert_eq!(listed, N + 1);
+    assert!(
+        sample(&text, "snapshotd_filesystem_used_bytes") > 0.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "snapshotd_committed_inodes") >= (N - 1) as f64,
+        "{text}"
+    );
+
+    let (status, _) = http_get(&msock, "/other");
+    assert!(status.contains("404"), "{status}");
+    drop(sn);
+    let mut d = d;
+    let st = d
+        .child
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .unwrap();
+    assert!(st.success());
+    assert!(!msock.exists(), "the metrics socket is removed at the stop");
+}
+
+#[test]
+fn namespaced_metrics_count_collections_and_bad_addresses_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let msock = dir.path().join("m.sock");
+    // A collection after every removal, at once: the scheduler's own, which the metrics
+    // report.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "log_level = \"debug\"\n[gc]\ndeletion_threshold = 1\nschedule_delay_ms = 0\nstartup_delay_ms = 0\n",
+    )
+    .unwrap();
+    let d = start(
+        dir.path(),
+        &[
+            "--backend",
+            "native",
+            "--namespaced",
+            "--metrics-address",
+            msock.to_str().unwrap(),
+        ],
+        None,
+    );
+    d.wait_ready();
+    assert!(wait_for(&msock, Duration::from_secs(10)), "{}", d.log());
+    let sn = snapshotd::client::RemoteSnapshotter::connect_in(&d.socket, Some("ns1")).unwrap();
+    use snapshots::{CreateOptions, Snapshotter};
+    for i in 0..4 {
+        sn.prepare(&format!("k{i}"), "", &CreateOptions::default())
+            .unwrap();
+        sn.remove(&format!("k{i}")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = http_get(&msock, "/metrics");
+        if sample(&text, "snapshotd_gc_removed_total{what=\"snapshots\"}") >= 4.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no collection counted:\n{text}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        sample(&text, "snapshotd_gc_collections_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "snapshotd_operations_total{op=\"prepare\"}"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "snapshotd_snapshots{kind=\"active\"}"),
+        0.0,
+        "{text}"
+    );
+    drop(sn);
+    drop(d);
+
+    let out = Command::new(SNAPSHOTD)
+        .args(["--metrics-address", "localhost", "--root"])
+        .arg(dir.path().join("r2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"localhost\"") && err.contains("127.0.0.1:9101"),
+        "{err}"
+    );
+}
