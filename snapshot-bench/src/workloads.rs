@@ -91,9 +91,10 @@ fn reopen(args: &Args, root: &Path) -> Result<Box<dyn Snapshotter>> {
         .doing(|| format!("open {} at {}", args.backend, root.display()))?;
     match via {
         Via::Library => Ok(sn),
-        Via::Daemon => Ok(Box::new(
-            snapshotd::server::Background::serve(sn).doing(|| "serve on a socket".into())?,
-        )),
+        Via::Daemon => Ok(Box::new(crate::metered::Counted::new(
+            snapshotd::server::Background::serve_with_metrics(sn)
+                .doing(|| "serve on a socket".into())?,
+        ))),
     }
 }
 

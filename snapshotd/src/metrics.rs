@@ -251,11 +251,11 @@ impl Metrics {
     }
 
     /// Reads what is read at a scrape: snapshots by kind and committed usage from `sn`
-    /// (one walk), the filesystem of `root`, and the collector's totals.
+    /// (one walk), the filesystem of `root` (if given), and the collector's totals.
     pub fn refresh(
         &self,
         sn: &dyn Snapshotter,
-        root: &Path,
+        root: Option<&Path>,
         gc: Option<snapshots::metadata::GcStats>,
     ) {
         let (mut counts, mut bytes, mut inodes) = ([0i64; 3], 0i64, 0i64);
@@ -288,14 +288,15 @@ impl Metrics {
             }
             Err(e) => log::warn!("metrics: walking the snapshots: {e}"),
         }
-        match rustix::fs::statvfs(root) {
-            Ok(st) => {
+        match root.map(|r| (r, rustix::fs::statvfs(r))) {
+            Some((_, Ok(st))) => {
                 let used = st.f_blocks.saturating_sub(st.f_bfree) * st.f_frsize;
                 self.fs_bytes.set(used as i64);
                 self.fs_inodes
                     .set(st.f_files.saturating_sub(st.f_ffree) as i64);
             }
-            Err(e) => log::warn!("metrics: statvfs {}: {e}", root.display()),
+            Some((r, Err(e))) => log::warn!("metrics: statvfs {}: {e}", r.display()),
+            None => {}
         }
         if let Some(now) = gc {
             let mut seen = self.gc_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,8 +355,8 @@ pub struct Scrape {
     pub metrics: Arc<Metrics>,
     /// Walked at each scrape.
     pub snapshotter: Arc<dyn Snapshotter>,
-    /// The backend's root (its filesystem's usage).
-    pub root: PathBuf,
+    /// The backend's root (its filesystem's usage; not reported when `None`).
+    pub root: Option<PathBuf>,
     /// The collector's totals, when namespaced.
     pub gc: Option<Arc<dyn Fn() -> snapshots::metadata::GcStats + Send + Sync>>,
 }
@@ -366,7 +367,7 @@ impl Scrape {
         let s = self.clone();
         let r = tokio::task::spawn_blocking(move || {
             let gc = s.gc.as_ref().map(|f| f());
-            s.metrics.refresh(&*s.snapshotter, &s.root, gc);
+            s.metrics.refresh(&*s.snapshotter, s.root.as_deref(), gc);
             s.metrics.encode()
         })
         .await;
@@ -501,6 +502,51 @@ async fn respond(
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         scrape.render().await,
     )
+}
+
+/// `GET path` over HTTP/1.0 on the unix socket `socket` (blocking): the status line and
+/// the body.
+///
+/// # Errors
+/// The connection's error.
+pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: snapshotd\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// Scrapes `/metrics` from a unix socket (blocking): the body of a 200 response.
+///
+/// # Errors
+/// The connection's error, or InvalidData naming the status line of another response.
+pub fn scrape_unix(socket: &Path) -> std::io::Result<String> {
+    let (status, body) = get_unix(socket, "/metrics")?;
+    if !status.contains(" 200") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("GET /metrics on {}: {status}", socket.display()),
+        ));
+    }
+    Ok(body)
+}
+
+/// The value of the series `name{labels}` (exactly as encoded) in metrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 #[cfg(test)]

@@ -370,7 +370,7 @@ fn metrics_of(
         crate::metrics::Scrape {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             snapshotter: Arc::clone(sn),
-            root: config.root.clone(),
+            root: Some(config.root.clone()),
             gc,
         },
     ))
@@ -514,7 +514,24 @@ impl Background {
     /// Unknown when the runtime, the socket or the connection cannot be made.
     pub fn serve(sn: Box<dyn Snapshotter>) -> snapshots::Result<Background> {
         let sn: Arc<dyn Snapshotter> = Arc::from(sn);
-        Self::start(Target::Plain(Arc::clone(&sn)), None, sn)
+        Self::start(Target::Plain(Arc::clone(&sn)), None, sn, false)
+    }
+
+    /// [`serve`](Self::serve), with the daemon's metrics counted and served over HTTP at
+    /// `/metrics` on [`metrics_socket`](Self::metrics_socket), as `snapshotd
+    /// --metrics-address` serves them.
+    ///
+    /// # Errors
+    /// As [`serve`](Self::serve).
+    pub fn serve_with_metrics(sn: Box<dyn Snapshotter>) -> snapshots::Result<Background> {
+        let sn: Arc<dyn Snapshotter> = Arc::from(sn);
+        Self::start(Target::Plain(Arc::clone(&sn)), None, sn, true)
+    }
+
+    /// The unix socket serving `/metrics`, for [`serve_with_metrics`](Self::serve_with_metrics).
+    pub fn metrics_socket(&self) -> Option<std::path::PathBuf> {
+        let p = self.socket_dir.path().join("metrics.sock");
+        p.exists().then_some(p)
     }
 
     /// Serves the namespaced metadata layer `md` (as `snapshotd --namespaced` does) and
@@ -527,13 +544,14 @@ impl Background {
         ns: &str,
     ) -> snapshots::Result<Background> {
         let closer: Arc<dyn Snapshotter> = Arc::new(md.namespace("default")?);
-        Self::start(Target::Namespaced(md), Some(ns), closer)
+        Self::start(Target::Namespaced(md), Some(ns), closer, false)
     }
 
     fn start(
         target: Target,
         ns: Option<&str>,
         sn: Arc<dyn Snapshotter>,
+        with_metrics: bool,
     ) -> snapshots::Result<Background> {
         let unknown = |what: &str, e: &dyn std::fmt::Display| {
             snapshots::Error::unknown(format!("serving in the background: {what}: {e}"))
@@ -546,13 +564,43 @@ impl Background {
             .listener
             .try_clone()
             .map_err(|e| unknown("socket", &e))?;
+        let metrics = match with_metrics {
+            true => {
+                let addr =
+                    crate::metrics::MetricsAddress::Unix(socket_dir.path().join("metrics.sock"));
+                let scrape = crate::metrics::Scrape {
+                    metrics: Arc::new(crate::metrics::Metrics::new()),
+                    snapshotter: Arc::clone(&sn),
+                    root: None,
+                    gc: None,
+                };
+                let listener = {
+                    let _guard = runtime.enter();
+                    crate::metrics::bind(&addr).map_err(|e| unknown("metrics socket", &e))?
+                };
+                Some((listener, scrape))
+            }
+            false => None,
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = std::thread::Builder::new()
             .name("snapshotd-background".into())
             .spawn(move || {
-                let r = runtime.block_on(serve(target, listener, async {
-                    let _ = stopped.await;
-                }));
+                let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+                let counters = metrics.map(|(listener, scrape)| {
+                    let counters = Arc::clone(&scrape.metrics);
+                    runtime.spawn(crate::metrics::serve(listener, scrape, metrics_stopped));
+                    counters
+                });
+                let r = runtime.block_on(serve_with(
+                    target,
+                    listener,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    counters,
+                ));
+                let _ = metrics_stop.send(true);
                 if let Err(e) = r {
                     log::error!("serving in the background: {e}");
                 }

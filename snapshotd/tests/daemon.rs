@@ -543,30 +543,12 @@ fn print_containerd_config_names_the_daemons_socket_root_and_capabilities() {
 
 /// `GET path` over the unix socket `sock`: the status line and the body.
 fn http_get(sock: &Path, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
+    snapshotd::metrics::get_unix(sock, path).unwrap()
 }
 
 /// The value of the sample `name{labels}` in OpenMetrics text (0 when absent).
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    snapshotd::metrics::sample(text, series).unwrap_or(0.0)
 }
 
 #[test]
