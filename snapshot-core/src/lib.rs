@@ -17,6 +17,7 @@
 mod blank;
 pub mod error;
 pub mod filter;
+pub mod fsck;
 pub mod idmap;
 mod idmount;
 pub mod keyspace;

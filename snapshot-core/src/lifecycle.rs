@@ -58,6 +58,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::blank::{Blanks, BATCH};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::fsck::{Finding, FindingKind, FsckReport, Pending};
 use crate::keyspace::truncate_for_message;
 use crate::layout::{fsync_dir, remove_tree, rename_noreplace, sync_filesystem, RootLock};
 use crate::metastore::{MetaStore, Reader, Snapshot, StoreOptions, WriteTxn};
@@ -94,6 +95,10 @@ pub struct Options {
     pub async_remove: Option<bool>,
     /// The initial size of the metastore's memory map in bytes (it grows as needed).
     pub map_size: usize,
+    /// Open without sweeping or deleting what a crash left, so that
+    /// [`fsck`](SnapshotStore::fsck) reports it (as `snapshotctl fsck --root` opens a
+    /// stopped daemon's root). Off by default: an open repairs.
+    pub keep_leftovers: bool,
 }
 
 impl Default for Options {
@@ -103,6 +108,7 @@ impl Default for Options {
             sync: false,
             async_remove: None,
             map_size: StoreOptions::default().map_size,
+            keep_leftovers: false,
         }
     }
 }
@@ -445,6 +451,9 @@ impl<S: Storage> SnapshotStore<S> {
         };
         for d in sn.dirs() {
             create_private_dir(&d)?;
+        }
+        if options.keep_leftovers {
+            return Ok(sn);
         }
         sn.sweep()?;
         if !sn.async_remove {
@@ -1158,6 +1167,303 @@ impl<S: Storage> Cleaner for SnapshotStore<S> {
         self.sweep()?;
         self.purge().map(drop)
     }
+
+    fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        SnapshotStore::fsck(self, repair)
+    }
+}
+
+/// A finding the audit saw outside any transaction, confirmed (or dropped) in one.
+enum Candidate {
+    Orphan { dir: PathBuf, id: u64 },
+    Staging,
+    Missing { key: String, id: u64, kind: Kind },
+    Leaked { id: Option<u64>, dir: PathBuf },
+}
+
+impl<S: Storage> SnapshotStore<S> {
+    /// Audits the store (see [`crate::fsck`]): cross-checks the records, the entries of the
+    /// kind directories and the live mounts, measures what each finding holds and, with
+    /// `repair`, deletes what is provably safe to delete (orphan and stale staging trees,
+    /// and the retired trees awaiting cleanup). Reads run outside any transaction; what
+    /// they suggest is confirmed in one short write transaction (which waits for the
+    /// calls in flight), so a call racing the audit is never reported: other calls wait
+    /// for the audit no longer than that transaction.
+    ///
+    /// # Errors
+    /// Unknown when a kind directory, the metastore or `/proc/self/mountinfo` cannot be
+    /// read; a repair that fails is reported in its finding's detail instead.
+    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
+        let mut report = FsckReport {
+            backend: S::NAME.to_string(),
+            root: self.root.clone(),
+            ..FsckReport::default()
+        };
+        // What the directories hold.
+        let mut candidates: Vec<(PathBuf, Candidate)> = Vec::new();
+        let mut retired = Vec::new();
+        for dir in self.dirs() {
+            let entries =
+                std::fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("read directory", &dir, e))?;
+                report.directories += 1;
+                let path = entry.path();
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(RETIRED_PREFIX) {
+                    retired.push(path);
+                } else if let Ok(id) = name.parse::<u64>() {
+                    let live = self.store.read(|tx| self.living_in(tx, id, &dir))?;
+                    if live.is_none() && !self.blanks.as_ref().is_some_and(|b| b.holds(id)) {
+                        candidates.push((
+                            path,
+                            Candidate::Orphan {
+                                dir: dir.clone(),
+                                id,
+                            },
+                        ));
+                    }
+                } else if name.starts_with(STAGING_PREFIX) {
+                    candidates.push((path, Candidate::Staging));
+                } else {
+                    report.findings.push(Finding {
+                        kind: FindingKind::UnknownEntry,
+                        usage: crate::usage::disk_usage(&path).ok(),
+                        path: Some(path),
+                        key: None,
+                        id: None,
+                        owner: None,
+                        detail: "the store never makes this: left as it is; move it out of \
+                                 the root if it is yours"
+                            .into(),
+                        repaired: false,
+                    });
+                }
+            }
+        }
+        // What the records expect.
+        let ids = self.store.read(|tx| tx.id_map())?;
+        report.records = ids.len();
+        for (&id, key) in &ids {
+            let Ok(s) = self.snapshot(key) else { continue };
+            if s.id != id || !self.storage.has_tree(s.kind, !s.parent_ids.is_empty()) {
+                continue;
+            }
+            let tree = self.tree(s.kind, id);
+            if std::fs::symlink_metadata(&tree).is_err() {
+                candidates.push((
+                    tree,
+                    Candidate::Missing {
+                        key: key.clone(),
+                        id,
+                        kind: s.kind,
+                    },
+                ));
+            }
+        }
+        // What the mounts use.
+        let uses = crate::fsck::mount_uses(&crate::mount::mountinfo()?, &self.root);
+        let mut seen_mounts = HashSet::new();
+        for u in &uses {
+            let rel = u.path.strip_prefix(&self.root).unwrap_or(&u.path);
+            let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
+            let (Some(kind_dir), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let dir = self.root.join(kind_dir.as_ref());
+            if !self.dirs().contains(&dir) {
+                continue;
+            }
+            seen_mounts.insert(u.mount_point.clone());
+            let id = name.parse::<u64>().ok();
+            let leaked = match id {
+                Some(id) => self
+                    .store
+                    .read(|tx| self.living_in(tx, id, &dir))?
+                    .is_none(),
+                None => name.starts_with(RETIRED_PREFIX),
+            } || u.mount_point.starts_with(&self.root);
+            if leaked {
+                candidates.push((u.mount_point.clone(), Candidate::Leaked { id, dir }));
+            }
+        }
+        report.mounts = seen_mounts.len();
+        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        candidates.dedup_by(|a, b| a.0 == b.0);
+
+        // Confirmed in one write transaction: a call in flight has committed (or dropped
+        // what it built) by the time it starts. Repairs only rename here; deleting is
+        // after.
+        let mut confirmed: Vec<(PathBuf, Candidate, bool)> = Vec::new();
+        if !candidates.is_empty() {
+            self.settled(|tx| {
+                for (path, c) in candidates.drain(..) {
+                    let exists = std::fs::symlink_metadata(&path).is_ok();
+                    let real = match &c {
+                        Candidate::Orphan { dir, id } => {
+                            exists
+                                && self.living_in(tx, *id, dir)?.is_none()
+                                && !self.blanks.as_ref().is_some_and(|b| b.holds(*id))
+                        }
+                        Candidate::Staging => {
+                            exists
+                                && !self
+                                    .staging
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .contains(&path)
+                        }
+                        Candidate::Missing { key, id, .. } => {
+                            !exists && tx.snapshot(key).is_ok_and(|s| s.id == *id)
+                        }
+                        Candidate::Leaked { id, dir } => match id {
+                            Some(id) => {
+                                self.living_in(tx, *id, dir)?.is_none()
+                                    || path.starts_with(&self.root)
+                            }
+                            None => true,
+                        },
+                    };
+                    if real {
+                        confirmed.push((path, c, false));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        for (path, c, _) in &confirmed {
+            let usage = match c {
+                Candidate::Orphan { .. } | Candidate::Staging => {
+                    crate::usage::disk_usage(path).ok()
+                }
+                _ => None,
+            };
+            let (kind, key, id, detail) = match c {
+                Candidate::Orphan { id, .. } => (
+                    FindingKind::OrphanDirectory,
+                    None,
+                    Some(*id),
+                    "no record owns this tree (left by a crash): `snapshotctl fsck --repair` \
+                     deletes it"
+                        .to_string(),
+                ),
+                Candidate::Staging => (
+                    FindingKind::StaleStaging,
+                    None,
+                    None,
+                    "a create or commit that never finished (its process died): \
+                     `snapshotctl fsck --repair` deletes it"
+                        .to_string(),
+                ),
+                Candidate::Missing { key, id, kind } => (
+                    FindingKind::RecordWithoutDirectory,
+                    Some(key.clone()),
+                    Some(*id),
+                    format!(
+                        "the {kind} snapshot's tree is missing, so its data is gone: remove \
+                         the snapshot (and any on it) and unpack or build it again; fsck \
+                         never removes a record"
+                    ),
+                ),
+                Candidate::Leaked { id, .. } => (
+                    FindingKind::LeakedMount,
+                    None,
+                    *id,
+                    match path.starts_with(&self.root) {
+                        true => "a mount inside the store's root: unmount it (umount -l) \
+                                 once nothing uses it"
+                            .to_string(),
+                        false => "mounts a tree of a snapshot that no longer exists (its \
+                                  space is freed only when it is unmounted): unmount it \
+                                  (umount -l) once nothing uses it; fsck never unmounts"
+                            .to_string(),
+                    },
+                ),
+            };
+            let owner = key.as_deref().and_then(crate::fsck::containerd_owner);
+            report.findings.push(Finding {
+                kind,
+                path: Some(path.clone()),
+                key,
+                id,
+                usage,
+                owner,
+                detail,
+                repaired: false,
+            });
+        }
+        for path in retired {
+            report.pending.push(Pending {
+                usage: crate::usage::disk_usage(&path).ok(),
+                path,
+                deleted: false,
+            });
+        }
+        if repair {
+            self.repair(&mut report)?;
+        }
+        report
+            .findings
+            .sort_by(|a, b| (a.kind, &a.path).cmp(&(b.kind, &b.path)));
+        Ok(report)
+    }
+
+    /// Retires the confirmed orphan and stale staging trees (in one transaction, checked
+    /// again there) and deletes every retired tree.
+    fn repair(&self, report: &mut FsckReport) -> Result<()> {
+        let dirs = self.dirs();
+        self.settled(|tx| {
+            for f in report.findings.iter_mut() {
+                let Some(path) = f.path.clone() else { continue };
+                let still = match f.kind {
+                    FindingKind::OrphanDirectory => {
+                        let (Some(id), Some(dir)) = (f.id, path.parent()) else {
+                            continue;
+                        };
+                        dirs.iter().any(|d| d == dir)
+                            && self.living_in(tx, id, dir)?.is_none()
+                            && !self.blanks.as_ref().is_some_and(|b| b.holds(id))
+                    }
+                    FindingKind::StaleStaging => !self
+                        .staging
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&path),
+                    _ => continue,
+                };
+                if !still {
+                    continue;
+                }
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                match self.retire_as(&path, &format!("orphan-{name}")) {
+                    Ok(()) => f.repaired = true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => f.repaired = true,
+                    Err(e) => f.detail = format!("{}; the repair failed: {e}", f.detail),
+                }
+            }
+            Ok(())
+        })?;
+        let _ = self.purge();
+        for p in report.pending.iter_mut() {
+            p.deleted = std::fs::symlink_metadata(&p.path).is_err();
+        }
+        // What a failed delete kept is a retired tree: cleanup retries it.
+        for f in report.findings.iter_mut().filter(|f| f.repaired) {
+            if let Some(path) = &f.path {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let retired = path.with_file_name(format!("{RETIRED_PREFIX}orphan-{name}"));
+                if std::fs::symlink_metadata(&retired).is_ok() {
+                    f.detail = format!(
+                        "{}; retired to {} but not yet deleted: cleanup retries",
+                        f.detail,
+                        retired.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<S: Storage> Drop for SnapshotStore<S> {
@@ -1310,6 +1616,9 @@ macro_rules! delegate_snapshotter {
         impl $crate::Cleaner for $ty {
             fn cleanup(&self) -> $crate::Result<()> {
                 self.$field.cleanup()
+            }
+            fn fsck(&self, repair: bool) -> $crate::Result<$crate::fsck::FsckReport> {
+                $crate::Cleaner::fsck(&self.$field, repair)
             }
         }
     };

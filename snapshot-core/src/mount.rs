@@ -682,6 +682,11 @@ fn too_long(m: &Mount, target: &Path, len: usize, max: usize) -> Error {
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The device (`major:minor`, the third field).
+    pub dev: String,
+    /// The directory of the filesystem mounted there (the fourth field: `/` for a whole
+    /// filesystem, the bound directory for a bind mount or the subvolume's path on btrfs).
+    pub root: PathBuf,
     /// Where it is mounted.
     pub mount_point: PathBuf,
     /// The filesystem type (`overlay`, `btrfs`, ...).
@@ -690,6 +695,8 @@ pub struct MountEntry {
     pub source: String,
     /// The per-mount options (the sixth field: `ro`, `nosuid`, ...).
     pub options: Vec<String>,
+    /// The filesystem's options (the last field: overlay's `lowerdir=`, `upperdir=`, ...).
+    pub super_options: Vec<String>,
 }
 
 /// Parses `/proc/self/mountinfo` text, in mount order; octal escapes (`\040` for a
@@ -699,16 +706,28 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let mut l = left.split(' ');
-            let mount_point = l.nth(4)?;
+            let dev = l.nth(2)?;
+            let root = l.next()?;
+            let mount_point = l.next()?;
             let options = l.next()?;
             let mut r = right.split(' ');
             let fs_type = r.next()?;
             let source = r.next()?;
+            let super_options = r.next().unwrap_or("");
             Some(MountEntry {
+                dev: dev.to_string(),
+                root: PathBuf::from(unescape_mountinfo(root)),
                 mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
                 fs_type: fs_type.to_string(),
                 source: unescape_mountinfo(source),
                 options: options.split(',').map(str::to_string).collect(),
+                // Split before unescaping: the kernel writes a comma inside an option
+                // (in an overlay's path) as `\054`.
+                super_options: super_options
+                    .split(',')
+                    .filter(|o| !o.is_empty())
+                    .map(unescape_mountinfo)
+                    .collect(),
             })
         })
         .collect()

@@ -195,6 +195,21 @@ pub trait Cleaner {
     /// # Errors
     /// Unknown for I/O failures; a failure on one directory does not stop the others.
     fn cleanup(&self) -> Result<()>;
+
+    /// Audits the store: cross-checks its records, its directories and the live mounts,
+    /// and with `repair` deletes what is provably safe to delete
+    /// ([`crate::fsck`] lists what is found and what is repaired). Default:
+    /// NotImplemented.
+    ///
+    /// # Errors
+    /// NotImplemented for a store that cannot audit itself; Unknown when what it reads
+    /// cannot be read.
+    fn fsck(&self, repair: bool) -> Result<crate::fsck::FsckReport> {
+        let _ = repair;
+        Err(crate::Error::not_implemented(
+            "this snapshotter cannot audit itself (fsck)",
+        ))
+    }
 }
 
 impl<T: Snapshotter + ?Sized> Snapshotter for Box<T> {

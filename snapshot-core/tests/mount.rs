@@ -518,9 +518,27 @@ fn mountinfo_parsing() {
     assert_eq!(unescape_mountinfo("/plain"), "/plain");
     let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
                 90 22 7:0 / /mnt/a\\040b ro,nosuid shared:40 - btrfs /dev/loop0 rw,subvolid=5\n\
-                93 22 7:2 / /mnt/a\\040b rw - tmpfs tmpfs rw\n";
+                93 22 7:2 / /mnt/a\\040b rw - tmpfs tmpfs rw\n\
+                94 22 0:50 / /run/c rw - overlay overlay rw,lowerdir=/r/s/2/fs:/r/s/1/fs,upperdir=/r/s/a\\054b/fs,workdir=/r/s/3/work\n\
+                95 22 8:1 /var/lib/s/snapshots/4/fs /run/v ro - ext4 /dev/sda1 rw\n";
     let e = parse_mountinfo(text);
-    assert_eq!(e.len(), 3);
+    assert_eq!(e.len(), 5);
+    assert_eq!(
+        (e[1].dev.as_str(), e[1].root.as_path()),
+        ("7:0", Path::new("/"))
+    );
+    assert_eq!(e[1].super_options, vec!["rw", "subvolid=5"]);
+    // A comma inside an overlay's path (written `\054`) stays inside its option.
+    assert_eq!(
+        e[3].super_options,
+        vec![
+            "rw",
+            "lowerdir=/r/s/2/fs:/r/s/1/fs",
+            "upperdir=/r/s/a,b/fs",
+            "workdir=/r/s/3/work"
+        ]
+    );
+    assert_eq!(e[4].root, Path::new("/var/lib/s/snapshots/4/fs"));
     assert_eq!(e[1].mount_point, Path::new("/mnt/a b"));
     assert_eq!(e[1].options, vec!["ro", "nosuid"]);
     assert_eq!(

@@ -810,4 +810,14 @@ impl Cleaner for Namespaced {
     fn cleanup(&self) -> Result<()> {
         self.md.collect().map(drop)
     }
+
+    /// The backend's audit (the metadata layer's own records are the collector's).
+    fn fsck(&self, repair: bool) -> Result<snapshot_core::fsck::FsckReport> {
+        match self.md.backend().as_cleaner() {
+            Some(c) => c.fsck(repair),
+            None => Err(snapshot_core::Error::not_implemented(
+                "fsck: the backend under the metadata layer cannot audit itself",
+            )),
+        }
+    }
 }

@@ -209,6 +209,7 @@ macro_rules! snapshotter_suite {
             isolation,
             remove_frees_files,
             hostile_keys,
+            fsck_finds_every_fault,
         );
     };
 }

@@ -228,8 +228,8 @@ fn unknown_case_panics() {
 
 #[test]
 fn case_count() {
-    assert_eq!(CASES.len(), 38);
-    assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 19);
+    assert_eq!(CASES.len(), 39);
+    assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 20);
 }
 
 // fstest: each kind of difference is found and named.

@@ -83,6 +83,18 @@ pub async fn connect_collector(path: &Path) -> Result<Collector, tonic::transpor
     Ok(Collector::new(channel(path).await?))
 }
 
+/// A connected client of snapshotd's own `Checker` service (`snapshotctl fsck`).
+pub type Checker =
+    crate::proto::collector::checker_client::CheckerClient<tonic::transport::Channel>;
+
+/// Connects to snapshotd's `Checker` service on the unix socket `path`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_checker(path: &Path) -> Result<Checker, tonic::transport::Error> {
+    Ok(Checker::new(channel(path).await?))
+}
+
 /// A channel to the unix socket `path`.
 async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_owned();
@@ -103,6 +115,7 @@ async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
 pub struct RemoteSnapshotter {
     runtime: tokio::runtime::Runtime,
     client: Client,
+    checker: Checker,
 }
 
 impl RemoteSnapshotter {
@@ -130,13 +143,17 @@ impl RemoteSnapshotter {
             .enable_all()
             .build()
             .map_err(|e| snapshots::Error::unknown(format!("starting a runtime: {e}")))?;
-        let client = runtime.block_on(connect_in(path, header)).map_err(|e| {
+        let ch = runtime.block_on(channel(path)).map_err(|e| {
             snapshots::Error::unavailable(format!(
                 "cannot connect to snapshotd at {}: {e}: is the daemon running?",
                 path.display()
             ))
         })?;
-        Ok(RemoteSnapshotter { runtime, client })
+        Ok(RemoteSnapshotter {
+            runtime,
+            client: SnapshotsClient::with_interceptor(ch.clone(), header),
+            checker: Checker::new(ch),
+        })
     }
 
     fn call<T, F, Fut>(&self, f: F) -> snapshots::Result<T>
@@ -319,5 +336,14 @@ impl snapshots::Cleaner for RemoteSnapshotter {
             })
             .await
         })
+    }
+
+    /// The daemon's audit of its store, through its `Checker` service.
+    fn fsck(&self, repair: bool) -> snapshots::Result<snapshots::snapshot_core::fsck::FsckReport> {
+        let mut c = self.checker.clone();
+        self.runtime
+            .block_on(c.fsck(crate::proto::collector::FsckRequest { repair }))
+            .map(|r| crate::convert::fsck_from_proto(r.into_inner()))
+            .map_err(|s| crate::convert::from_status(&s))
     }
 }

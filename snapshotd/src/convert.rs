@@ -140,6 +140,104 @@ pub fn usage_to_proto(u: Usage) -> pb::UsageResponse {
     }
 }
 
+/// An audit's report as the `Checker` service sends it.
+pub fn fsck_to_proto(
+    r: &snapshots::snapshot_core::fsck::FsckReport,
+) -> crate::proto::collector::FsckResponse {
+    use crate::proto::collector as c;
+    let text = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    c::FsckResponse {
+        backend: r.backend.clone(),
+        root: r.root.display().to_string(),
+        records: r.records as u64,
+        directories: r.directories as u64,
+        mounts: r.mounts as u64,
+        findings: r
+            .findings
+            .iter()
+            .map(|f| c::Finding {
+                kind: f.kind.as_str().into(),
+                path: text(&f.path),
+                key: f.key.clone().unwrap_or_default(),
+                id: f.id,
+                size: f.usage.map(|u| u.size as i64),
+                inodes: f.usage.map(|u| u.inodes as i64),
+                owner: f.owner.clone().unwrap_or_default(),
+                detail: f.detail.clone(),
+                repaired: f.repaired,
+            })
+            .collect(),
+        pending: r
+            .pending
+            .iter()
+            .map(|p| c::PendingTree {
+                path: p.path.display().to_string(),
+                size: p.usage.map(|u| u.size as i64),
+                inodes: p.usage.map(|u| u.inodes as i64),
+                deleted: p.deleted,
+            })
+            .collect(),
+    }
+}
+
+/// The report a `Checker` service sent. A kind this client does not know reads as an
+/// unknown entry, its name kept in the detail.
+pub fn fsck_from_proto(
+    r: crate::proto::collector::FsckResponse,
+) -> snapshots::snapshot_core::fsck::FsckReport {
+    use snapshots::snapshot_core::fsck::{Finding, FindingKind, FsckReport, Pending};
+    let usage = |size: Option<i64>, inodes: Option<i64>| {
+        Some(Usage {
+            size: size?.max(0) as u64,
+            inodes: inodes?.max(0) as u64,
+        })
+    };
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    FsckReport {
+        backend: r.backend,
+        root: r.root.into(),
+        records: r.records as usize,
+        directories: r.directories as usize,
+        mounts: r.mounts as usize,
+        findings: r
+            .findings
+            .into_iter()
+            .map(|f| {
+                let (kind, detail) = match FindingKind::parse(&f.kind) {
+                    Some(k) => (k, f.detail),
+                    None => (
+                        FindingKind::UnknownEntry,
+                        format!("{}: {}", f.kind, f.detail),
+                    ),
+                };
+                Finding {
+                    kind,
+                    path: some(f.path).map(Into::into),
+                    key: some(f.key),
+                    id: f.id,
+                    usage: usage(f.size, f.inodes),
+                    owner: some(f.owner),
+                    detail,
+                    repaired: f.repaired,
+                }
+            })
+            .collect(),
+        pending: r
+            .pending
+            .into_iter()
+            .map(|p| Pending {
+                path: p.path.into(),
+                usage: usage(p.size, p.inodes),
+                deleted: p.deleted,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,7 +170,8 @@ pub async fn serve_with(
                 .with_metrics(metrics)
                 .into_server(),
         )
-        .add_service(crate::service::CollectorService::new(target).into_server())
+        .add_service(crate::service::CollectorService::new(target.clone()).into_server())
+        .add_service(crate::service::CheckerService::new(target).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             shutdown.await;
             let _ = stop_tx.send(true);

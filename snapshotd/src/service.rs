@@ -507,3 +507,46 @@ impl crate::proto::collector::collector_server::Collector for CollectorService {
         }))
     }
 }
+
+/// snapshotd's `Checker` service: the store's self-audit (`snapshotctl fsck`). On a
+/// namespaced daemon it audits the backend under the metadata layer.
+#[derive(Clone)]
+pub struct CheckerService {
+    target: Target,
+}
+
+impl CheckerService {
+    /// The service for `target`.
+    pub fn new(target: Target) -> Self {
+        CheckerService { target }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> crate::proto::collector::checker_server::CheckerServer<Self> {
+        crate::proto::collector::checker_server::CheckerServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl crate::proto::collector::checker_server::Checker for CheckerService {
+    async fn fsck(
+        &self,
+        request: Request<crate::proto::collector::FsckRequest>,
+    ) -> Result<Response<crate::proto::collector::FsckResponse>, Status> {
+        let repair = request.into_inner().repair;
+        let sn: Arc<dyn Snapshotter> = match &self.target {
+            Target::Plain(sn) => Arc::clone(sn),
+            Target::Namespaced(md) => Arc::clone(md.backend()),
+        };
+        let report = tokio::task::spawn_blocking(move || match sn.as_cleaner() {
+            Some(c) => c.fsck(repair),
+            None => Err(Error::not_implemented(
+                "fsck: this daemon's snapshotter cannot audit itself",
+            )),
+        })
+        .await
+        .map_err(|e| Status::unknown(format!("fsck failed: {e}")))?
+        .map_err(|e| to_status(&e))?;
+        Ok(Response::new(crate::convert::fsck_to_proto(&report)))
+    }
+}

@@ -1213,3 +1213,270 @@ pub fn unpack_labels(ctx: &mut Ctx<'_>) {
     .or_fail("walk by diff-id");
     assert_eq!(found, vec![("layer".to_string(), Some(chain.to_string()))]);
 }
+
+/// The kind directories of the store at `root`: its directories other than the
+/// metastore's.
+fn kind_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n != "metadata"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The numbered trees under the kind directories (of the root, or of a backend's root
+/// one level down, as under a metadata layer).
+fn trees(root: &Path) -> BTreeSet<PathBuf> {
+    kind_dirs(root)
+        .iter()
+        .flat_map(|d| std::iter::once(d.clone()).chain(kind_dirs(d)))
+        .collect::<Vec<_>>()
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten())
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The tree of the snapshot just made with `mounts`: the numbered tree under `root` that a
+/// mount's source or options name (an overlay's upper layer, a bind's source), else the
+/// one tree that was not in `before`.
+fn tree_of(root: &Path, mounts: &[Mount], before: &BTreeSet<PathBuf>) -> PathBuf {
+    let now = trees(root);
+    let named: Vec<&PathBuf> = now
+        .iter()
+        .filter(|t| {
+            let t = t.to_string_lossy();
+            mounts.iter().any(|m| {
+                std::iter::once(&m.source)
+                    .chain(&m.options)
+                    .any(|o| o.contains(&format!("{t}/")) || o.ends_with(t.as_ref()))
+            })
+        })
+        .collect();
+    // An overlay names its parents too: the new tree is the upper layer.
+    let upper = named.iter().find(|t| {
+        mounts
+            .iter()
+            .flat_map(|m| &m.options)
+            .any(|o| o.starts_with(&format!("upperdir={}/", t.display())))
+    });
+    if let Some(t) = upper {
+        return t.to_path_buf();
+    }
+    if let [t] = named.as_slice() {
+        return t.to_path_buf();
+    }
+    let new: Vec<&PathBuf> = now.difference(before).collect();
+    assert_eq!(new.len(), 1, "one new tree: {new:?} (mounts {mounts:?})");
+    new[0].clone()
+}
+
+fn fsck(sn: &dyn Snapshotter, repair: bool) -> snapshot_core::fsck::FsckReport {
+    sn.as_cleaner()
+        .expect("the store has a cleaner")
+        .fsck(repair)
+        .or_fail(format!("fsck (repair {repair})"))
+}
+
+fn found(r: &snapshot_core::fsck::FsckReport) -> BTreeSet<(String, PathBuf)> {
+    r.findings
+        .iter()
+        .map(|f| {
+            (
+                f.kind.as_str().to_string(),
+                f.path.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// fsck: a busy healthy store has no findings; one fault of every class is found (an
+/// orphan tree with its size, a stale staging tree, a record whose tree is gone, a mount
+/// of a removed snapshot's tree, a stranger's file); `--repair` deletes exactly the orphan
+/// and the staging tree, and what is left is fixed by hand, after which the store is
+/// clean and works.
+pub fn fsck_finds_every_fault(ctx: &mut Ctx<'_>) {
+    use snapshot_core::fsck::FindingKind as F;
+    let sn = ctx.sn();
+    commit_base(sn, "fsck-base", "");
+    if let Some(Err(e)) = sn.as_cleaner().map(|c| c.fsck(false)) {
+        if e.kind() == ErrorKind::NotImplemented {
+            eprintln!(
+                "skipped: {}: the backend does not audit itself: {e}",
+                ctx.test()
+            );
+            return;
+        }
+    }
+    let clean = fsck(sn, false);
+    assert!(clean.findings.is_empty(), "a new store: {clean:?}");
+    assert!(clean.records >= 1, "{clean:?}");
+
+    // Busy and healthy: four clients create, commit and remove while fsck runs.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (k, c) = (format!("busy-{t}-{i}"), format!("busy-{t}-{i}-c"));
+                    sn.prepare(&k, "fsck-base", &opt()).or_fail("prepare");
+                    if i % 2 == 0 {
+                        sn.commit(&c, &k, &commit_opt()).or_fail("commit");
+                        sn.view(&k, &c, &opt()).or_fail("view");
+                        sn.remove(&k).or_fail("remove view");
+                        sn.remove(&c).or_fail("remove committed");
+                    } else {
+                        sn.remove(&k).or_fail("remove");
+                    }
+                    i += 1;
+                }
+            });
+        }
+        for round in 0..15 {
+            let r = fsck(sn, false);
+            assert!(
+                r.findings.is_empty(),
+                "round {round}: false positives on a busy store: {:#?}",
+                r.findings
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    if let Some(c) = sn.as_cleaner() {
+        c.cleanup().or_fail("cleanup");
+    }
+
+    // One fault of each class.
+    let root = std::fs::canonicalize(ctx.root()).or_fail("canonical root");
+    let before = trees(&root);
+    let mounts = sn
+        .prepare("fsck-gone", "fsck-base", &opt())
+        .or_fail("prepare fsck-gone");
+    let gone = tree_of(&root, &mounts, &before);
+    std::fs::remove_dir_all(&gone).or_fail(format!("delete {}", gone.display()));
+    let mounts = sn
+        .prepare("fsck-leak", "fsck-base", &opt())
+        .or_fail("prepare fsck-leak");
+    let target = ctx.work().join("leak");
+    let guard = ctx.mount(&mounts, &target);
+    ctx.sn()
+        .remove("fsck-leak")
+        .or_fail("remove the mounted fsck-leak");
+    let sn = ctx.sn();
+    // Under a metadata layer the backend's snapshot goes at the collection.
+    if let Some(c) = sn.as_cleaner() {
+        c.cleanup().or_fail("cleanup");
+    }
+
+    let kind_dir = gone.parent().unwrap().to_path_buf();
+    let orphan = kind_dir.join("999999");
+    std::fs::create_dir_all(orphan.join("fs")).or_fail("mkdir orphan");
+    std::fs::write(orphan.join("fs/data"), vec![7u8; 1 << 20]).or_fail("write orphan data");
+    let staging = kind_dir.join("new-999999-1");
+    std::fs::create_dir_all(staging.join("fs")).or_fail("mkdir staging");
+    std::fs::write(staging.join("fs/part"), b"half").or_fail("write staging");
+    let stranger = kind_dir.join("notes.txt");
+    std::fs::write(&stranger, b"mine").or_fail("write stranger");
+    let r = fsck(sn, false);
+    let want: BTreeSet<(String, PathBuf)> = [
+        (F::OrphanDirectory, orphan.clone()),
+        (F::StaleStaging, staging.clone()),
+        (F::RecordWithoutDirectory, gone.clone()),
+        (F::LeakedMount, target.clone()),
+        (F::UnknownEntry, stranger.clone()),
+    ]
+    .into_iter()
+    .map(|(k, p)| (k.as_str().to_string(), p))
+    .collect();
+    assert_eq!(
+        found(&r),
+        want,
+        "every fault, nothing else: {:#?}",
+        r.findings
+    );
+    let of = |k: F| r.findings.iter().find(|f| f.kind == k).unwrap();
+    let held = of(F::OrphanDirectory)
+        .usage
+        .expect("the orphan is measured");
+    assert!(held.size >= 1 << 20, "the orphan holds its 1 MiB: {held:?}");
+    // The backend's key (under a metadata layer, the name that layer gave it).
+    assert!(
+        of(F::RecordWithoutDirectory).key.is_some(),
+        "names the record: {:?}",
+        of(F::RecordWithoutDirectory)
+    );
+    assert!(r
+        .findings
+        .iter()
+        .all(|f| !f.repaired && !f.detail.is_empty()));
+    assert!(
+        orphan.exists() && staging.exists(),
+        "a check changes nothing"
+    );
+
+    let r = fsck(sn, true);
+    let repaired: BTreeSet<&str> = r
+        .findings
+        .iter()
+        .filter(|f| f.repaired)
+        .map(|f| f.kind.as_str())
+        .collect();
+    assert_eq!(
+        repaired,
+        BTreeSet::from([F::OrphanDirectory.as_str(), F::StaleStaging.as_str()]),
+        "repair fixes only what is safe: {:#?}",
+        r.findings
+    );
+    assert!(
+        !orphan.exists() && !staging.exists(),
+        "repaired trees are deleted"
+    );
+    assert!(
+        target.join(".").exists() && stranger.exists(),
+        "the rest is left"
+    );
+    let left: BTreeSet<&str> = fsck(sn, false)
+        .findings
+        .iter()
+        .map(|f| f.kind.as_str())
+        .collect();
+    assert_eq!(
+        left,
+        BTreeSet::from([
+            F::RecordWithoutDirectory.as_str(),
+            F::LeakedMount.as_str(),
+            F::UnknownEntry.as_str()
+        ])
+    );
+
+    // What fsck leaves, fixed by hand; then the store is clean and works.
+    guard.unmount();
+    std::fs::remove_file(&stranger).or_fail("remove the stranger's file");
+    sn.remove("fsck-gone")
+        .or_fail("remove a snapshot whose tree is gone");
+    if let Some(c) = sn.as_cleaner() {
+        c.cleanup().or_fail("cleanup");
+    }
+    let r = fsck(sn, false);
+    assert!(r.findings.is_empty(), "fixed: {:#?}", r.findings);
+    sn.prepare("fsck-after", "fsck-base", &opt())
+        .or_fail("prepare after the repair");
+    sn.commit("fsck-after-c", "fsck-after", &commit_opt())
+        .or_fail("commit after the repair");
+    ctx.reopen();
+    assert!(fsck(ctx.sn(), false).findings.is_empty());
+}

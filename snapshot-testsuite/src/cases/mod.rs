@@ -134,6 +134,11 @@ pub static CASES: &[Case] = &[
     case("isolation", true, extra::isolation),
     case("remove_frees_files", true, extra::remove_frees_files),
     case("hostile_keys", false, extra::hostile_keys),
+    case(
+        "fsck_finds_every_fault",
+        true,
+        extra::fsck_finds_every_fault,
+    ),
 ];
 
 /// The time of the `containerd.io/gc.root` label, fixed once per process like
