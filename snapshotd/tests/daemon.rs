@@ -721,3 +721,100 @@ fn namespaced_metrics_count_collections_and_bad_addresses_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn snapshotctl_fsck_asks_the_daemon_or_opens_a_stopped_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut d = start(dir.path(), &["--backend", "native"], None);
+    d.wait_ready();
+    ctl_ok(&d.socket, &["prepare", "a"]);
+    ctl_ok(&d.socket, &["commit", "base", "a"]);
+    ctl_ok(&d.socket, &["prepare", "b", "base"]);
+    let fsck = |args: &[&str]| {
+        let out = ctl(&d.socket, &[&["fsck"], args].concat());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = fsck(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("native store at") && out.contains("clean"), "{out}");
+
+    // Faults the daemon's store does not know about.
+    let snaps = root.join("snapshots");
+    std::fs::create_dir_all(snaps.join("777/fs")).unwrap();
+    std::fs::write(snaps.join("777/fs/blob"), vec![1u8; 300 << 10]).unwrap();
+    std::fs::create_dir_all(snaps.join("new-4242-0")).unwrap();
+    let (code, out, err) = fsck(&[]);
+    assert_eq!(code, Some(1), "findings exit 1: {out}{err}");
+    assert!(out.contains("orphan-directory") && out.contains("stale-staging"), "{out}");
+    assert!(out.contains("2 findings, 2 left"), "{out}");
+    let (code, out, _) = fsck(&["--json"]);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let orphan = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "orphan-directory")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(orphan["size"].as_u64().unwrap() >= 300 << 10, "{orphan}");
+    assert_eq!(v["clean"], false);
+    assert!(snaps.join("777").exists(), "a check deletes nothing");
+    let (code, out, err) = fsck(&["--repair"]);
+    assert_eq!(code, Some(0), "everything repaired: {out}{err}");
+    assert!(out.contains("2 findings, all repaired"), "{out}");
+    assert!(!snaps.join("777").exists() && !snaps.join("new-4242-0").exists());
+    assert_eq!(fsck(&[]).0, Some(0));
+
+    // --root on a root the daemon serves: could not check, naming the way that works.
+    let out = ctl(&d.socket, &["fsck", "--root", root.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("process {}", d.child.pid())) && err.contains("without --root"),
+        "{err}"
+    );
+    let st = d
+        .child
+        .signal_and_wait(Signal::TERM, Duration::from_secs(20))
+        .expect("exit");
+    assert!(st.success());
+
+    // Offline: the leftover is reported, not swept by the open.
+    std::fs::create_dir_all(snaps.join("888")).unwrap();
+    let offline = |args: &[&str]| {
+        let out = ctl(
+            &d.socket,
+            &[&["fsck", "--root", root.to_str().unwrap()], args].concat(),
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = offline(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("orphan-directory") && out.contains("888"), "{out}");
+    assert!(snaps.join("888").exists());
+    assert_eq!(offline(&["--repair"]).0, Some(0));
+    assert!(!snaps.join("888").exists());
+    assert_eq!(offline(&[]).0, Some(0));
+    // The daemon is not needed, and a root without a store is a clear could-not-check.
+    let out = ctl(&d.socket, &["fsck", "--root", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no snapshot store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(&dir.path().join("nothing.sock"), &["fsck"]);
+    assert_eq!(out.status.code(), Some(2));
+    // The restarted daemon serves the repaired store.
+    let d = start(dir.path(), &["--backend", "native"], None);
+    d.wait_ready();
+    assert!(ctl_ok(&d.socket, &["ls"]).contains("base "));
+}

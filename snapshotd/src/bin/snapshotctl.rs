@@ -11,6 +11,7 @@ use snapshotd::config::DEFAULT_ADDRESS;
 use snapshotd::convert::{from_status, info_from_proto, mount_from_proto};
 use snapshotd::proto::snapshots as pb;
 use snapshotd::time::rfc3339;
+use snapshots::snapshot_core::fsck::FsckReport;
 use snapshots::{Error, Info, Mount, Usage};
 
 #[derive(Parser)]
@@ -142,10 +143,53 @@ enum Command {
         /// The directory given to `mount`
         dir: PathBuf,
     },
+    /// Audit the store: cross-check its records, the directories under its root and the
+    /// live mounts, and report each finding with the space it holds and its owner where
+    /// known.
+    ///
+    /// Findings: orphan-directory (a tree no record owns), stale-staging (a create that
+    /// never finished), record-without-directory (a snapshot whose data is gone),
+    /// leaked-mount (a mount of a removed snapshot's tree, or one inside the root) and
+    /// unknown-entry (a file the store never makes). Retired trees awaiting cleanup are
+    /// listed as pending, not as findings.
+    ///
+    /// By default it asks the daemon at --address, which audits while it serves (other
+    /// calls wait at most one short metadata transaction). With --root it opens a stopped
+    /// daemon's root itself (the daemon holds the root's lock while it runs).
+    ///
+    /// Exit status: 0 clean (or everything found was repaired), 1 findings left, 2 could
+    /// not check.
+    Fsck {
+        /// Delete what is provably safe to delete: orphan and stale staging trees, and
+        /// retired trees awaiting cleanup. Records, mounts and unknown files are left and
+        /// reported with what to do.
+        #[arg(long)]
+        repair: bool,
+        /// Audit the store at DIR directly (the daemon must be stopped)
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// With --root: the backend whose store DIR holds (default: the one it records)
+        #[arg(long, value_name = "NAME", requires = "root")]
+        backend: Option<String>,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Fsck {
+        repair,
+        root,
+        backend,
+    } = &cli.command
+    {
+        std::process::exit(fsck(
+            &cli.address,
+            *repair,
+            root.as_deref(),
+            backend.as_deref(),
+            cli.json,
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -432,7 +476,9 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 println!("{}", json!({ "mounted": key, "at": dir }));
             }
         }
-        Command::Unmount { .. } => unreachable!("handled before connecting"),
+        Command::Unmount { .. } | Command::Fsck { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(())
 }
@@ -568,6 +614,187 @@ fn print_json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
+}
+
+/// Runs `snapshotctl fsck` and returns its exit status: 0 clean, 1 findings left, 2 could
+/// not check.
+fn fsck(
+    address: &Path,
+    repair: bool,
+    root: Option<&Path>,
+    backend: Option<&str>,
+    json: bool,
+) -> i32 {
+    let report = match root {
+        Some(root) => fsck_offline(root, backend, repair),
+        None => fsck_online(address, repair),
+    };
+    let r = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("snapshotctl fsck: could not check: {e}");
+            return 2;
+        }
+    };
+    print_fsck(&r, repair, json);
+    i32::from(r.unrepaired() > 0)
+}
+
+fn fsck_online(address: &Path, repair: bool) -> Result<FsckReport, String> {
+    let sn = snapshotd::client::RemoteSnapshotter::connect(address).map_err(|e| e.to_string())?;
+    let c = snapshots::Snapshotter::as_cleaner(&sn).ok_or("the client has no cleaner")?;
+    c.fsck(repair).map_err(|e| match e.kind() {
+        snapshots::ErrorKind::NotImplemented => format!(
+            "{e}: the daemon at {} predates fsck (restart it with this release), or stop \
+             it and run snapshotctl fsck --root DIR",
+            address.display()
+        ),
+        _ => e.to_string(),
+    })
+}
+
+fn fsck_offline(root: &Path, backend: Option<&str>, repair: bool) -> Result<FsckReport, String> {
+    let backend = match backend {
+        Some(b) => b.parse::<snapshots::Backend>().map_err(|e| e.to_string())?,
+        None => match snapshots::snapshot_core::lifecycle::recorded_backend(root) {
+            Ok(Some(b)) => b.parse::<snapshots::Backend>().map_err(|e| e.to_string())?,
+            Ok(None) => {
+                return Err(format!(
+                    "{} holds no snapshot store (no {}/backend file): give the daemon's \
+                     root, or --backend NAME",
+                    root.display(),
+                    root.display()
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    let mut options = snapshots::Options::default();
+    // Report what a crash left rather than sweep it at open.
+    options.common.keep_leftovers = true;
+    let sn = snapshots::open(backend, root, &options).map_err(|e| match e.kind() {
+        snapshots::ErrorKind::Unavailable => format!(
+            "{e}: a daemon serves this root: run snapshotctl fsck without --root to ask it \
+             (--address its socket)"
+        ),
+        _ => e.to_string(),
+    })?;
+    let r = sn
+        .as_cleaner()
+        .ok_or_else(|| format!("backend {backend} has no cleaner"))
+        .and_then(|c| c.fsck(repair).map_err(|e| e.to_string()));
+    let closed = sn.close();
+    let r = r?;
+    closed.map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+fn print_fsck(r: &FsckReport, repair: bool, json: bool) {
+    let text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    if json {
+        let findings: Vec<Value> = r
+            .findings
+            .iter()
+            .map(|f| {
+                json!({
+                    "kind": f.kind.as_str(),
+                    "path": text(&f.path),
+                    "key": f.key,
+                    "id": f.id,
+                    "size": f.usage.map(|u| u.size),
+                    "inodes": f.usage.map(|u| u.inodes),
+                    "owner": f.owner,
+                    "detail": f.detail,
+                    "repaired": f.repaired,
+                })
+            })
+            .collect();
+        let pending: Vec<Value> = r
+            .pending
+            .iter()
+            .map(|p| {
+                json!({
+                    "path": p.path.display().to_string(),
+                    "size": p.usage.map(|u| u.size),
+                    "inodes": p.usage.map(|u| u.inodes),
+                    "deleted": p.deleted,
+                })
+            })
+            .collect();
+        print_json(&json!({
+            "backend": r.backend,
+            "root": r.root.display().to_string(),
+            "records": r.records,
+            "directories": r.directories,
+            "mounts": r.mounts,
+            "repair": repair,
+            "findings": findings,
+            "pending": pending,
+            "clean": r.unrepaired() == 0,
+        }));
+        return;
+    }
+    println!(
+        "{} store at {}: {} records, {} directory entries, {} mounts of its trees",
+        r.backend,
+        r.root.display(),
+        r.records,
+        r.directories,
+        r.mounts
+    );
+    if !r.findings.is_empty() {
+        let rows = r
+            .findings
+            .iter()
+            .map(|f| {
+                vec![
+                    f.kind.as_str().to_string(),
+                    text(&f.path).unwrap_or_default(),
+                    f.usage
+                        .map(|u| human_size(u.size))
+                        .unwrap_or_else(|| "-".into()),
+                    f.owner
+                        .clone()
+                        .or_else(|| f.key.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    match f.repaired {
+                        true => "repaired".into(),
+                        false => f.detail.clone(),
+                    },
+                ]
+            })
+            .collect();
+        print_table(&["FINDING", "PATH", "SIZE", "OWNER", "STATUS"], rows);
+    }
+    if !r.pending.is_empty() {
+        let total: u64 = r
+            .pending
+            .iter()
+            .filter_map(|p| p.usage)
+            .map(|u| u.size)
+            .sum();
+        let deleted = r.pending.iter().filter(|p| p.deleted).count();
+        println!(
+            "{} removed trees awaiting cleanup ({}){}",
+            r.pending.len(),
+            human_size(total),
+            match repair {
+                true => format!(", {deleted} deleted"),
+                false => String::new(),
+            }
+        );
+    }
+    match (r.findings.len(), r.unrepaired()) {
+        (0, _) => println!("clean"),
+        (n, 0) => println!("{n} findings, all repaired"),
+        (n, left) => println!(
+            "{n} findings, {left} left{}",
+            match repair {
+                true => " (not safe to repair: see STATUS)",
+                false => ": snapshotctl fsck --repair deletes orphan and stale staging trees",
+            }
+        ),
+    }
 }
 
 async fn gc(address: &Path, dry_run: bool, json: bool) -> Result<(), CtlError> {
