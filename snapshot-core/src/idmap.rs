@@ -29,6 +29,11 @@ pub fn overlay_idmaps_lowers() -> bool {
 
 /// IDs are 32-bit and `u32::MAX` is the invalid ID: a range may reach up to it.
 const ID_LIMIT: u64 = u32::MAX as u64;
+/// The most ranges one user namespace's map holds (the kernel's
+/// `UID_GID_MAP_MAX_EXTENTS`).
+pub const MAX_RANGES: usize = 340;
+/// The identity mapping of every ID, for the side a create left unmapped.
+pub const IDENTITY: &str = "0:0:4294967295";
 
 /// One range: container IDs `container..container+size` are host IDs `host..host+size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +99,33 @@ impl IdMap {
                 size: size as u32,
             });
         }
+        if ranges.len() > MAX_RANGES {
+            return Err(Error::invalid_argument(format!(
+                "{what}: {} ranges, more than the kernel's {MAX_RANGES} in one user \
+                 namespace: merge adjacent ranges",
+                ranges.len()
+            )));
+        }
+        // The kernel refuses a map whose ranges overlap on either side.
+        for (side, key) in [
+            (
+                "container",
+                (|r: &IdRange| r.container) as fn(&IdRange) -> u32,
+            ),
+            ("host", |r: &IdRange| r.host),
+        ] {
+            let mut sorted: Vec<&IdRange> = ranges.iter().collect();
+            sorted.sort_by_key(|r| key(r));
+            for w in sorted.windows(2) {
+                if u64::from(key(w[0])) + u64::from(w[0].size) > u64::from(key(w[1])) {
+                    let show = |r: &IdRange| format!("{}:{}:{}", r.container, r.host, r.size);
+                    return Err(bad(
+                        &show(w[1]),
+                        &format!("overlaps {} in its {side} IDs", show(w[0])),
+                    ));
+                }
+            }
+        }
         Ok(IdMap(ranges))
     }
 
@@ -149,16 +181,18 @@ impl IdMapping {
     }
 
     /// The mount options (`uidmap=…`, `gidmap=…`) carrying the labels' values, as
-    /// containerd 2.x's overlay returns them.
+    /// containerd 2.x's overlay returns them. Both are always there: a missing side is
+    /// the identity ([`IDENTITY`]), since a mount with one of them alone is not idmapped
+    /// by containerd's mount code and refused by [`crate::mount::mount_all`].
     pub fn mount_options(&self) -> Vec<String> {
-        let mut out = Vec::with_capacity(2);
-        if let Some((_, v)) = &self.uid {
-            out.push(format!("{UIDMAP_OPTION}{v}"));
-        }
-        if let Some((_, v)) = &self.gid {
-            out.push(format!("{GIDMAP_OPTION}{v}"));
-        }
-        out
+        let value = |m: &Option<(IdMap, String)>| {
+            m.as_ref()
+                .map_or_else(|| IDENTITY.to_string(), |(_, v)| v.clone())
+        };
+        vec![
+            format!("{UIDMAP_OPTION}{}", value(&self.uid)),
+            format!("{GIDMAP_OPTION}{}", value(&self.gid)),
+        ]
     }
 }
 
@@ -193,11 +227,36 @@ mod tests {
             "0:4294967295:1",
             "0:1:99999999999",
             "0:100000:65536,0:",
+            // Overlapping ranges, on the container side and on the host side.
+            "0:100000:65536,0:300000:10",
+            "0:100000:10,10:100005:10",
         ] {
             let e = IdMap::parse(GID_MAPPING_LABEL, bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}: {e}");
             assert!(e.to_string().contains(GID_MAPPING_LABEL), "{e}");
         }
+    }
+
+    #[test]
+    fn at_most_the_kernels_ranges() {
+        let ranges = |n: u32| -> String {
+            (0..n)
+                .map(|i| format!("{i}:{}:1", 100000 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(
+            IdMap::parse(UID_MAPPING_LABEL, &ranges(340))
+                .unwrap()
+                .0
+                .len(),
+            340
+        );
+        let e = IdMap::parse(UID_MAPPING_LABEL, &ranges(341)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("340"), "{e}");
+        // Adjacent ranges do not overlap.
+        IdMap::parse(UID_MAPPING_LABEL, "0:100000:10,10:100010:10").unwrap();
     }
 
     #[test]
@@ -218,7 +277,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(m.root(), (1000, 0));
-        assert_eq!(m.mount_options(), ["uidmap=0:1000:1"]);
+        assert_eq!(
+            m.mount_options(),
+            ["uidmap=0:1000:1", "gidmap=0:0:4294967295"]
+        );
         // Root unmapped.
         let e = IdMapping::from_labels(&labels([(UID_MAPPING_LABEL, "1:1000:10")])).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);

@@ -41,24 +41,29 @@ fn map_text(m: &IdMap) -> String {
 }
 
 /// An idmapped, detached clone of the tree at `path` (read-only with `read_only`),
-/// for `move_mount` or an overlay layer.
+/// for `move_mount` or an overlay layer; with `recursive` (an `rbind`) the mounts below
+/// `path` come along, each idmapped, else only the mount at `path` (a `bind`, an overlay
+/// layer, which never shows what is mounted below it).
 ///
 /// # Errors
 /// The OS error of `open_tree` or `mount_setattr` (EINVAL where the filesystem or kernel
 /// cannot idmap).
-pub(crate) fn idmapped_tree(path: &Path, userns: &OwnedFd, read_only: bool) -> io::Result<OwnedFd> {
-    let tree = rustix::mount::open_tree(
-        rustix::fs::CWD,
-        path,
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
-    )?;
+pub(crate) fn idmapped_tree(
+    path: &Path,
+    userns: &OwnedFd,
+    read_only: bool,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, path, flags)?;
     let mut set = MountAttrFlags::MOUNT_ATTR_IDMAP;
     if read_only {
         set |= MountAttrFlags::MOUNT_ATTR_RDONLY;
     }
-    set_idmap(&tree, set, userns)?;
+    set_idmap(&tree, set, userns, recursive)?;
     Ok(tree)
 }
 
@@ -71,8 +76,17 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, {set, userns})`.
-fn set_idmap(tree: &OwnedFd, set: MountAttrFlags, userns: &OwnedFd) -> io::Result<()> {
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], {set, userns})`.
+fn set_idmap(
+    tree: &OwnedFd,
+    set: MountAttrFlags,
+    userns: &OwnedFd,
+    recursive: bool,
+) -> io::Result<()> {
+    let mut at = libc::AT_EMPTY_PATH;
+    if recursive {
+        at |= libc::AT_RECURSIVE;
+    }
     let attr = MountAttr {
         attr_set: u64::from(set.bits()),
         attr_clr: 0,
@@ -87,7 +101,7 @@ fn set_idmap(tree: &OwnedFd, set: MountAttrFlags, userns: &OwnedFd) -> io::Resul
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            at as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -105,6 +119,7 @@ fn spawn_in_new_user_namespace() -> io::Result<libc::pid_t> {
     // the calling thread only. It then makes nothing but async-signal-safe system calls
     // (prctl, pause, _exit) and never returns into Rust code that could take a lock
     // another thread held.
+    let parent = unsafe { libc::getpid() };
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -122,6 +137,10 @@ fn spawn_in_new_user_namespace() -> io::Result<libc::pid_t> {
         // SAFETY: see above; the child dies with its parent and when killed.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent died before the line above: no signal will come.
+            if libc::getppid() != parent {
+                libc::_exit(0);
+            }
             loop {
                 libc::pause();
             }
@@ -134,6 +153,8 @@ fn spawn_in_new_user_namespace() -> io::Result<libc::pid_t> {
 fn reap(pid: libc::pid_t) {
     if let Some(p) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+        while let Err(rustix::io::Errno::INTR) =
+            rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty())
+        {}
     }
 }

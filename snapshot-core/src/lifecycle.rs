@@ -152,6 +152,18 @@ pub trait Storage: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Refuses an Update of the snapshot `info` (of `kind`) that would change labels the
+    /// backend fixed at create: `old` are its labels before, `new` after (default: every
+    /// update is served). Overlay refuses changes to the ID-mapping labels of active
+    /// snapshots and views, which its layer's owner and mounts follow.
+    ///
+    /// # Errors
+    /// FailedPrecondition naming the label.
+    fn check_update(&self, info: &Info, kind: Kind, old: &Labels, new: &Labels) -> Result<()> {
+        let _ = (info, kind, old, new);
+        Ok(())
+    }
+
     /// Builds the tree of a new active or view snapshot at `dst`, which does not exist
     /// yet; `parent` is the committed parent's tree and `labels` the create's (empty for a
     /// blank tree made ahead). On an error, whatever exists at `dst` is deleted with
@@ -1059,7 +1071,11 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
             info.labels.remove(k);
         }
         let (id, new) = self.store.write(|tx| {
+            let before = tx.info(&info.name)?;
             let new = tx.update_info(&info, fieldpaths)?;
+            // Refused here, the transaction aborts: nothing changes.
+            self.storage
+                .check_update(&new, new.kind, &before.labels, &new.labels)?;
             Ok((tx.snapshot(&new.name)?.id, new))
         })?;
         Ok(self.decorate(id, new))

@@ -243,8 +243,10 @@ fn mount_idmapped(
         .map_err(|e| fail("making the user namespace", e))?;
     let read_only = parsed.flags.contains(MountFlags::RDONLY);
     if m.kind == "bind" || parsed.flags.contains(MountFlags::BIND) {
-        let tree = crate::idmount::idmapped_tree(Path::new(&m.source), &userns, read_only)
-            .map_err(|e| fail("idmapping the source", e))?;
+        let recursive = parsed.flags.contains(MountFlags::REC);
+        let tree =
+            crate::idmount::idmapped_tree(Path::new(&m.source), &userns, read_only, recursive)
+                .map_err(|e| fail("idmapping the source", e))?;
         rustix::mount::move_mount(
             &tree,
             "",
@@ -335,21 +337,47 @@ struct IdmapScratch {
 impl IdmapScratch {
     fn new() -> std::io::Result<IdmapScratch> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(".snapshot-idmap-{}-{n}", std::process::id()));
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)?;
-        Ok(IdmapScratch {
-            dir,
-            attached: Default::default(),
-        })
+        // Not guessable ahead (the clock's nanoseconds, hashed), and a name someone else
+        // holds is skipped: the temporary directory is anyone's to write in.
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..64 {
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let salt = blake3::hash(format!("{}-{n}-{nanos}", std::process::id()).as_bytes());
+            let dir = base.join(format!(
+                ".snapshot-idmap-{}-{}",
+                std::process::id(),
+                &salt.to_hex()[..16]
+            ));
+            match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                .create(&dir)
+            {
+                Ok(()) => {
+                    return Ok(IdmapScratch {
+                        dir,
+                        attached: Default::default(),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("creating a scratch directory in {}: {e}", base.display()),
+                    ))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no scratch directory name is free")))
     }
 
     /// Attaches a read-only idmapped clone of `src` under the directory; returns where.
     fn attach(&self, src: &Path, userns: &OwnedFd) -> std::io::Result<PathBuf> {
         let at = self.dir.join(self.attached.borrow().len().to_string());
         std::fs::create_dir(&at)?;
-        let tree = crate::idmount::idmapped_tree(src, userns, true)?;
+        let tree = crate::idmount::idmapped_tree(src, userns, true, false)?;
         rustix::mount::move_mount(
             &tree,
             "",

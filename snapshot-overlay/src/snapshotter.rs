@@ -4,13 +4,12 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use snapshot_core::idmap::{
-    IdMapping, GIDMAP_OPTION, GID_MAPPING_LABEL, UIDMAP_OPTION, UID_MAPPING_LABEL,
-};
+use snapshot_core::idmap::{IdMapping, GID_MAPPING_LABEL, UID_MAPPING_LABEL};
+use snapshot_core::keyspace::truncate_for_message;
 use snapshot_core::lifecycle::{SnapshotStore, Storage};
 use snapshot_core::metastore::Snapshot;
 use snapshot_core::usage::disk_usage;
-use snapshot_core::{Error, Kind, Labels, Mount, Result, Usage};
+use snapshot_core::{Error, Info, Kind, Labels, Mount, Result, Usage};
 
 use crate::config::{OverlayConfig, UPPERDIR_LABEL, VOLATILE_LABEL};
 use crate::error::OverlayError;
@@ -53,6 +52,23 @@ impl Storage for OverlayStorage {
         idmapping(labels, self.features.idmapped_lowers).map(drop)
     }
 
+    fn check_update(&self, info: &Info, kind: Kind, old: &Labels, new: &Labels) -> Result<()> {
+        if kind == Kind::Committed {
+            return Ok(());
+        }
+        for label in [UID_MAPPING_LABEL, GID_MAPPING_LABEL] {
+            if old.get(label) != new.get(label) {
+                return Err(Error::failed_precondition(format!(
+                    "snapshot {:?}: label {label} is fixed when the snapshot is made (its \
+                     layer's owner and its mounts follow it): prepare a new snapshot with \
+                     the mapping you need",
+                    truncate_for_message(&info.name)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, labels: &Labels) -> Result<()> {
         make_dir(dst, 0o700)?;
         let fs = dst.join("fs");
@@ -78,16 +94,11 @@ impl Storage for OverlayStorage {
 
     fn mounts(&self, s: &Snapshot, _tree: &Path, labels: Option<&Labels>) -> Result<Vec<Mount>> {
         let volatile = labels.is_some_and(|l| self.volatile(s.kind, l));
-        // The values as stored, as containerd 2.x's overlay returns them: they were
-        // checked at create, and a mount helper parses them again.
+        // From the labels as stored, checked at create and fixed since (check_update).
         let idmap: Vec<String> = match (self.features.idmapped_lowers, labels) {
-            (true, Some(l)) => [
-                (UID_MAPPING_LABEL, UIDMAP_OPTION),
-                (GID_MAPPING_LABEL, GIDMAP_OPTION),
-            ]
-            .into_iter()
-            .filter_map(|(label, opt)| l.get(label).map(|v| format!("{opt}{v}")))
-            .collect(),
+            (true, Some(l)) => IdMapping::from_labels(l)?
+                .map(|m| m.mount_options())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         Ok(build_mounts(
@@ -122,17 +133,18 @@ impl Storage for OverlayStorage {
 }
 
 impl OverlayStorage {
-    /// Gives a new layer `fs` its owner: the host IDs of the container's root when the
-    /// create is ID-mapped (containerd 2.x: the upper directory belongs to the mapped
-    /// root, and the lower layers are idmapped at mount, never chowned), else the owner
-    /// of the parent's layer.
+    /// Gives a new layer `fs` its owner: on a parent, the host IDs of the container's
+    /// root when the create is ID-mapped (containerd 2.x: the upper directory belongs to
+    /// the mapped root, and the lower layers are idmapped at mount, never chowned), else
+    /// the owner of the parent's layer. Without a parent the layer is mounted as an
+    /// idmapped bind, which shows its owner (root, ID 0) as the mapped root already:
+    /// chowning it would map it twice.
     fn own_layer(&self, fs: &Path, parent: Option<&Path>, labels: &Labels) -> Result<()> {
-        match idmapping(labels, self.features.idmapped_lowers)? {
-            Some(m) => set_owner(fs, m.root()),
-            None => match parent {
-                Some(parent) => inherit_owner(&parent.join("fs"), fs),
-                None => Ok(()),
-            },
+        let mapping = idmapping(labels, self.features.idmapped_lowers)?;
+        match (mapping, parent) {
+            (Some(m), Some(_)) => set_owner(fs, m.root()),
+            (None, Some(parent)) => inherit_owner(&parent.join("fs"), fs),
+            (_, None) => Ok(()),
         }
     }
 

@@ -868,6 +868,7 @@ fn idmapped_snapshots_own_their_upper_and_map_their_layers() {
     layer(&sn, "l2", "l1", &[("etc/two", "2")]);
     let (uid, gid) = ("0:100000:1,1:200001:65535", "0:300000:65536");
     let m = sn.prepare("c", "l2", &idmapped(uid, gid)).unwrap();
+    let m_c = m.clone();
     assert_eq!(m[0].kind, "overlay");
     assert_eq!(
         &m[0].options[..2],
@@ -911,7 +912,37 @@ fn idmapped_snapshots_own_their_upper_and_map_their_layers() {
         m[0].options[..2],
         [format!("uidmap={uid}"), format!("gidmap={gid}")]
     );
-    assert_eq!(owner(&sn.upper_dir("bare").unwrap()), (100000, 300000));
+    // Mounted as an idmapped bind, its root (0 on disk, never chowned: that would map
+    // it twice) is the mapped root's, and what the mapped root writes lands as 0.
+    let bare = sn.upper_dir("bare").unwrap();
+    assert_eq!(owner(&bare), (0, 0));
+    {
+        let t = dir.path().join("bare-mnt");
+        let _g = MountGuard::mount(&m, &t);
+        assert_eq!(
+            owner(&t),
+            (100000, 300000),
+            "the container's root owns its root"
+        );
+        // As the container's root would: host IDs 100000:300000.
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo m > {}", t.join("made").display()))
+            .uid(100000)
+            .gid(300000)
+            .status()
+            .unwrap();
+        assert!(st.success(), "the mapped root writes into its layer");
+        assert_eq!(owner(&t.join("made")), (100000, 300000));
+    }
+    assert_eq!(
+        owner(&bare.join("made")),
+        (0, 0),
+        "stored in the container's IDs"
+    );
     for (key, parent, kind) in [("v1", "l1", "bind"), ("v2", "l2", "overlay")] {
         let m = sn.view(key, parent, &idmapped(uid, gid)).unwrap();
         assert_eq!(m[0].kind, kind, "{key}");
@@ -929,6 +960,68 @@ fn idmapped_snapshots_own_their_upper_and_map_their_layers() {
         "{m:?}"
     );
     assert_eq!(owner(&sn.upper_dir("plain").unwrap()), (0, 0));
+    // The mapping is fixed at create: an Update may not change, add or drop it (the
+    // upper's owner follows it), and changes nothing when refused.
+    let info = sn.stat("c").unwrap();
+    for (label, value) in [
+        (
+            snapshot_core::idmap::UID_MAPPING_LABEL,
+            Some("0:200000:65536"),
+        ),
+        (snapshot_core::idmap::GID_MAPPING_LABEL, None),
+    ] {
+        let mut changed = info.clone();
+        match value {
+            Some(v) => changed.labels.insert(label.to_string(), v.to_string()),
+            None => changed.labels.remove(label),
+        };
+        let e = sn
+            .update(&changed, &[format!("labels.{label}")])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        assert!(
+            e.to_string().contains(label) && e.to_string().contains("\"c\""),
+            "{e}"
+        );
+    }
+    let mut added = sn.stat("plain").unwrap();
+    added.labels.insert(
+        snapshot_core::idmap::UID_MAPPING_LABEL.to_string(),
+        "0:100000:65536".to_string(),
+    );
+    let e = sn.update(&added, &[]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert_eq!(sn.stat("c").unwrap().labels, info.labels);
+    assert_eq!(sn.mounts("c").unwrap(), m_c);
+    // Other labels still update.
+    let mut other = info.clone();
+    other.labels.insert("x".into(), "y".into());
+    sn.update(&other, &["labels.x".to_string()]).unwrap();
+
+    // One side only: the other is the identity, so the mount is still idmapped.
+    let m = sn
+        .prepare(
+            "uid-only",
+            "l2",
+            &CreateOptions::with_labels(labels([(
+                snapshot_core::idmap::UID_MAPPING_LABEL,
+                "0:100000:65536",
+            )])),
+        )
+        .unwrap();
+    assert_eq!(
+        m[0].options[..2],
+        [
+            "uidmap=0:100000:65536".to_string(),
+            format!("gidmap={}", snapshot_core::idmap::IDENTITY)
+        ]
+    );
+    {
+        let t = dir.path().join("uid-only");
+        let _g = MountGuard::mount(&m, &t);
+        assert_eq!(owner(&t.join("etc/one")), (100000, 0));
+    }
+
     // The mapping outlives a restart.
     sn.close().unwrap();
     let sn = open(dir.path(), cfg());
@@ -951,6 +1044,15 @@ fn malformed_mappings_are_invalid_argument_and_build_nothing() {
         (idmapped("0:100000:65536", "0:100000:0"), gid_label),
         (idmapped("0:100000:65536", "x"), gid_label),
         (idmapped("1:100000:65536", "0:100000:65536"), uid_label),
+        // Ranges the kernel would refuse: overlapping, on either side.
+        (
+            idmapped("0:100000:65536,0:300000:10", "0:100000:65536"),
+            uid_label,
+        ),
+        (
+            idmapped("0:100000:65536", "0:100000:10,10:100005:10"),
+            gid_label,
+        ),
         (
             CreateOptions::with_labels(labels([(uid_label, "0:4294967295:2")])),
             uid_label,

@@ -741,7 +741,10 @@ fn snapshotctl_fsck_asks_the_daemon_or_opens_a_stopped_root() {
     };
     let (code, out, err) = fsck(&[]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("native store at") && out.contains("clean"), "{out}");
+    assert!(
+        out.contains("native store at") && out.contains("clean"),
+        "{out}"
+    );
 
     // Faults the daemon's store does not know about.
     let snaps = root.join("snapshots");
@@ -750,7 +753,10 @@ fn snapshotctl_fsck_asks_the_daemon_or_opens_a_stopped_root() {
     std::fs::create_dir_all(snaps.join("new-4242-0")).unwrap();
     let (code, out, err) = fsck(&[]);
     assert_eq!(code, Some(1), "findings exit 1: {out}{err}");
-    assert!(out.contains("orphan-directory") && out.contains("stale-staging"), "{out}");
+    assert!(
+        out.contains("orphan-directory") && out.contains("stale-staging"),
+        "{out}"
+    );
     assert!(out.contains("2 findings, 2 left"), "{out}");
     let (code, out, _) = fsck(&["--json"]);
     assert_eq!(code, Some(1));
@@ -798,7 +804,10 @@ fn snapshotctl_fsck_asks_the_daemon_or_opens_a_stopped_root() {
     };
     let (code, out) = offline(&[]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("orphan-directory") && out.contains("888"), "{out}");
+    assert!(
+        out.contains("orphan-directory") && out.contains("888"),
+        "{out}"
+    );
     assert!(snaps.join("888").exists());
     assert_eq!(offline(&["--repair"]).0, Some(0));
     assert!(!snaps.join("888").exists());
