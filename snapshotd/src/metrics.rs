@@ -14,6 +14,8 @@
 //!   layers recorded at their commit, summed at each scrape;
 //! - `snapshotd_filesystem_used_bytes` / `snapshotd_filesystem_used_inodes`: what is in use
 //!   on the root's filesystem (`statvfs`);
+//! - `snapshotd_fsck_runs_total` and `snapshotd_fsck_findings{kind}`: audits run
+//!   (`snapshotctl fsck`) and the findings the latest one left, by kind;
 //! - with `--namespaced`: `snapshotd_gc_collections_total`,
 //!   `snapshotd_gc_pause_seconds_total` (time collections held the metadata transaction),
 //!   `snapshotd_gc_removed_total{what="records"|"snapshots"}`.
@@ -125,6 +127,8 @@ pub struct Metrics {
     gc_pause: Counter<f64, std::sync::atomic::AtomicU64>,
     gc_removed: Family<WhatLabel, Counter>,
     gc_seen: Mutex<snapshots::metadata::GcStats>,
+    fsck_runs: Counter,
+    fsck_findings: Family<KindLabel, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -163,6 +167,16 @@ impl Metrics {
         let gc_collections = Counter::default();
         let gc_pause = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let gc_removed = Family::<WhatLabel, Counter>::default();
+        let fsck_runs = Counter::default();
+        let fsck_findings = Family::<KindLabel, Gauge>::default();
+        // Every kind at 0 from the start, so a scrape before the first check shows them.
+        for k in snapshots::snapshot_core::fsck::FindingKind::ALL {
+            fsck_findings
+                .get_or_create(&KindLabel {
+                    kind: k.as_str().to_string(),
+                })
+                .set(0);
+        }
         registry.register(
             "operations",
             "Snapshots API calls served, by method",
@@ -218,8 +232,20 @@ impl Metrics {
             "What garbage collections removed: records and backend snapshots (namespaced)",
             gc_removed.clone(),
         );
+        registry.register(
+            "fsck_runs",
+            "Audits of the store run (snapshotctl fsck)",
+            fsck_runs.clone(),
+        );
+        registry.register(
+            "fsck_findings",
+            "Findings of the latest audit by kind, what its repair fixed not counted",
+            fsck_findings.clone(),
+        );
         Metrics {
             registry,
+            fsck_runs,
+            fsck_findings,
             ops,
             errors,
             latency,
@@ -232,6 +258,23 @@ impl Metrics {
             gc_pause,
             gc_removed,
             gc_seen: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Records an audit's report: its findings that are left, by kind.
+    pub fn observe_fsck(&self, report: &snapshots::snapshot_core::fsck::FsckReport) {
+        self.fsck_runs.inc();
+        for k in snapshots::snapshot_core::fsck::FindingKind::ALL {
+            let n = report
+                .findings
+                .iter()
+                .filter(|f| f.kind == k && !f.repaired)
+                .count();
+            self.fsck_findings
+                .get_or_create(&KindLabel {
+                    kind: k.as_str().to_string(),
+                })
+                .set(n as i64);
         }
     }
 

@@ -167,11 +167,15 @@ pub async fn serve_with(
     let server = tonic::transport::Server::builder()
         .add_service(
             SnapshotService::with_stop(target.clone(), stop_rx)
-                .with_metrics(metrics)
+                .with_metrics(metrics.clone())
                 .into_server(),
         )
         .add_service(crate::service::CollectorService::new(target.clone()).into_server())
-        .add_service(crate::service::CheckerService::new(target).into_server())
+        .add_service(
+            crate::service::CheckerService::new(target)
+                .with_metrics(metrics)
+                .into_server(),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
             shutdown.await;
             let _ = stop_tx.send(true);

@@ -513,12 +513,22 @@ impl crate::proto::collector::collector_server::Collector for CollectorService {
 #[derive(Clone)]
 pub struct CheckerService {
     target: Target,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl CheckerService {
     /// The service for `target`.
     pub fn new(target: Target) -> Self {
-        CheckerService { target }
+        CheckerService {
+            target,
+            metrics: None,
+        }
+    }
+
+    /// Records each audit's findings in `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tonic server for this service.
@@ -547,6 +557,9 @@ impl crate::proto::collector::checker_server::Checker for CheckerService {
         .await
         .map_err(|e| Status::unknown(format!("fsck failed: {e}")))?
         .map_err(|e| to_status(&e))?;
+        if let Some(m) = &self.metrics {
+            m.observe_fsck(&report);
+        }
         Ok(Response::new(crate::convert::fsck_to_proto(&report)))
     }
 }

@@ -636,6 +636,25 @@ fn metrics_count_what_clients_did() {
         "{text}"
     );
 
+    // An audit's findings, by kind, until the next audit.
+    let fsck_findings = |k: &str| {
+        let (_, text) = http_get(&msock, "/metrics");
+        (
+            sample(&text, &format!("snapshotd_fsck_findings{{kind=\"{k}\"}}")),
+            sample(&text, "snapshotd_fsck_runs_total"),
+        )
+    };
+    assert_eq!(fsck_findings("orphan-directory"), (0.0, 0.0));
+    std::fs::create_dir_all(dir.path().join("root/snapshots/999/fs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("root/snapshots/998")).unwrap();
+    use snapshots::Snapshotter as _;
+    let report = sn.as_cleaner().unwrap().fsck(false).unwrap();
+    assert_eq!(report.findings.len(), 2, "{report:?}");
+    assert_eq!(fsck_findings("orphan-directory"), (2.0, 1.0));
+    assert_eq!(fsck_findings("stale-staging"), (0.0, 1.0));
+    sn.as_cleaner().unwrap().fsck(true).unwrap();
+    assert_eq!(fsck_findings("orphan-directory"), (0.0, 2.0), "repaired");
+
     let (status, _) = http_get(&msock, "/other");
     assert!(status.contains("404"), "{status}");
     drop(sn);
