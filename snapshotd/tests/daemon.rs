@@ -647,7 +647,6 @@ fn metrics_count_what_clients_did() {
     assert_eq!(fsck_findings("orphan-directory"), (0.0, 0.0));
     std::fs::create_dir_all(dir.path().join("root/snapshots/999/fs")).unwrap();
     std::fs::create_dir_all(dir.path().join("root/snapshots/998")).unwrap();
-    use snapshots::Snapshotter as _;
     let report = sn.as_cleaner().unwrap().fsck(false).unwrap();
     assert_eq!(report.findings.len(), 2, "{report:?}");
     assert_eq!(fsck_findings("orphan-directory"), (2.0, 1.0));
