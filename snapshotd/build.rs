@@ -1,4 +1,5 @@
-//! Compiles containerd's snapshots and mount protos, and snapshotd's own collector proto,
+//! Compiles containerd's snapshots and mount protos, snapshotd's own collector proto, and
+//! the parts of containerd's API that `snapshotctl fsck --containerd` reads,
 //! with protox (pure Rust), so the build needs no system `protoc`.
 
 use std::path::Path;
@@ -9,6 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "github.com/containerd/containerd/api/types/mount.proto",
         "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
         "snapshotd/v1/collector.proto",
+        // What `snapshotctl fsck --containerd` reads of containerd's own API.
+        "github.com/containerd/containerd/api/types/descriptor.proto",
+        "github.com/containerd/containerd/api/services/namespaces/v1/namespace.proto",
+        "github.com/containerd/containerd/api/services/containers/v1/containers.proto",
+        "github.com/containerd/containerd/api/services/leases/v1/leases.proto",
+        "github.com/containerd/containerd/api/services/images/v1/images.proto",
+        "github.com/containerd/containerd/api/services/content/v1/content.proto",
     ];
     // protox needs no protoc; rerunning when PROTOC changes lets `PROTOC=/nonexistent`
     // prove it.

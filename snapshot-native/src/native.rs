@@ -49,8 +49,9 @@ impl Storage for NativeStorage {
     const PURE_MOUNTS: bool = true;
 
     fn has_tree(&self, kind: Kind, has_parent: bool) -> bool {
-        // A view of a parent mounts the parent's directory read-only.
-        kind == Kind::Active || !has_parent
+        // A view of a parent mounts the parent's directory read-only; everything else
+        // (a committed layer keeps its active tree) has one.
+        !(kind == Kind::View && has_parent)
     }
 
     fn fill(&self, dst: &Path, kind: Kind, parent: Option<&Path>, _labels: &Labels) -> Result<()> {

@@ -96,7 +96,7 @@ pub async fn connect_checker(path: &Path) -> Result<Checker, tonic::transport::E
 }
 
 /// A channel to the unix socket `path`.
-async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+pub(crate) async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_owned();
     // The URI is required by the API but never used: the connector ignores it.
     let channel = Endpoint::from_static("http://[::]:50051")

@@ -24,6 +24,7 @@
 pub mod client;
 pub mod config;
 pub mod containerd;
+pub mod containerd_view;
 pub mod convert;
 pub mod error;
 pub mod logger;

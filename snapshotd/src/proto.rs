@@ -5,7 +5,7 @@
 
 /// `package containerd...`
 pub mod containerd {
-    /// `package containerd.types`: `Mount`.
+    /// `package containerd.types`: `Mount`, `Descriptor`.
     pub mod types {
         tonic::include_proto!("containerd.types");
     }
@@ -16,6 +16,41 @@ pub mod containerd {
             /// `package containerd.services.snapshots.v1`: the `Snapshots` service.
             pub mod v1 {
                 tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+        /// `package containerd.services.namespaces`
+        pub mod namespaces {
+            /// `package containerd.services.namespaces.v1`: `Namespaces.List`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.namespaces.v1");
+            }
+        }
+        /// `package containerd.services.containers`
+        pub mod containers {
+            /// `package containerd.services.containers.v1`: `Containers.List`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.containers.v1");
+            }
+        }
+        /// `package containerd.services.leases`
+        pub mod leases {
+            /// `package containerd.services.leases.v1`: `Leases.List`, `ListResources`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.leases.v1");
+            }
+        }
+        /// `package containerd.services.images`
+        pub mod images {
+            /// `package containerd.services.images.v1`: `Images.List`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.images.v1");
+            }
+        }
+        /// `package containerd.services.content`
+        pub mod content {
+            /// `package containerd.services.content.v1`: `Content.List`.
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
             }
         }
     }

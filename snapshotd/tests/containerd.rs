@@ -672,6 +672,7 @@ fn end_to_end(flavor: &Flavor, backend: &str, root_base: Option<&Path>) {
         image.chain_ids.len() + 1
     );
 
+    fsck_with_containerd(&rig, &image);
     rig.remove_image_and_collect();
     rig.finish();
 }
@@ -874,6 +875,175 @@ fn which(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// `snapshotctl --json fsck --containerd ...`: its exit status and report.
+fn fsck_json(rig: &Rig) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(SNAPSHOTCTL)
+        .arg("--address")
+        .arg(&rig.sd_sock)
+        .args(["--json", "fsck", "--containerd"])
+        .arg(&rig.ctrd.address)
+        .args(["--containerd-snapshotter", PLUGIN])
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "fsck printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+/// The tree `<root>/snapshots/<id>` of the backend snapshot `key`: an active one's upper
+/// layer or bind source; a committed one's through a view on it.
+fn tree_of(rig: &Rig, key: &str, committed: bool) -> PathBuf {
+    let view = format!("fsck-tree-view-{}", key.len());
+    let mounts = match committed {
+        true => snapshotctl(&rig.sd_sock, &["--json", "view", &view, key]),
+        false => snapshotctl(&rig.sd_sock, &["--json", "mounts", key]),
+    };
+    if committed {
+        snapshotctl(&rig.sd_sock, &["rm", &view]);
+    }
+    let m: serde_json::Value = serde_json::from_str(&mounts).unwrap();
+    let m = &m[0];
+    // An active overlay's upper layer; a read-only overlay's nearest lower layer (the
+    // view's parent); a bind's source.
+    let option = |name: &str| {
+        m["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o.as_str()?.strip_prefix(name))
+    };
+    let path = option("upperdir=")
+        .or_else(|| option("lowerdir=").and_then(|l| l.split(':').next()))
+        .unwrap_or_else(|| m["source"].as_str().unwrap());
+    let snaps = rig.sd_root.join("snapshots");
+    let rest = Path::new(path)
+        .strip_prefix(&snaps)
+        .unwrap_or_else(|_| panic!("{path} is not under {}", snaps.display()));
+    snaps.join(rest.components().next().unwrap())
+}
+
+/// fsck with containerd's view: clean after the import and run; then a container's
+/// snapshot and an image layer whose trees are gone are named by their owners, an active
+/// snapshot nothing uses and backend snapshots containerd has no record of are found;
+/// once undone, clean again.
+fn fsck_with_containerd(rig: &Rig, image: &Image) {
+    let (code, v) = fsck_json(rig);
+    assert_eq!(code, Some(0), "clean: {v:#}");
+    let top = image.chain_ids.last().unwrap();
+    rig.ctrd.remember_container("fsck-c");
+    rig.ctr_ok(&[
+        "containers",
+        "create",
+        "--snapshotter",
+        PLUGIN,
+        IMAGE,
+        "fsck-c",
+    ]);
+    rig.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        PLUGIN,
+        "prepare",
+        "fsck-unused",
+        top,
+    ]);
+    rig.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        PLUGIN,
+        "label",
+        "fsck-unused",
+        "containerd.io/gc.root=fsck",
+    ]);
+    snapshotctl(&rig.sd_sock, &["prepare", "default/999999/ghost"]);
+    snapshotctl(&rig.sd_sock, &["prepare", "made-outside"]);
+    let backend: serde_json::Value =
+        serde_json::from_str(&snapshotctl(&rig.sd_sock, &["--json", "ls"])).unwrap();
+    let key_ending = |end: &str| -> String {
+        backend
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .find(|n| n.ends_with(&format!("/{end}")) && n.starts_with("default/"))
+            .unwrap_or_else(|| panic!("no backend key for {end}: {backend}"))
+    };
+    let (c_key, top_key) = (key_ending("fsck-c"), key_ending(top));
+    let (c_tree, top_tree) = (tree_of(rig, &c_key, false), tree_of(rig, &top_key, true));
+    fs::remove_dir_all(&c_tree).unwrap();
+    fs::remove_dir_all(&top_tree).unwrap();
+
+    let (code, v) = fsck_json(rig);
+    assert_eq!(code, Some(1), "findings: {v:#}");
+    let mut got: Vec<(String, String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+            (s("kind"), s("key"), s("owner"))
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (
+            "record-without-directory".to_string(),
+            c_key.clone(),
+            "container fsck-c (namespace default)".to_string(),
+        ),
+        (
+            "record-without-directory".to_string(),
+            top_key.clone(),
+            format!("image {IMAGE} (namespace default)"),
+        ),
+        (
+            "unknown-to-containerd".to_string(),
+            "default/999999/ghost".to_string(),
+            "containerd namespace default (no record)".to_string(),
+        ),
+        (
+            "unknown-to-containerd".to_string(),
+            "made-outside".to_string(),
+            String::new(),
+        ),
+        (
+            "unused-active".to_string(),
+            "fsck-unused".to_string(),
+            "containerd namespace default: no container, no lease".to_string(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{v:#}");
+
+    // Undone: clean again (the layer's record stays until the image goes).
+    snapshotctl(
+        &rig.sd_sock,
+        &["rm", "default/999999/ghost", "made-outside"],
+    );
+    rig.ctr_ok(&["snapshots", "--snapshotter", PLUGIN, "rm", "fsck-unused"]);
+    rig.ctr_ok(&["containers", "rm", "fsck-c"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = fsck_json(rig);
+        let left: Vec<&str> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap())
+            .collect();
+        if left == ["record-without-directory"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the undo: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn snapshotctl(socket: &Path, args: &[&str]) -> String {

@@ -171,6 +171,20 @@ enum Command {
         /// With --root: the backend whose store DIR holds (default: the one it records)
         #[arg(long, value_name = "NAME", requires = "root")]
         backend: Option<String>,
+        /// Also cross-check containerd's view through its API at SOCKET, in every
+        /// namespace: backend snapshots containerd has no record of
+        /// (unknown-to-containerd), active snapshots no container uses and no lease holds
+        /// (unused-active), and the owner of each finding (container, lease, image)
+        #[arg(long, value_name = "SOCKET")]
+        containerd: Option<PathBuf>,
+        /// The name containerd's configuration gives this daemon's proxy plugin
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "snapshotd",
+            requires = "containerd"
+        )]
+        containerd_snapshotter: String,
     },
 }
 
@@ -180,13 +194,19 @@ fn main() {
         repair,
         root,
         backend,
+        containerd,
+        containerd_snapshotter,
     } = &cli.command
     {
+        let containerd = containerd
+            .as_deref()
+            .map(|s| (s, containerd_snapshotter.as_str()));
         std::process::exit(fsck(
             &cli.address,
             *repair,
             root.as_deref(),
             backend.as_deref(),
+            containerd,
             cli.json,
         ));
     }
@@ -623,37 +643,89 @@ fn fsck(
     repair: bool,
     root: Option<&Path>,
     backend: Option<&str>,
+    containerd: Option<(&Path, &str)>,
     json: bool,
 ) -> i32 {
-    let report = match root {
-        Some(root) => fsck_offline(root, backend, repair),
-        None => fsck_online(address, repair),
-    };
-    let r = match report {
-        Ok(r) => r,
+    match audit(address, repair, root, backend, containerd) {
+        Ok(r) => {
+            print_fsck(&r, repair, json);
+            i32::from(r.unrepaired() > 0)
+        }
         Err(e) => {
             eprintln!("snapshotctl fsck: could not check: {e}");
-            return 2;
+            2
         }
-    };
-    print_fsck(&r, repair, json);
-    i32::from(r.unrepaired() > 0)
+    }
 }
 
-fn fsck_online(address: &Path, repair: bool) -> Result<FsckReport, String> {
-    let sn = snapshotd::client::RemoteSnapshotter::connect(address).map_err(|e| e.to_string())?;
-    let c = snapshots::Snapshotter::as_cleaner(&sn).ok_or("the client has no cleaner")?;
-    c.fsck(repair).map_err(|e| match e.kind() {
-        snapshots::ErrorKind::NotImplemented => format!(
+/// The store's audit (through the daemon, or of a stopped daemon's root), with
+/// containerd's view merged in when asked.
+fn audit(
+    address: &Path,
+    repair: bool,
+    root: Option<&Path>,
+    backend: Option<&str>,
+    containerd: Option<(&Path, &str)>,
+) -> Result<FsckReport, String> {
+    let sn: Box<dyn snapshots::Snapshotter> = match root {
+        Some(root) => open_offline(root, backend)?,
+        None => Box::new(
+            snapshotd::client::RemoteSnapshotter::connect(address).map_err(|e| e.to_string())?,
+        ),
+    };
+    let r = audit_with(&*sn, address, repair, root.is_some(), containerd);
+    let closed = sn.close();
+    let r = r?;
+    closed.map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+fn audit_with(
+    sn: &dyn snapshots::Snapshotter,
+    address: &Path,
+    repair: bool,
+    offline: bool,
+    containerd: Option<(&Path, &str)>,
+) -> Result<FsckReport, String> {
+    let c = sn.as_cleaner().ok_or("the store has no cleaner")?;
+    let mut report = c.fsck(repair).map_err(|e| match e.kind() {
+        snapshots::ErrorKind::NotImplemented if !offline => format!(
             "{e}: the daemon at {} predates fsck (restart it with this release), or stop \
              it and run snapshotctl fsck --root DIR",
             address.display()
         ),
         _ => e.to_string(),
+    })?;
+    let Some((socket, name)) = containerd else {
+        return Ok(report);
+    };
+    let mut backend = Vec::new();
+    sn.walk(&[], &mut |i| {
+        backend.push(i.clone());
+        Ok(())
     })
+    .map_err(|e| format!("listing the store's snapshots: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime: {e}"))?;
+    let view = rt.block_on(snapshotd::containerd_view::read(socket, name))?;
+    snapshotd::containerd_view::merge(&mut report, &view, &backend, name);
+    snapshotd::containerd_view::settle(
+        &mut report,
+        |ns| rt.block_on(snapshotd::containerd_view::keys_in(socket, ns, name)),
+        |key| {
+            sn.stat(key)
+                .is_err_and(|e| e.kind() == snapshots::ErrorKind::NotFound)
+        },
+    )?;
+    Ok(report)
 }
 
-fn fsck_offline(root: &Path, backend: Option<&str>, repair: bool) -> Result<FsckReport, String> {
+fn open_offline(
+    root: &Path,
+    backend: Option<&str>,
+) -> Result<Box<dyn snapshots::Snapshotter>, String> {
     let backend = match backend {
         Some(b) => b.parse::<snapshots::Backend>().map_err(|e| e.to_string())?,
         None => match snapshots::snapshot_core::lifecycle::recorded_backend(root) {
@@ -672,21 +744,13 @@ fn fsck_offline(root: &Path, backend: Option<&str>, repair: bool) -> Result<Fsck
     let mut options = snapshots::Options::default();
     // Report what a crash left rather than sweep it at open.
     options.common.keep_leftovers = true;
-    let sn = snapshots::open(backend, root, &options).map_err(|e| match e.kind() {
+    snapshots::open(backend, root, &options).map_err(|e| match e.kind() {
         snapshots::ErrorKind::Unavailable => format!(
             "{e}: a daemon serves this root: run snapshotctl fsck without --root to ask it \
              (--address its socket)"
         ),
         _ => e.to_string(),
-    })?;
-    let r = sn
-        .as_cleaner()
-        .ok_or_else(|| format!("backend {backend} has no cleaner"))
-        .and_then(|c| c.fsck(repair).map_err(|e| e.to_string()));
-    let closed = sn.close();
-    let r = r?;
-    closed.map_err(|e| e.to_string())?;
-    Ok(r)
+    })
 }
 
 fn print_fsck(r: &FsckReport, repair: bool, json: bool) {
@@ -749,7 +813,7 @@ fn print_fsck(r: &FsckReport, repair: bool, json: bool) {
             .map(|f| {
                 vec![
                     f.kind.as_str().to_string(),
-                    text(&f.path).unwrap_or_default(),
+                    text(&f.path).or_else(|| f.key.clone()).unwrap_or_default(),
                     f.usage
                         .map(|u| human_size(u.size))
                         .unwrap_or_else(|| "-".into()),
@@ -764,7 +828,7 @@ fn print_fsck(r: &FsckReport, repair: bool, json: bool) {
                 ]
             })
             .collect();
-        print_table(&["FINDING", "PATH", "SIZE", "OWNER", "STATUS"], rows);
+        print_table(&["FINDING", "PATH OR KEY", "SIZE", "OWNER", "STATUS"], rows);
     }
     if !r.pending.is_empty() {
         let total: u64 = r
