@@ -25,6 +25,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod metastore;
 pub mod mount;
+pub mod quota;
 mod record;
 mod snapshotter;
 mod types;

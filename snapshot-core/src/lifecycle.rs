@@ -557,6 +557,27 @@ impl<S: Storage> SnapshotStore<S> {
         names.into_iter().map(|n| self.root.join(n)).collect()
     }
 
+    /// Refuses a create labelled with a size limit ([`crate::quota::MAX_SIZE_LABEL`]): no
+    /// backend enforces one yet, and a layer must never look capped when it is not. A
+    /// view cannot be written, so its limit is only checked to be a size.
+    fn check_limit(&self, kind: Kind, labels: &Labels) -> Result<()> {
+        use crate::quota::{parse_size, refuse_limit, MAX_SIZE_LABEL};
+        let Some(v) = labels.get(MAX_SIZE_LABEL) else {
+            return Ok(());
+        };
+        parse_size(&format!("label {MAX_SIZE_LABEL}"), v)?;
+        match kind {
+            Kind::Active => refuse_limit(
+                &format!(
+                    "backend {} cannot cap a layer: label {MAX_SIZE_LABEL}={v}",
+                    S::NAME
+                ),
+                &self.root,
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn separate_commit(&self) -> bool {
         self.storage.kind_dir(Kind::Active) != self.storage.kind_dir(Kind::Committed)
     }
@@ -670,6 +691,7 @@ impl<S: Storage> SnapshotStore<S> {
             let parent_ids = self
                 .store
                 .read(|tx| tx.check_create(kind, key, parent, &opts.labels))?;
+            self.check_limit(kind, &opts.labels)?;
             self.storage.check_create(kind, &opts.labels)?;
             let parent_id = parent_ids.first().copied();
             let parent_tree = parent_id.map(|p| self.tree(Kind::Committed, p));

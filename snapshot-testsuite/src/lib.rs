@@ -210,6 +210,7 @@ macro_rules! snapshotter_suite {
             remove_frees_files,
             hostile_keys,
             fsck_finds_every_fault,
+            max_size_is_refused,
         );
     };
 }

@@ -228,7 +228,7 @@ fn unknown_case_panics() {
 
 #[test]
 fn case_count() {
-    assert_eq!(CASES.len(), 39);
+    assert_eq!(CASES.len(), 40);
     assert_eq!(CASES.iter().filter(|c| c.privileged).count(), 20);
 }
 

@@ -1480,3 +1480,49 @@ pub fn fsck_finds_every_fault(ctx: &mut Ctx<'_>) {
     ctx.reopen();
     assert!(fsck(ctx.sn(), false).findings.is_empty());
 }
+
+/// containerd 2.x's `containerd.io/snapshot/max-size` on an active snapshot is refused
+/// where the backend cannot cap the layer (FailedPrecondition naming the label and the
+/// filesystem, or NotImplemented), never ignored, and builds nothing; a malformed size is
+/// InvalidArgument; a view, which cannot be written, takes any valid size.
+pub fn max_size_is_refused(ctx: &mut Ctx<'_>) {
+    use snapshot_core::quota::MAX_SIZE_LABEL;
+    let sn = ctx.sn();
+    commit_base(sn, "base", "");
+    let with = |v: &str| {
+        let mut o = opt();
+        o.labels.insert(MAX_SIZE_LABEL.to_string(), v.to_string());
+        o
+    };
+    for parent in ["", "base"] {
+        let e = sn
+            .prepare("capped", parent, &with("10737418240"))
+            .map(drop)
+            .expect_err("a layer limit no backend enforces is refused");
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::FailedPrecondition | ErrorKind::NotImplemented
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains(MAX_SIZE_LABEL), "{e}");
+        assert_eq!(
+            sn.stat("capped").map(drop).unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "nothing was made"
+        );
+    }
+    for bad in ["ten", "0", "-5", "1.5G"] {
+        let e = sn
+            .prepare("capped", "base", &with(bad))
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}: {e}");
+        assert!(e.to_string().contains(MAX_SIZE_LABEL), "{e}");
+    }
+    sn.view("v", "base", &with("1G"))
+        .or_fail("a view with a size");
+    sn.prepare("capped", "base", &opt())
+        .or_fail("the key is still free");
+}
