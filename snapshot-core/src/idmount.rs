@@ -67,6 +67,19 @@ pub(crate) fn idmapped_tree(
     Ok(tree)
 }
 
+/// Whether the filesystem holding `path` takes idmapped mounts: an identity-mapped,
+/// read-only, detached clone of `path` is made and dropped.
+///
+/// # Errors
+/// The OS error of the user namespace, `open_tree` or `mount_setattr` (EINVAL where the
+/// filesystem cannot be idmapped, EPERM without the privilege).
+pub(crate) fn can_idmap(path: &Path) -> io::Result<()> {
+    let all = IdMap::parse("identity", crate::idmap::IDENTITY)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let ns = user_namespace(&all, &all)?;
+    idmapped_tree(path, &ns, true, false).map(drop)
+}
+
 /// `struct mount_attr` of `linux/mount.h`.
 #[repr(C)]
 struct MountAttr {

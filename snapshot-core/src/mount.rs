@@ -409,6 +409,17 @@ impl Drop for IdmapScratch {
     }
 }
 
+/// Whether the filesystem holding `path` takes idmapped mounts (what `uidmap=`/`gidmap=`
+/// options need of a snapshot's layers): probed with an identity-mapped clone of `path`,
+/// made and dropped, which changes nothing.
+///
+/// # Errors
+/// The OS error: EINVAL where the filesystem (or the kernel, before 5.12) cannot idmap,
+/// EPERM without CAP_SYS_ADMIN.
+pub fn idmapped_mounts_on(path: &Path) -> std::io::Result<()> {
+    crate::idmount::can_idmap(path)
+}
+
 /// Whether this kernel's overlay takes `lowerdir+` through `fsconfig` (Linux 6.8+).
 ///
 /// Probes without side effects: a `lowerdir+` of a missing path is ENOENT on kernels that

@@ -698,3 +698,37 @@ fn idmap_options_are_checked() {
     }
     assert!(mounts_at(&target).is_empty(), "nothing was mounted");
 }
+
+/// The probe for idmapped mounts: a directory on this disk takes them; an overlayfs
+/// mount (which cannot itself be idmapped) does not; neither changes.
+#[test]
+fn the_idmapped_mount_probe_tells_filesystems_apart() {
+    if !privileged("the_idmapped_mount_probe_tells_filesystems_apart", true) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    snapshot_core::mount::idmapped_mounts_on(tmp.path())
+        .expect("the temporary directory's filesystem takes idmapped mounts");
+    let (lower, target) = (tmp.path().join("lower"), tmp.path().join("ovl"));
+    fs::create_dir_all(lower.join("a")).unwrap();
+    fs::create_dir_all(tmp.path().join("lower2")).unwrap();
+    fs::create_dir(&target).unwrap();
+    let m = Mount::new(
+        "overlay",
+        "overlay",
+        opts(&[&format!(
+            "lowerdir={}:{}",
+            lower.display(),
+            tmp.path().join("lower2").display()
+        )]),
+    );
+    mount_all(std::slice::from_ref(&m), &target).unwrap();
+    let _g = Mounted(target.clone());
+    let e = snapshot_core::mount::idmapped_mounts_on(&target).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_einval()), "{e}");
+    assert!(target.join("a").is_dir(), "the overlay is untouched");
+}
+
+fn libc_einval() -> i32 {
+    rustix::io::Errno::INVAL.raw_os_error()
+}

@@ -230,7 +230,20 @@ pub fn detect(root: &Path, force_userxattr: Option<bool>) -> Result<KernelFeatur
         index_off: PathBuf::from(INDEX_PARAM).exists(),
         userxattr,
         volatile: running_kernel().is_some_and(|v| v >= (5, 10)),
-        idmapped_lowers: snapshot_core::idmap::overlay_idmaps_lowers(),
+        // The kernel's overlay, and the root's filesystem (not every one takes
+        // idmapped mounts: overlayfs, NFS and FUSE do not).
+        idmapped_lowers: snapshot_core::idmap::overlay_idmaps_lowers()
+            && match snapshot_core::mount::idmapped_mounts_on(root) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::info!(
+                        "{} cannot be idmapped ({e}): ID-mapped snapshots (remap-ids) are \
+                         refused",
+                        root.display()
+                    );
+                    false
+                }
+            },
     })
 }
 

@@ -296,12 +296,25 @@ pub fn idmapping(labels: &Labels, supported: bool) -> Result<Option<IdMapping>> 
     };
     if !supported {
         let (a, b) = snapshot_core::idmap::IDMAPPED_OVERLAY_LOWERS;
+        let release = rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned();
+        let why = match snapshot_core::idmap::overlay_idmaps_lowers() {
+            true => format!(
+                "the filesystem holding the snapshotter's root cannot be idmapped, or this \
+                 process may not make idmapped mounts (the kernel, {release}, idmaps overlay \
+                 lower layers, as Linux {a}.{b} and later do)"
+            ),
+            false => format!(
+                "this kernel ({release}) cannot idmap overlay lower layers (Linux {a}.{b} or \
+                 later can)"
+            ),
+        };
         return Err(Error::failed_precondition(format!(
             "labels {UID_MAPPING_LABEL}/{GID_MAPPING_LABEL} ask for an ID-mapped snapshot, \
-             but this kernel ({}) cannot idmap overlay lower layers (Linux {a}.{b} or later \
-             can): drop remap-ids from containerd's proxy_plugins capabilities so it chowns \
-             a copy instead",
-            rustix::system::uname().release().to_string_lossy()
+             but {why}: drop remap-ids from containerd's proxy_plugins capabilities so it \
+             chowns a copy instead"
         )));
     }
     Ok(Some(m))
