@@ -89,18 +89,19 @@ pub struct Args {
     pub quick: bool,
     pub json: Option<PathBuf>,
     /// The workloads to run (`chain`, `meta`, `store`, `big-tree`, `concurrent`,
-    /// `scale`, `gc`); empty for all.
+    /// `scale`, `fsck`, `gc`); empty for all.
     pub only: Vec<String>,
 }
 
 /// The workloads `--only` can name.
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 8] = [
     "chain",
     "meta",
     "store",
     "big-tree",
     "concurrent",
     "scale",
+    "fsck",
     "gc",
 ];
 

@@ -129,4 +129,11 @@ impl Cleaner for Counted {
             None => Err(Error::not_implemented("cleanup")),
         }
     }
+    /// Not a snapshots API method: not counted.
+    fn fsck(&self, repair: bool) -> Result<snapshots::snapshot_core::fsck::FsckReport> {
+        match self.inner.as_cleaner() {
+            Some(c) => c.fsck(repair),
+            None => Err(Error::not_implemented("fsck")),
+        }
+    }
 }

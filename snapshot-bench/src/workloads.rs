@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use snapshots::{CommitOptions, CreateOptions, Labels, Mount, Snapshotter};
+use snapshots::{CommitOptions, CreateOptions, Error, Labels, Mount, Snapshotter};
 
 use crate::floors;
 use crate::{io_err, Args, Doing, Result, Row};
@@ -178,6 +178,9 @@ pub fn all(args: &Args) -> Result<Vec<Row>> {
         }
         if args.runs("scale") {
             rows.extend(scale(args, &s)?);
+        }
+        if args.runs("fsck") {
+            rows.extend(fsck(args, &s)?);
         }
         // The metadata layer is a library: measured in process.
         if args.runs("gc") && via == Via::Library {
@@ -590,6 +593,94 @@ fn scale(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
 /// metadata transaction (the only time it holds writers back) and its whole run; then the
 /// background scheduler's pause share over a stream of Prepare and Remove, against
 /// containerd's budget of 20 ms in every second.
+/// `fsck`: an audit of a store of committed layers and active snapshots on them, and
+/// what Prepare and Stat cost while audits run back to back (against the same stream
+/// without them). Every audit of the busy, healthy store must find nothing.
+fn fsck(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
+    let n = s.store;
+    println!("fsck: {n} committed layers, {n} active snapshots on them");
+    let sn = open(args, "fsck")?;
+    for i in 0..n {
+        let key = format!("f{i}-a");
+        sn.prepare(&key, "", &CreateOptions::default())
+            .doing(|| format!("prepare {key}"))?;
+        sn.commit(&format!("f{i}"), &key, &CommitOptions::default())
+            .doing(|| format!("commit f{i}"))?;
+        sn.prepare(
+            &format!("f{i}-c"),
+            &format!("f{i}"),
+            &CreateOptions::default(),
+        )
+        .doing(|| format!("prepare f{i}-c"))?;
+    }
+    let sn: &dyn Snapshotter = &*sn;
+    let audit = || -> snapshots::Result<()> {
+        let r = sn
+            .as_cleaner()
+            .ok_or_else(|| Error::not_implemented("fsck: no cleaner"))?
+            .fsck(false)?;
+        match r.findings.first() {
+            None => Ok(()),
+            Some(f) => Err(Error::unknown(format!(
+                "fsck found {} things on a healthy store, the first: {f:?}",
+                r.findings.len()
+            ))),
+        }
+    };
+    let mut whole = Vec::new();
+    for _ in 0..s.reps {
+        let (r, t) = timed(audit);
+        r.doing(|| "fsck".into())?;
+        whole.push(t);
+    }
+    let stream =
+        |tag: &str, prep: &mut Vec<Duration>, stat: &mut Vec<Duration>, rounds: usize| -> Result {
+            for i in 0..rounds {
+                let key = format!("{tag}-{i}");
+                let (r, t) = timed(|| sn.prepare(&key, "f0", &CreateOptions::default()));
+                r.doing(|| format!("prepare {key}"))?;
+                prep.push(t);
+                let (r, t) = timed(|| sn.stat("f1"));
+                r.doing(|| "stat".into())?;
+                stat.push(t);
+                sn.remove(&key).doing(|| format!("remove {key}"))?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        };
+    let rounds = s.meta.min(200);
+    let (mut prep0, mut stat0) = (Vec::new(), Vec::new());
+    stream("quiet", &mut prep0, &mut stat0, rounds)?;
+    let (mut prep1, mut stat1) = (Vec::new(), Vec::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let audits = std::thread::scope(|sc| -> Result<usize> {
+        let auditor = sc.spawn(|| -> Result<usize> {
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                audit().doing(|| "fsck during the stream".into())?;
+                k += 1;
+            }
+            Ok(k)
+        });
+        let streamed = stream("busy", &mut prep1, &mut stat1, rounds);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let k = auditor.join().expect("the auditor panicked");
+        streamed?;
+        k
+    })?;
+    println!("fsck: {audits} audits ran during the stream, none found anything");
+    let (quiet_prep, quiet_stat) = (median_of(&prep0), median_of(&stat0));
+    let rows = vec![
+        Row::new("fsck", format!("audit of {} snapshots", 2 * n), whole, None),
+        Row::new("fsck", "prepare, no audit", prep0, None),
+        Row::new("fsck", "prepare during audits", prep1, Some(quiet_prep)),
+        Row::new("fsck", "stat, no audit", stat0, None),
+        Row::new("fsck", "stat during audits", stat1, Some(quiet_stat)),
+    ];
+    sn.close().doing(|| "close".into())?;
+    Ok(rows)
+}
+
 fn gc(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
     use snapshots::metadata::{GcPolicy, Metadata, MetadataOptions, Scheduler, ROOT_LABEL};
     println!("gc: {} unreachable snapshots", s.garbage);

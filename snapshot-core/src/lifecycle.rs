@@ -886,6 +886,7 @@ impl<S: Storage> SnapshotStore<S> {
             };
             let mut changed = false;
             let mut published = false;
+            let mut retired = false;
             let res = self.store.write(|tx| {
                 let id = tx.commit_active(key, name, usage, opts)?;
                 if id != plan.id {
@@ -895,19 +896,28 @@ impl<S: Storage> SnapshotStore<S> {
                 if let Some(st) = frozen.as_mut() {
                     self.publish(st, Kind::Committed, id)?;
                     published = true;
+                    // The active tree is retired in the transaction, so no reader after
+                    // it (fsck, a sweep) sees a tree no record owns. Should the commit
+                    // fail after this, the record is still active and the next sweep
+                    // renames it back (as after a failed remove).
+                    rename_noreplace(&active, &self.retired(Kind::Active, id))
+                        .map_err(|e| Error::io("retire the committed active tree", &active, e))?;
+                    retired = true;
                 }
                 Ok(id)
             });
             match res {
                 Ok(id) => {
                     if frozen.is_some() {
-                        // Only space is at stake: the sweep retires it if this fails (the
-                        // record now lives in the committed directory).
-                        self.discard(&self.tree(Kind::Active, id));
+                        // Only space is at stake: cleanup deletes it if this fails.
+                        self.discard(&self.retired(Kind::Active, id));
                     }
                     return Ok(());
                 }
                 Err(e) => {
+                    if retired {
+                        self.restore(Kind::Active, plan.id);
+                    }
                     if published {
                         self.discard(&self.tree(Kind::Committed, plan.id));
                     }

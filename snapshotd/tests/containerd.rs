@@ -897,8 +897,8 @@ fn fsck_json(rig: &Rig) -> (Option<i32>, serde_json::Value) {
     (out.status.code(), v)
 }
 
-/// The tree `<root>/snapshots/<id>` of the backend snapshot `key`: an active one's upper
-/// layer or bind source; a committed one's through a view on it.
+/// The tree `<root>/<kind dir>/<id>` of the backend snapshot `key`: an active one's upper
+/// layer, bind source or subvolume; a committed one's through a view on it.
 fn tree_of(rig: &Rig, key: &str, committed: bool) -> PathBuf {
     let view = format!("fsck-tree-view-{}", key.len());
     let mounts = match committed {
@@ -919,14 +919,34 @@ fn tree_of(rig: &Rig, key: &str, committed: bool) -> PathBuf {
             .iter()
             .find_map(|o| o.as_str()?.strip_prefix(name))
     };
-    let path = option("upperdir=")
-        .or_else(|| option("lowerdir=").and_then(|l| l.split(':').next()))
-        .unwrap_or_else(|| m["source"].as_str().unwrap());
-    let snaps = rig.sd_root.join("snapshots");
+    let path = match option("subvolid=") {
+        // btrfs: the subvolume's path from the filesystem's top, under which the root's
+        // kind directories are the last two components.
+        Some(id) => {
+            let out = Command::new("btrfs")
+                .args(["inspect-internal", "subvolid-resolve", id])
+                .arg(&rig.sd_root)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let rel = String::from_utf8(out.stdout).unwrap();
+            let rel = Path::new(rel.trim());
+            let n = rel.components().count();
+            return rel
+                .components()
+                .skip(n - 2)
+                .fold(rig.sd_root.clone(), |p, c| p.join(c));
+        }
+        None => option("upperdir=")
+            .or_else(|| option("lowerdir=").and_then(|l| l.split(':').next()))
+            .unwrap_or_else(|| m["source"].as_str().unwrap()),
+    };
     let rest = Path::new(path)
-        .strip_prefix(&snaps)
-        .unwrap_or_else(|_| panic!("{path} is not under {}", snaps.display()));
-    snaps.join(rest.components().next().unwrap())
+        .strip_prefix(&rig.sd_root)
+        .unwrap_or_else(|_| panic!("{path} is not under {}", rig.sd_root.display()));
+    rest.components()
+        .take(2)
+        .fold(rig.sd_root.clone(), |p, c| p.join(c))
 }
 
 /// fsck with containerd's view: clean after the import and run; then a container's
@@ -976,9 +996,32 @@ fn fsck_with_containerd(rig: &Rig, image: &Image) {
             .unwrap_or_else(|| panic!("no backend key for {end}: {backend}"))
     };
     let (c_key, top_key) = (key_ending("fsck-c"), key_ending(top));
-    let (c_tree, top_tree) = (tree_of(rig, &c_key, false), tree_of(rig, &top_key, true));
-    fs::remove_dir_all(&c_tree).unwrap();
-    fs::remove_dir_all(&top_tree).unwrap();
+    let c_tree = tree_of(rig, &c_key, false);
+    let top_tree = match rig.sd_root.join("active").is_dir() {
+        // btrfs keeps committed layers apart, and a view is a subvolume of its own: the
+        // image's top layer is the last one committed.
+        true => fs::read_dir(rig.sd_root.join("snapshots"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .map(|id| rig.sd_root.join("snapshots").join(id.to_string()))
+            .unwrap(),
+        false => tree_of(rig, &top_key, true),
+    };
+    for tree in [&c_tree, &top_tree] {
+        use std::os::unix::fs::MetadataExt;
+        // A btrfs subvolume (inode 256), read-only when committed, goes whole.
+        if fs::metadata(tree).unwrap().ino() == 256 {
+            let out = Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(tree)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            fs::remove_dir_all(tree).unwrap();
+        }
+    }
 
     let (code, v) = fsck_json(rig);
     assert_eq!(code, Some(1), "findings: {v:#}");

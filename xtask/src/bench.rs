@@ -33,7 +33,7 @@ pub fn run(args: &[String]) -> Result {
             "--only" => {
                 let list = it.next().ok_or(XtaskError::Usage {
                     command: "bench",
-                    problem: "--only needs workloads: chain, meta, store, big-tree, concurrent, scale, gc (comma-separated)",
+                    problem: "--only needs workloads: chain, meta, store, big-tree, concurrent, scale, fsck, gc (comma-separated)",
                 })?;
                 pass.push(a.clone());
                 pass.push(list.clone());

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 const COMMANDS: &[(&str, &str)] = &[
     ("test", "run every test of the workspace, btrfs on a loop-device image (the README's test command)"),
     ("test-btrfs", "build and mount the btrfs image, run snapshot-btrfs's tests on it (quotas off, then on), unmount"),
-    ("bench", "run the benchmarks on a fresh loop-mounted image: [--backend native|overlay|btrfs] [--quick] [--only chain,meta,store,big-tree,concurrent,scale,gc] [--json FILE]; --against containerd: snapshotd against containerd's overlay through containerd's client"),
+    ("bench", "run the benchmarks on a fresh loop-mounted image: [--backend native|overlay|btrfs] [--quick] [--only chain,meta,store,big-tree,concurrent,scale,fsck,gc] [--json FILE]; --against containerd: snapshotd against containerd's overlay through containerd's client"),
     ("images", "build the test images under target/test-images/"),
     ("clean", "unmount and detach leftover test mounts and loop devices of this project"),
     ("help", "print this list"),

@@ -1346,6 +1346,14 @@ pub fn fsck_finds_every_fault(ctx: &mut Ctx<'_>) {
                 }
             });
         }
+        // The clients stop however the checks end (a failed one panics).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
         for round in 0..15 {
             let r = fsck(sn, false);
             assert!(
@@ -1354,7 +1362,6 @@ pub fn fsck_finds_every_fault(ctx: &mut Ctx<'_>) {
                 r.findings
             );
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     if let Some(c) = sn.as_cleaner() {
         c.cleanup().or_fail("cleanup");
