@@ -429,6 +429,13 @@ fn the_daemon_raises_its_open_file_limit_to_the_hard_one() {
 #[test]
 fn a_namespaced_daemon_serves_namespaces_to_snapshotctl() {
     let dir = tempfile::tempdir().unwrap();
+    // Collections only on demand here: the scheduler's first one would otherwise run
+    // 100 ms after the start, racing the dry run below on a loaded machine.
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "log_level = \"debug\"\n[gc]\nstartup_delay_ms = 600000\n",
+    )
+    .unwrap();
     let mut d = start(dir.path(), &["--backend", "native", "--namespaced"], None);
     d.wait_ready();
     let s = d.socket.clone();
