@@ -1537,9 +1537,11 @@ pub fn fsck_finds_every_fault(ctx: &mut Ctx<'_>) {
     assert!(fsck(ctx.sn(), false).findings.is_empty(), "still clean");
 }
 
+type CaseFn = fn(&mut Ctx<'_>);
+
 /// The cases [`fsck_finds_every_fault`] runs on the store it repaired: those that make
 /// their own keys and do not count what the store holds.
-const AFTER_REPAIR: [(&str, fn(&mut Ctx<'_>)); 6] = [
+const AFTER_REPAIR: [(&str, CaseFn); 6] = [
     ("basic", super::containerd::basic),
     ("transitivity", super::containerd::transitivity),
     ("remove", super::containerd::remove),
