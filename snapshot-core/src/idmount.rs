@@ -128,15 +128,18 @@ fn set_idmap(
 /// Makes a child process in a new user namespace that waits to be killed, and returns
 /// its pid.
 fn spawn_in_new_user_namespace() -> io::Result<libc::pid_t> {
-    // SAFETY: a raw clone without a new stack behaves as fork: the child gets a copy of
-    // the calling thread only. It then makes nothing but async-signal-safe system calls
+    // SAFETY: a raw clone without a new stack behaves as fork (sharing the descriptor
+    // table, CLONE_FILES): the child gets a copy of the calling thread only. It then makes nothing but async-signal-safe system calls
     // (prctl, pause, _exit) and never returns into Rust code that could take a lock
     // another thread held.
     let parent = unsafe { libc::getpid() };
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            // CLONE_FILES: the child shares the descriptor table instead of holding
+            // copies of every descriptor open at this instant, which would keep other
+            // threads' files (and the mounts they are in) busy while it lives.
+            (libc::CLONE_NEWUSER | libc::CLONE_FILES | libc::SIGCHLD) as libc::c_ulong,
             0usize,
             0usize,
             0usize,

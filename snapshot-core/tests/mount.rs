@@ -732,3 +732,47 @@ fn the_idmapped_mount_probe_tells_filesystems_apart() {
 fn libc_einval() -> i32 {
     rustix::io::Errno::INVAL.raw_os_error()
 }
+
+/// The helper process an idmapped mount makes shares this process's descriptors rather
+/// than holding copies: a file another thread opens inside a mount, and closes, never
+/// keeps that mount busy. (With copies, an unmount racing the helper failed with EBUSY.)
+#[test]
+fn idmapped_mount_helpers_never_keep_other_threads_mounts_busy() {
+    if !privileged(
+        "idmapped_mount_helpers_never_keep_other_threads_mounts_busy",
+        false,
+    ) {
+        return;
+    }
+    let tmp = TempDir::new().unwrap();
+    let probe_dir = tmp.path().to_path_buf();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                snapshot_core::mount::idmapped_mounts_on(&probe_dir).unwrap();
+            }
+        });
+        let target = tmp.path().join("m");
+        fs::create_dir(&target).unwrap();
+        for round in 0..300 {
+            rustix::mount::mount(
+                "tmpfs",
+                &target,
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                None,
+            )
+            .unwrap();
+            let f = fs::File::create(target.join("f")).unwrap();
+            drop(f);
+            let r = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty());
+            if r.is_err() {
+                let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                panic!("round {round}: unmount {}: {r:?}", target.display());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
