@@ -1223,10 +1223,22 @@ impl<S: Storage> Cleaner for SnapshotStore<S> {
 
 /// A finding the audit saw outside any transaction, confirmed (or dropped) in one.
 enum Candidate {
-    Orphan { dir: PathBuf, id: u64 },
+    Orphan {
+        dir: PathBuf,
+        id: u64,
+    },
     Staging,
-    Missing { key: String, id: u64, kind: Kind },
-    Leaked { id: Option<u64>, dir: PathBuf },
+    Missing {
+        key: String,
+        id: u64,
+        kind: Kind,
+    },
+    Leaked {
+        id: Option<u64>,
+        dir: PathBuf,
+        // An idmapped clone left attached by a process killed during a mount.
+        scratch: bool,
+    },
 }
 
 impl<S: Storage> SnapshotStore<S> {
@@ -1332,8 +1344,18 @@ impl<S: Storage> SnapshotStore<S> {
                     .is_none(),
                 None => name.starts_with(RETIRED_PREFIX),
             } || u.mount_point.starts_with(&self.root);
-            if leaked {
-                candidates.push((u.mount_point.clone(), Candidate::Leaked { id, dir }));
+            let scratch = u
+                .mount_point
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(crate::mount::idmap_scratch_pid)
+                .is_some_and(crate::mount::process_gone);
+            if leaked || scratch {
+                candidates.push((
+                    u.mount_point.clone(),
+                    Candidate::Leaked { id, dir, scratch },
+                ));
             }
         }
         report.mounts = seen_mounts.len();
@@ -1365,7 +1387,8 @@ impl<S: Storage> SnapshotStore<S> {
                         Candidate::Missing { key, id, .. } => {
                             !exists && tx.snapshot(key).is_ok_and(|s| s.id == *id)
                         }
-                        Candidate::Leaked { id, dir } => match id {
+                        Candidate::Leaked { scratch: true, .. } => true,
+                        Candidate::Leaked { id, dir, .. } => match id {
                             Some(id) => {
                                 self.living_in(tx, *id, dir)?.is_none()
                                     || path.starts_with(&self.root)
@@ -1414,17 +1437,22 @@ impl<S: Storage> SnapshotStore<S> {
                          never removes a record"
                     ),
                 ),
-                Candidate::Leaked { id, .. } => (
+                Candidate::Leaked { id, scratch, .. } => (
                     FindingKind::LeakedMount,
                     None,
                     *id,
-                    match path.starts_with(&self.root) {
-                        true => "a mount inside the store's root: unmount it (umount -l) \
+                    match (*scratch, path.starts_with(&self.root)) {
+                        (true, _) => "an idmapped clone of a layer that a process killed \
+                                      during a mount left attached (it pins the layer's \
+                                      filesystem): `snapshotctl fsck --repair` detaches it"
+                            .to_string(),
+                        (false, true) => "a mount inside the store's root: unmount it (umount -l) \
                                  once nothing uses it"
                             .to_string(),
-                        false => "mounts a tree of a snapshot that no longer exists (its \
-                                  space is freed only when it is unmounted): unmount it \
-                                  (umount -l) once nothing uses it; fsck never unmounts"
+                        (false, false) => "mounts a tree of a snapshot that no longer exists \
+                                           (its space is freed only when it is unmounted): \
+                                           unmount it (umount -l) once nothing uses it; fsck \
+                                           never unmounts it"
                             .to_string(),
                     },
                 ),
@@ -1492,6 +1520,32 @@ impl<S: Storage> SnapshotStore<S> {
             }
             Ok(())
         })?;
+        // A dead process's idmapped clones: detached (the overlay made from one keeps its
+        // own reference) and their scratch directories removed.
+        for f in report.findings.iter_mut() {
+            let Some(mount_point) = f.path.clone() else {
+                continue;
+            };
+            let Some(scratch) = mount_point.parent().filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(crate::mount::idmap_scratch_pid)
+                    .is_some_and(crate::mount::process_gone)
+            }) else {
+                continue;
+            };
+            if f.kind != FindingKind::LeakedMount {
+                continue;
+            }
+            match rustix::mount::unmount(&mount_point, rustix::mount::UnmountFlags::DETACH) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir(&mount_point);
+                    let _ = std::fs::remove_dir(scratch);
+                    f.repaired = true;
+                }
+                Err(e) => f.detail = format!("{}; detaching failed: {e}", f.detail),
+            }
+        }
         let _ = self.purge();
         for p in report.pending.iter_mut() {
             p.deleted = std::fs::symlink_metadata(&p.path).is_err();

@@ -334,12 +334,70 @@ struct IdmapScratch {
     attached: std::cell::RefCell<Vec<PathBuf>>,
 }
 
+/// The prefix of the scratch directories idmapped overlay mounts use in the temporary
+/// directory: `.snapshot-idmap-<pid>-<salt>`.
+pub const IDMAP_SCRATCH_PREFIX: &str = ".snapshot-idmap-";
+
+/// The pid in a scratch directory's name, when the name is one.
+pub fn idmap_scratch_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(IDMAP_SCRATCH_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether process `pid` is gone.
+pub fn process_gone(pid: u32) -> bool {
+    !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Takes away what a process killed during an idmapped overlay mount left in `base` (the
+/// temporary directory): its scratch directories, the idmapped clones still attached
+/// there (detached) and the directories (rmdir only: a clone that does not detach is the
+/// image's own files). Returns how many scratch directories went.
+pub fn sweep_idmap_scratch(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(idmap_scratch_pid) else {
+            continue;
+        };
+        if !process_gone(pid) {
+            continue;
+        }
+        let dir = e.path();
+        if let Ok(inner) = std::fs::read_dir(&dir) {
+            for i in inner.filter_map(|i| i.ok()) {
+                let _ = rustix::mount::unmount(i.path(), UnmountFlags::DETACH);
+                let _ = std::fs::remove_dir(i.path());
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {
+                log::info!("removed {} left by process {pid}", dir.display());
+                n += 1;
+            }
+            Err(e) => log::warn!("removing {} left by process {pid}: {e}", dir.display()),
+        }
+    }
+    n
+}
+
 impl IdmapScratch {
     fn new() -> std::io::Result<IdmapScratch> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
         // Not guessable ahead (the clock's nanoseconds, hashed), and a name someone else
         // holds is skipped: the temporary directory is anyone's to write in.
         let base = std::env::temp_dir();
+        // Once a process: what killed processes left.
+        SWEPT.call_once(|| {
+            sweep_idmap_scratch(&base);
+        });
         let mut last = None;
         for _ in 0..64 {
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -348,7 +406,7 @@ impl IdmapScratch {
                 .map_or(0, |d| d.as_nanos());
             let salt = blake3::hash(format!("{}-{n}-{nanos}", std::process::id()).as_bytes());
             let dir = base.join(format!(
-                ".snapshot-idmap-{}-{}",
+                "{IDMAP_SCRATCH_PREFIX}{}-{}",
                 std::process::id(),
                 &salt.to_hex()[..16]
             ));

@@ -1081,3 +1081,54 @@ fn kernels_without_idmapped_lowers_refuse_the_labels() {
         .is_none());
     assert!(snapshot_overlay::idmapping(&l, true).unwrap().is_some());
 }
+
+/// What a process killed during an idmapped overlay mount leaves in the temporary
+/// directory (an idmapped clone of a layer attached under `.snapshot-idmap-<pid>-…`):
+/// fsck reports it as a leaked mount and its repair detaches it; the next idmapped mount
+/// of any process sweeps such leftovers too.
+#[test]
+fn idmap_scratch_left_by_a_killed_process_is_found_and_taken_away() {
+    if !privileged("idmap_scratch_left_by_a_killed_process_is_found_and_taken_away") {
+        return;
+    }
+    use snapshot_core::fsck::FindingKind;
+    use snapshot_core::Cleaner as _;
+    let dir = tempfile::tempdir().unwrap();
+    let sn = open(dir.path(), cfg());
+    layer(&sn, "l1", "", &[("etc/one", "1")]);
+    let upper = sn.upper_dir("l1").unwrap();
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let leave = |tag: &str| {
+        let scratch = std::env::temp_dir().join(format!(
+            "{}{dead}-{tag}",
+            snapshot_core::mount::IDMAP_SCRATCH_PREFIX
+        ));
+        let at = scratch.join("0");
+        std::fs::create_dir_all(&at).unwrap();
+        rustix::mount::mount_bind(&upper, &at).unwrap();
+        (scratch, at)
+    };
+    let (scratch, at) = leave("fsck");
+    let r = sn.fsck(false).unwrap();
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.path.as_deref() == Some(at.as_path()))
+        .unwrap_or_else(|| panic!("{:#?}", r.findings));
+    assert_eq!(f.kind, FindingKind::LeakedMount);
+    assert!(f.detail.contains("killed"), "{}", f.detail);
+    let r = sn.fsck(true).unwrap();
+    assert!(r.findings.iter().all(|f| f.repaired), "{:#?}", r.findings);
+    assert!(!scratch.exists(), "detached and removed");
+    assert!(sn.fsck(false).unwrap().findings.is_empty());
+    // The sweep every process runs before its first idmapped overlay mount.
+    let (scratch, _) = leave("sweep");
+    assert!(snapshot_core::mount::sweep_idmap_scratch(&std::env::temp_dir()) >= 1);
+    assert!(!scratch.exists());
+    assert!(upper.join("etc/one").exists(), "the layer is untouched");
+}
