@@ -140,11 +140,6 @@ impl FsckReport {
     pub fn unrepaired(&self) -> usize {
         self.findings.iter().filter(|f| !f.repaired).count()
     }
-
-    /// The number of findings of `kind`.
-    pub fn count(&self, kind: FindingKind) -> usize {
-        self.findings.iter().filter(|f| f.kind == kind).count()
-    }
 }
 
 /// A path under the root that a mount uses.

@@ -1325,6 +1325,7 @@ impl<S: Storage> SnapshotStore<S> {
         // What the mounts use.
         let uses = crate::fsck::mount_uses(&crate::mount::mountinfo()?, &self.root);
         let mut seen_mounts = HashSet::new();
+        let kind_dirs = self.dirs();
         for u in &uses {
             let rel = u.path.strip_prefix(&self.root).unwrap_or(&u.path);
             let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
@@ -1332,7 +1333,7 @@ impl<S: Storage> SnapshotStore<S> {
                 continue;
             };
             let dir = self.root.join(kind_dir.as_ref());
-            if !self.dirs().contains(&dir) {
+            if !kind_dirs.contains(&dir) {
                 continue;
             }
             seen_mounts.insert(u.mount_point.clone());

@@ -87,14 +87,6 @@ pub async fn connect_collector(path: &Path) -> Result<Collector, tonic::transpor
 pub type Checker =
     crate::proto::collector::checker_client::CheckerClient<tonic::transport::Channel>;
 
-/// Connects to snapshotd's `Checker` service on the unix socket `path`.
-///
-/// # Errors
-/// As [`connect`].
-pub async fn connect_checker(path: &Path) -> Result<Checker, tonic::transport::Error> {
-    Ok(Checker::new(channel(path).await?))
-}
-
 /// A channel to the unix socket `path`.
 pub(crate) async fn channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_owned();
