@@ -182,6 +182,9 @@ pub fn all(args: &Args) -> Result<Vec<Row>> {
         if args.runs("fsck") {
             rows.extend(fsck(args, &s)?);
         }
+        if args.runs("quota") {
+            rows.extend(quota(args, &s)?);
+        }
         // The metadata layer is a library: measured in process.
         if args.runs("gc") && via == Via::Library {
             rows.extend(gc(args, &s)?);
@@ -440,6 +443,52 @@ fn big_tree(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
         remove,
         Some(remove_floor),
     )]);
+    Ok(rows)
+}
+
+/// `quota` (only with `--only quota`, on a filesystem with project quotas): Usage of an
+/// active snapshot's layer holding 20 files and holding 200,000 (20,000 with `--quick`),
+/// which the quota answers in one call; the walk of the same layer is each row's floor.
+fn quota(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
+    let mounts = snapshots::mount::mountinfo().doing(|| "read mountinfo".into())?;
+    if !snapshots::snapshot_core::quota::project_quotas_in(&mounts, &args.root) {
+        return Err(crate::BenchError::Usage(format!(
+            "the quota workload needs {} on xfs or ext4 mounted with prjquota (cargo xtask \
+             bench --only quota runs it in a virtual machine that has them)",
+            args.root.display()
+        )));
+    }
+    let big = if s.reps <= 3 { 20_000 } else { 200_000 };
+    let sn = open(args, "quota")?;
+    let target = args.root.join("quota-mnt");
+    let mut rows = Vec::new();
+    for n in [20, big] {
+        let key = format!("quota-{n}");
+        let m = sn
+            .prepare(&key, "", &CreateOptions::default())
+            .doing(|| format!("prepare {key}"))?;
+        through_mount(&m, &target, |dir| floors::populate(&dir.join("t"), n))?;
+        rustix::fs::sync();
+        let mut usage = Vec::new();
+        for _ in 0..200 {
+            let (r, t) = timed(|| sn.usage(&key));
+            r.doing(|| format!("usage {key}"))?;
+            usage.push(t);
+        }
+        let tree = own_tree(&m).ok_or_else(|| crate::BenchError::Usage("quota: overlay only".into()))?;
+        let mut walks: Vec<Duration> = (0..3)
+            .map(|_| floors::walk(&tree))
+            .collect::<Result<_>>()?;
+        walks.sort_unstable();
+        println!("usage from the quota, {n} files: walk {:?}", walks[1]);
+        rows.push(Row::new(
+            "quota",
+            format!("usage of {n} files from the quota"),
+            usage,
+            Some(walks[1]),
+        ));
+    }
+    sn.close().doing(|| "close".into())?;
     Ok(rows)
 }
 

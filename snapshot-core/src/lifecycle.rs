@@ -62,6 +62,7 @@ use crate::fsck::{Finding, FindingKind, FsckReport, Pending};
 use crate::keyspace::truncate_for_message;
 use crate::layout::{fsync_dir, remove_tree, rename_noreplace, sync_filesystem, RootLock};
 use crate::metastore::{MetaStore, Reader, Snapshot, StoreOptions, WriteTxn};
+use crate::quota::{parse_size, refuse_limit, ProjectQuotas, MAX_SIZE_LABEL};
 use crate::types::{CommitOptions, CreateOptions, Info, Kind, Labels, Mount, Usage};
 use crate::{Cleaner, Snapshotter};
 
@@ -99,6 +100,11 @@ pub struct Options {
     /// [`fsck`](SnapshotStore::fsck) reports it (as `snapshotctl fsck --root` opens a
     /// stopped daemon's root). Off by default: an open repairs.
     pub keep_leftovers: bool,
+    /// The limit in bytes of every active snapshot's layer that has no
+    /// [`MAX_SIZE_LABEL`](crate::quota::MAX_SIZE_LABEL) of its own (the daemon's
+    /// `--max-size`). It applies from the next open to active snapshots made before it
+    /// was set or changed too. Opening fails where no limit can be enforced.
+    pub max_size: Option<u64>,
 }
 
 impl Default for Options {
@@ -109,6 +115,7 @@ impl Default for Options {
             async_remove: None,
             map_size: StoreOptions::default().map_size,
             keep_leftovers: false,
+            max_size: None,
         }
     }
 }
@@ -195,6 +202,17 @@ pub trait Storage: Send + Sync + 'static {
     fn adapt_blank(&self, tree: &Path, parent: Option<&Path>, labels: &Labels) -> Result<()> {
         let _ = (tree, parent, labels);
         Ok(())
+    }
+
+    /// The directories of an active snapshot's `tree` that a layer limit covers, its layer
+    /// first, then the directories its writes pass through (overlay: `fs` and `work`,
+    /// where copy-ups are made before they are renamed into the layer: a rename across
+    /// projects fails). Each gets the layer's project ([`crate::quota`]) while it is
+    /// empty. Default: none, the backend cannot cap a layer and refuses
+    /// [`MAX_SIZE_LABEL`](crate::quota::MAX_SIZE_LABEL).
+    fn quota_dirs(&self, tree: &Path) -> Vec<PathBuf> {
+        let _ = tree;
+        Vec::new()
     }
 
     /// The usage of an active snapshot's tree (default: a walk, [`crate::usage::disk_usage`]).
@@ -340,6 +358,9 @@ pub struct SnapshotStore<S: Storage> {
     async_remove: bool,
     sync: bool,
     durable: bool,
+    // The root filesystem's project quotas, where the backend can cap layers with them.
+    quotas: Option<Arc<ProjectQuotas>>,
+    max_size: Option<u64>,
     // Staging paths of running creates and commits: the sweep leaves them alone.
     staging: Mutex<HashSet<PathBuf>>,
     // Removes hold the read side from their retire until the commit (or the restore);
@@ -455,6 +476,11 @@ impl<S: Storage> SnapshotStore<S> {
                 },
             )?),
             blanks: (!options.no_sync).then(Arc::default),
+            quotas: match storage.quota_dirs(&root).is_empty() {
+                true => None,
+                false => ProjectQuotas::probe(&root)?.map(Arc::new),
+            },
+            max_size: options.max_size,
             storage: Arc::new(storage),
             root,
             staging: Mutex::default(),
@@ -464,9 +490,13 @@ impl<S: Storage> SnapshotStore<S> {
         for d in sn.dirs() {
             create_private_dir(&d)?;
         }
+        if let Some(max) = sn.max_size {
+            sn.can_limit(&format!("a default layer limit of {max} bytes (--max-size)"))?;
+        }
         if options.keep_leftovers {
             return Ok(sn);
         }
+        sn.apply_limits()?;
         sn.sweep()?;
         if !sn.async_remove {
             if let Err(e) = sn.purge() {
@@ -514,6 +544,12 @@ impl<S: Storage> SnapshotStore<S> {
             .join(id.to_string())
     }
 
+    /// The project quotas that cap and count the layers, where the root's filesystem has
+    /// them and the backend can use them.
+    pub fn quotas(&self) -> Option<&ProjectQuotas> {
+        self.quotas.as_deref()
+    }
+
     /// The store's snapshot `key`.
     ///
     /// # Errors
@@ -557,24 +593,131 @@ impl<S: Storage> SnapshotStore<S> {
         names.into_iter().map(|n| self.root.join(n)).collect()
     }
 
-    /// Refuses a create labelled with a size limit ([`crate::quota::MAX_SIZE_LABEL`]): no
-    /// backend enforces one yet, and a layer must never look capped when it is not. A
-    /// view cannot be written, so its limit is only checked to be a size.
-    fn check_limit(&self, kind: Kind, labels: &Labels) -> Result<()> {
-        use crate::quota::{parse_size, refuse_limit, MAX_SIZE_LABEL};
-        let Some(v) = labels.get(MAX_SIZE_LABEL) else {
-            return Ok(());
+    /// The limit of a new snapshot's layer: its [`MAX_SIZE_LABEL`], else the store's
+    /// [`Options::max_size`] for an active snapshot. A view cannot be written, so its
+    /// label is only checked to be a size.
+    ///
+    /// # Errors
+    /// InvalidArgument for a label that is not a size; FailedPrecondition for a limit on
+    /// an active snapshot where none can be enforced.
+    fn limit_of(&self, kind: Kind, labels: &Labels) -> Result<Option<u64>> {
+        let asked = match labels.get(MAX_SIZE_LABEL) {
+            Some(v) => Some(parse_size(&format!("label {MAX_SIZE_LABEL}"), v)?),
+            None => None,
         };
-        parse_size(&format!("label {MAX_SIZE_LABEL}"), v)?;
-        match kind {
-            Kind::Active => refuse_limit(
-                &format!(
-                    "backend {} cannot cap a layer: label {MAX_SIZE_LABEL}={v}",
-                    S::NAME
-                ),
-                &self.root,
-            ),
-            _ => Ok(()),
+        if kind != Kind::Active {
+            return Ok(None);
+        }
+        if let (Some(_), Some(v)) = (asked, labels.get(MAX_SIZE_LABEL)) {
+            self.can_limit(&format!("label {MAX_SIZE_LABEL}={v}"))?;
+        }
+        Ok(asked.or(self.max_size))
+    }
+
+    /// Refuses a limit (named by `what`) where none can be enforced.
+    fn can_limit(&self, what: &str) -> Result<()> {
+        if self.storage.quota_dirs(&self.root).is_empty() {
+            return Err(Error::failed_precondition(format!(
+                "{what}: backend {} cannot cap a layer; use the overlay backend on xfs or \
+                 ext4 with project quotas, or leave the limit out",
+                S::NAME
+            )));
+        }
+        match self.quotas {
+            Some(_) => Ok(()),
+            None => Err(refuse_limit(what, &self.root)),
+        }
+    }
+
+    /// Gives the new layer at `tree` (snapshot `id`) its project and sets its `limit`;
+    /// with `durable`, fsyncs the directories it changed. A layer that gets no project
+    /// (another user of the filesystem holds it) is refused a limit.
+    fn limit_tree(&self, tree: &Path, id: u64, limit: Option<u64>, assign: bool) -> Result<()> {
+        let Some(q) = &self.quotas else { return Ok(()) };
+        let dirs = self.storage.quota_dirs(tree);
+        if assign && q.assign(id, &dirs)? && self.durable {
+            for d in &dirs {
+                fsync_dir(d)?;
+            }
+        }
+        let Some(limit) = limit else { return Ok(()) };
+        match q.project(id).filter(|_| q.owns(id, &dirs[0])) {
+            Some(p) => q.set_limit(p, limit),
+            None => Err(Error::failed_precondition(format!(
+                "label {MAX_SIZE_LABEL}: the layer {} has no project quota of its own (its \
+                 project ID is held outside the store, see the log): give the root {} a \
+                 project ID of its own range (chattr -p BASE) and restart, or leave the \
+                 limit out",
+                dirs[0].display(),
+                self.root.display()
+            ))),
+        }
+    }
+
+    /// Sets every active snapshot's limit from its label or [`Options::max_size`] (none:
+    /// cleared): what a power cut lost of a limit set just before comes back, and a
+    /// changed default applies.
+    fn apply_limits(&self) -> Result<()> {
+        let Some(q) = &self.quotas else { return Ok(()) };
+        let actives = self.store.read(|tx| {
+            let mut v = Vec::new();
+            for (id, key) in tx.id_map()? {
+                if tx.kind_of(id)? == Some(Kind::Active) {
+                    v.push((id, tx.info(&key)?.labels));
+                }
+            }
+            Ok(v)
+        })?;
+        for (id, labels) in actives {
+            let tree = self.tree(Kind::Active, id);
+            let dirs = self.storage.quota_dirs(&tree);
+            let Some(p) = q.project(id).filter(|_| q.owns(id, &dirs[0])) else {
+                continue;
+            };
+            let limit = labels
+                .get(MAX_SIZE_LABEL)
+                .and_then(|v| parse_size(MAX_SIZE_LABEL, v).ok())
+                .or(self.max_size);
+            if q.read(p)?.limit != limit.map_or(0, |l| l.div_ceil(512) * 512) {
+                q.set_limit(p, limit.unwrap_or(0))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The usage of the active snapshot `id`'s tree: from its project quota when it has
+    /// one (one call whatever the layer holds; less what the other quota directories
+    /// hold), else measured.
+    fn measure_active(&self, id: u64, tree: &Path) -> Result<Usage> {
+        if let Some(q) = &self.quotas {
+            let dirs = self.storage.quota_dirs(tree);
+            if let Some(p) = q.project(id).filter(|_| q.owns(id, &dirs[0])) {
+                let held = q.read(p)?;
+                let mut other = Usage::default();
+                for d in &dirs[1..] {
+                    match crate::usage::usage_with(d, 1) {
+                        Ok(u) => other.add(u),
+                        Err(e) if e.kind() == ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                return Ok(Usage {
+                    size: held.bytes.saturating_sub(other.size),
+                    inodes: held.inodes.saturating_sub(other.inodes),
+                });
+            }
+        }
+        self.storage.measure(tree)
+    }
+
+    /// Clears the limit of the layer of a removed tree before it is deleted.
+    fn release_limit(&self, tree: &Path) {
+        let Some(q) = &self.quotas else { return };
+        let dirs = self.storage.quota_dirs(tree);
+        if let Some(p) = dirs.first().and_then(|d| q.project_of(d)) {
+            if let Err(e) = q.set_limit(p, 0) {
+                log::warn!("clearing the limit of {}: {e}", tree.display());
+            }
         }
     }
 
@@ -691,7 +834,7 @@ impl<S: Storage> SnapshotStore<S> {
             let parent_ids = self
                 .store
                 .read(|tx| tx.check_create(kind, key, parent, &opts.labels))?;
-            self.check_limit(kind, &opts.labels)?;
+            let limit = self.limit_of(kind, &opts.labels)?;
             self.storage.check_create(kind, &opts.labels)?;
             let parent_id = parent_ids.first().copied();
             let parent_tree = parent_id.map(|p| self.tree(Kind::Committed, p));
@@ -700,8 +843,10 @@ impl<S: Storage> SnapshotStore<S> {
             if self.storage.has_tree(kind, parent_id.is_some()) {
                 let built = match self.take_blank(kind, parent_tree.as_deref(), &opts.labels) {
                     Some(Ok(b)) => {
+                        // Its project was given when it was made.
+                        let r = self.limit_tree(&b.path, b.id, limit, false);
                         blank = Some(b);
-                        Ok(())
+                        r
                     }
                     Some(Err(e)) => Err(e),
                     None => {
@@ -737,6 +882,9 @@ impl<S: Storage> SnapshotStore<S> {
                     return Err(changed_error(key));
                 }
                 if let Some(st) = staged.as_mut() {
+                    if kind == Kind::Active {
+                        self.limit_tree(&st.path, s.id, limit, true)?;
+                    }
                     self.publish(st, kind, s.id)?;
                     published = Some(s.id);
                 }
@@ -802,10 +950,11 @@ impl<S: Storage> SnapshotStore<S> {
     /// any of them out. The caller owns the pool's refill (see [`Blanks::take`]).
     fn refill(&self) {
         let Some(pool) = &self.blanks else { return };
-        let (storage, store, pool) = (
+        let (storage, store, pool, quotas) = (
             Arc::clone(&self.storage),
             Arc::clone(&self.store),
             Arc::clone(pool),
+            self.quotas.clone(),
         );
         let dir = self.root.join(self.storage.kind_dir(Kind::Active));
         let spawned = std::thread::Builder::new()
@@ -813,7 +962,7 @@ impl<S: Storage> SnapshotStore<S> {
             .spawn(move || {
                 let mut made = Vec::with_capacity(BATCH);
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    make_blanks(&*storage, &store, &pool, &dir, &mut made)
+                    make_blanks(&*storage, &store, quotas.as_deref(), &pool, &dir, &mut made)
                 }));
                 if run.is_err() {
                     // The pool must not wait for ids no one will let go; what exists of
@@ -863,7 +1012,7 @@ impl<S: Storage> SnapshotStore<S> {
                 if self.sync {
                     self.storage.flush(&active)?;
                 }
-                let usage = self.storage.measure(&active)?;
+                let usage = self.measure_active(plan.id, &active)?;
                 let frozen = if self.separate_commit() {
                     let st = self.stage(Kind::Committed);
                     self.storage.freeze(&active, &st.path)?;
@@ -954,6 +1103,7 @@ impl<S: Storage> SnapshotStore<S> {
         drop(guard);
         res?;
         if let (Some((kind, id)), false) = (retired, self.async_remove) {
+            self.release_limit(&self.retired(kind, id));
             if let Err(e) = self.storage.delete(&self.retired(kind, id)) {
                 log::warn!(
                     "removed snapshot {:?}, but not its tree (the next cleanup retries): {e}",
@@ -1078,6 +1228,7 @@ impl<S: Storage> SnapshotStore<S> {
         let mut first = None;
         let mut n = 0;
         for t in &trees {
+            self.release_limit(t);
             match self.storage.delete(t) {
                 Ok(()) => n += 1,
                 Err(e) => {
@@ -1108,7 +1259,19 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
             // Refused here, the transaction aborts: nothing changes.
             self.storage
                 .check_update(&new, new.kind, &before.labels, &new.labels)?;
-            Ok((tx.snapshot(&new.name)?.id, new))
+            let id = tx.snapshot(&new.name)?.id;
+            if new.kind == Kind::Active
+                && before.labels.get(MAX_SIZE_LABEL) != new.labels.get(MAX_SIZE_LABEL)
+            {
+                // A changed limit applies at once (set again at the next open should the
+                // commit not reach the disk).
+                let tree = self.tree(Kind::Active, id);
+                match self.limit_of(Kind::Active, &new.labels)? {
+                    Some(limit) => self.limit_tree(&tree, id, Some(limit), false)?,
+                    None => self.release_limit(&tree),
+                }
+            }
+            Ok((id, new))
         })?;
         Ok(self.decorate(id, new))
     }
@@ -1120,7 +1283,7 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
         if s.kind != Kind::Active {
             return Ok(stored);
         }
-        match self.storage.measure(&self.tree(Kind::Active, s.id)) {
+        match self.measure_active(s.id, &self.tree(Kind::Active, s.id)) {
             // Removed, committed or replaced by another call since the lookup: end as if
             // that call came first.
             Err(e) => match self.settled(|tx| tx.snapshot(key)) {
@@ -1581,6 +1744,7 @@ impl<S: Storage> Drop for SnapshotStore<S> {
 fn make_blanks<S: Storage>(
     storage: &S,
     store: &MetaStore,
+    quotas: Option<&ProjectQuotas>,
     pool: &Blanks,
     dir: &Path,
     made: &mut Vec<u64>,
@@ -1598,12 +1762,25 @@ fn make_blanks<S: Storage>(
             break;
         }
         made.push(id);
-        if let Err(e) = storage.fill(
-            &dir.join(id.to_string()),
-            Kind::Active,
-            None,
-            &Labels::new(),
-        ) {
+        let tree = dir.join(id.to_string());
+        let made_tree = storage
+            .fill(&tree, Kind::Active, None, &Labels::new())
+            .and_then(|()| match quotas {
+                // The layer's project, durable with the tree.
+                Some(q) => {
+                    let dirs = storage.quota_dirs(&tree);
+                    match q.assign(id, &dirs) {
+                        Ok(true) => dirs.iter().try_for_each(|d| fsync_dir(d)),
+                        Ok(false) => Ok(()),
+                        Err(e) => {
+                            log::warn!("{}: {e}: the layer gets no project", S::NAME);
+                            Ok(())
+                        }
+                    }
+                }
+                None => Ok(()),
+            });
+        if let Err(e) = made_tree {
             log::warn!("{}: making a blank tree ahead: {e}", S::NAME);
             delete_blank(storage, pool, dir, id);
             made.pop();

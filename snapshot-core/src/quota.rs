@@ -4,7 +4,9 @@
 //! A backend that cannot enforce a limit refuses it: a container must never believe its
 //! layer is capped when it is not.
 
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::mount::{mount_of, MountEntry};
@@ -60,31 +62,343 @@ pub fn project_quotas_in(mounts: &[MountEntry], path: &Path) -> bool {
     })
 }
 
-/// Refuses a size limit on the layers under `root` where none can be enforced. `what`
-/// names the limit (the label, or the daemon's `--max-size`).
-///
-/// # Errors
-/// FailedPrecondition naming `what`, `root`, its filesystem and what it needs; always,
-/// for now, since only project quotas could enforce it and enforcing them is not built
-/// yet (NotImplemented where the filesystem has them).
-pub fn refuse_limit(what: &str, root: &Path) -> Result<()> {
-    let mounts = crate::mount::mountinfo()?;
+/// What a store without project quotas says to a limit: FailedPrecondition naming
+/// `what`, `root`, its filesystem and what a limit needs.
+pub fn refuse_limit(what: &str, root: &Path) -> Error {
+    let mounts = crate::mount::mountinfo().unwrap_or_default();
     let fs = mount_of(&mounts, root)
         .map(|m| format!("{} at {}", m.fs_type, m.mount_point.display()))
         .unwrap_or_else(|| "an unknown filesystem".into());
-    if project_quotas_in(&mounts, root) {
-        return Err(Error::not_implemented(format!(
-            "{what}: {} is on {fs}, which has project quotas, but this release does not \
-             enforce layer limits with them yet: leave the limit out",
-            root.display()
-        )));
-    }
-    Err(Error::failed_precondition(format!(
+    Error::failed_precondition(format!(
         "{what}: a layer limit needs project quotas on the filesystem of {} ({fs}): xfs \
          mounted with prjquota, or ext4 made with -O project,quota and mounted with \
          prjquota; leave the limit out to run without one",
         root.display()
-    )))
+    ))
+}
+
+/// The project quotas of the filesystem holding a store's root: every layer of an active
+/// snapshot gets a project of its own, `base + id` (the root directory's project ID plus
+/// the snapshot's internal id), inherited by every file made in it. The quota then caps
+/// the layer (a hard block limit, the kernel's ENOSPC or EDQUOT at the limit) and counts
+/// it: reading a layer's usage is one `quotactl`, whatever its size.
+///
+/// Project IDs are a filesystem's, not a directory's: another user of the filesystem may
+/// hold some. A project that already counts files when a layer would take it is left
+/// alone (that layer gets no project, and a limit on it is refused); give the root a
+/// project ID of its own range (`chattr -p BASE ROOT`, before the first start) to keep
+/// clear of others.
+#[derive(Debug)]
+pub struct ProjectQuotas {
+    device: std::ffi::CString,
+    base: u32,
+}
+
+/// A layer's quota: its hard limit and what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProjectUsage {
+    /// The hard limit in bytes (0: none).
+    pub limit: u64,
+    /// Bytes allocated (the kernel counts 512-byte blocks, delayed allocations included).
+    pub bytes: u64,
+    /// Inodes.
+    pub inodes: u64,
+}
+
+impl ProjectQuotas {
+    /// The project quotas of `root`'s filesystem, or `None` when it has none enforced
+    /// (not xfs or ext4, not mounted with `prjquota`, or the kernel refuses the calls).
+    ///
+    /// # Errors
+    /// Unknown when the root cannot be read.
+    pub fn probe(root: &Path) -> Result<Option<ProjectQuotas>> {
+        let mounts = crate::mount::mountinfo()?;
+        if !project_quotas_in(&mounts, root) {
+            return Ok(None);
+        }
+        let meta = std::fs::metadata(root).map_err(|e| Error::io("stat", root, e))?;
+        let Some(device) = block_device(&mounts, root, meta.dev()) else {
+            log::warn!(
+                "{}: the filesystem has project quotas, but its block device was not found \
+                 in /proc/self/mountinfo nor could a node for it be made: layer limits are \
+                 refused",
+                root.display()
+            );
+            return Ok(None);
+        };
+        let base = sys::project_of(root).map_err(|e| Error::io("read the project of", root, e))?;
+        let q = ProjectQuotas { device, base };
+        if let Err(e) = q.read(base) {
+            log::warn!(
+                "{}: project quotas are mounted but quotactl refuses them ({e}): layer limits \
+                 are refused",
+                root.display()
+            );
+            return Ok(None);
+        }
+        Ok(Some(q))
+    }
+
+    /// The root directory's project ID, which every layer's is offset from.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
+    /// The project of the layer of the snapshot with internal id `id`, `None` past the
+    /// 32-bit project IDs.
+    pub fn project(&self, id: u64) -> Option<u32> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| self.base.checked_add(id))
+            .filter(|&p| p != u32::MAX)
+    }
+
+    /// Gives the empty directories `dirs` (a new layer and the directories its writes
+    /// pass through) the project of snapshot `id`, inherited by what is made in them.
+    /// Returns false, changing nothing, when the project already counts files (another
+    /// user of the filesystem holds it) or `id` has none. Not durable by itself: the
+    /// caller fsyncs.
+    ///
+    /// # Errors
+    /// Unknown when a call fails.
+    pub fn assign(&self, id: u64, dirs: &[PathBuf]) -> Result<bool> {
+        let Some(project) = self.project(id) else {
+            return Ok(false);
+        };
+        let held = self.read(project)?;
+        if held.inodes > 0 || held.bytes > 0 {
+            log::warn!(
+                "project quota {project} already counts {} inodes outside this store: the \
+                 layer of snapshot id {id} gets no project (give the root a project ID of \
+                 its own range with chattr -p)",
+                held.inodes
+            );
+            return Ok(false);
+        }
+        for d in dirs {
+            sys::set_project(d, project).map_err(|e| Error::io("set the project of", d, e))?;
+        }
+        Ok(true)
+    }
+
+    /// The project of the directory `dir` when it is one this store gave a layer (not 0,
+    /// not the root's own).
+    pub fn project_of(&self, dir: &Path) -> Option<u32> {
+        sys::project_of(dir)
+            .ok()
+            .filter(|&p| p != 0 && p != self.base)
+    }
+
+    /// Whether `dir` is the layer of snapshot `id` with its own project.
+    pub fn owns(&self, id: u64, dir: &Path) -> bool {
+        self.project(id).is_some() && self.project_of(dir) == self.project(id)
+    }
+
+    /// Sets the hard limit of `project` to `bytes` (rounded up to 512-byte blocks; 0:
+    /// none).
+    ///
+    /// # Errors
+    /// Unknown when quotactl fails.
+    pub fn set_limit(&self, project: u32, bytes: u64) -> Result<()> {
+        sys::set_limit(&self.device, project, bytes.div_ceil(512)).map_err(|e| {
+            Error::unknown(format!(
+                "set the limit of project quota {project} on {}",
+                self.device.to_string_lossy()
+            ))
+            .with_source(e)
+        })
+    }
+
+    /// The quota of `project`.
+    ///
+    /// # Errors
+    /// Unknown when quotactl fails.
+    pub fn read(&self, project: u32) -> Result<ProjectUsage> {
+        sys::get_quota(&self.device, project).map_err(|e| {
+            Error::unknown(format!(
+                "read project quota {project} on {}",
+                self.device.to_string_lossy()
+            ))
+            .with_source(e)
+        })
+    }
+}
+
+/// The block device of the filesystem `dev` holding `root`: the mount's source when it
+/// is that device, else a node made for it at `<root>/quota-device` (a mount namespace
+/// may not show the source).
+fn block_device(mounts: &[MountEntry], root: &Path, dev: u64) -> Option<std::ffi::CString> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_dev = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == dev)
+    };
+    let source = mount_of(mounts, root).map(|m| PathBuf::from(&m.source));
+    let path = match source {
+        Some(s) if s.is_absolute() && is_dev(&s) => s,
+        _ => {
+            let node = root.join("quota-device");
+            if !is_dev(&node) {
+                let _ = std::fs::remove_file(&node);
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &node,
+                    rustix::fs::FileType::BlockDevice,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    dev,
+                )
+                .ok()?;
+            }
+            node
+        }
+    };
+    std::ffi::CString::new(path.into_os_string().into_vec()).ok()
+}
+
+/// The crate's quota helpers: `quotactl(2)` on project quotas and the `FS_IOC_FSGETXATTR`
+/// / `FS_IOC_FSSETXATTR` ioctls, the only calls here that take raw pointers. Each passes a
+/// live, properly laid-out kernel structure and a descriptor or NUL-terminated path that
+/// outlives the call.
+mod sys {
+    use std::ffi::CStr;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    use super::ProjectUsage;
+
+    const PRJQUOTA: libc::c_int = 2;
+    const Q_XGETQUOTA: libc::c_int = (('X' as libc::c_int) << 8) + 3;
+    const Q_XSETQLIM: libc::c_int = (('X' as libc::c_int) << 8) + 4;
+    const FS_DQUOT_VERSION: i8 = 1;
+    const FS_PROJ_QUOTA: i8 = 2;
+    const FS_DQ_BSOFT: u16 = 1 << 0;
+    const FS_DQ_BHARD: u16 = 1 << 1;
+    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+    const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+    const FS_XFLAG_PROJINHERIT: u32 = 0x200;
+
+    /// `struct fs_disk_quota` (linux/dqblk_xfs.h), which ext4 answers too.
+    #[repr(C)]
+    #[derive(Default)]
+    struct FsDiskQuota {
+        d_version: i8,
+        d_flags: i8,
+        d_fieldmask: u16,
+        d_id: u32,
+        d_blk_hardlimit: u64,
+        d_blk_softlimit: u64,
+        d_ino_hardlimit: u64,
+        d_ino_softlimit: u64,
+        d_bcount: u64,
+        d_icount: u64,
+        d_itimer: i32,
+        d_btimer: i32,
+        d_iwarns: u16,
+        d_bwarns: u16,
+        d_itimer_hi: i8,
+        d_btimer_hi: i8,
+        d_rtbtimer_hi: i8,
+        d_padding2: i8,
+        d_rtb_hardlimit: u64,
+        d_rtb_softlimit: u64,
+        d_rtbcount: u64,
+        d_rtbtimer: i32,
+        d_rtbwarns: u16,
+        d_padding3: i16,
+        d_padding4: [u8; 8],
+    }
+
+    /// `struct fsxattr` (linux/fs.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct FsXattr {
+        fsx_xflags: u32,
+        fsx_extsize: u32,
+        fsx_nextents: u32,
+        fsx_projid: u32,
+        fsx_cowextsize: u32,
+        fsx_pad: [u8; 8],
+    }
+
+    const _: () = assert!(std::mem::size_of::<FsDiskQuota>() == 112);
+    const _: () = assert!(std::mem::size_of::<FsXattr>() == 28);
+
+    fn quotactl(cmd: libc::c_int, device: &CStr, id: u32, q: &mut FsDiskQuota) -> io::Result<()> {
+        let qcmd = (cmd << 8) | PRJQUOTA;
+        // SAFETY: see the module comment.
+        let rc = unsafe {
+            libc::quotactl(
+                qcmd,
+                device.as_ptr(),
+                id as libc::c_int,
+                (q as *mut FsDiskQuota).cast(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub(super) fn get_quota(device: &CStr, project: u32) -> io::Result<ProjectUsage> {
+        let mut q = FsDiskQuota::default();
+        match quotactl(Q_XGETQUOTA, device, project, &mut q) {
+            // xfs: no dquot yet, i.e. nothing counted and no limit.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(ProjectUsage::default()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(ProjectUsage {
+                limit: q.d_blk_hardlimit.saturating_mul(512),
+                bytes: q.d_bcount.saturating_mul(512),
+                inodes: q.d_icount,
+            }),
+        }
+    }
+
+    pub(super) fn set_limit(device: &CStr, project: u32, blocks: u64) -> io::Result<()> {
+        let mut q = FsDiskQuota {
+            d_version: FS_DQUOT_VERSION,
+            d_flags: FS_PROJ_QUOTA,
+            d_fieldmask: FS_DQ_BSOFT | FS_DQ_BHARD,
+            d_id: project,
+            d_blk_hardlimit: blocks,
+            d_blk_softlimit: blocks,
+            ..FsDiskQuota::default()
+        };
+        quotactl(Q_XSETQLIM, device, project, &mut q)
+    }
+
+    fn open_dir(dir: &Path) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+    }
+
+    fn get_xattr(f: &std::fs::File) -> io::Result<FsXattr> {
+        let mut x = FsXattr::default();
+        // SAFETY: see the module comment.
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FSGETXATTR, &mut x as *mut FsXattr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(x)
+    }
+
+    pub(super) fn project_of(dir: &Path) -> io::Result<u32> {
+        Ok(get_xattr(&open_dir(dir)?)?.fsx_projid)
+    }
+
+    pub(super) fn set_project(dir: &Path, project: u32) -> io::Result<()> {
+        let f = open_dir(dir)?;
+        let mut x = get_xattr(&f)?;
+        x.fsx_projid = project;
+        x.fsx_xflags |= FS_XFLAG_PROJINHERIT;
+        // SAFETY: see the module comment.
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FSSETXATTR, &x as *const FsXattr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,11 @@ impl Storage for OverlayStorage {
         self.own_layer(&tree.join("fs"), parent, labels)
     }
 
+    fn quota_dirs(&self, tree: &Path) -> Vec<PathBuf> {
+        // Copy-ups are made in work and renamed into fs: both carry the layer's project.
+        vec![tree.join("fs"), tree.join("work")]
+    }
+
     fn measure(&self, tree: &Path) -> Result<Usage> {
         disk_usage(&tree.join("fs"))
     }

@@ -210,7 +210,7 @@ macro_rules! snapshotter_suite {
             remove_frees_files,
             hostile_keys,
             fsck_finds_every_fault,
-            max_size_is_refused,
+            max_size_is_enforced_or_refused,
         );
     };
 }
@@ -459,6 +459,18 @@ pub struct MountGuard {
 }
 
 impl MountGuard {
+    /// Mounts `mounts` at `target` (which must exist) outside a suite case.
+    ///
+    /// # Errors
+    /// When the mount fails.
+    pub fn mount(mounts: &[Mount], target: &Path) -> snapshot_core::Result<MountGuard> {
+        snapshot_core::mount::mount_all(mounts, target)?;
+        Ok(MountGuard {
+            target: target.to_path_buf(),
+            mounted: true,
+        })
+    }
+
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.target

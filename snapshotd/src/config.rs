@@ -95,6 +95,13 @@ pub struct Flags {
     /// works (off by default, as containerd: differs do not read redirects)
     #[arg(long)]
     pub redirect_dir: bool,
+    /// Cap the layer of every active snapshot without a containerd.io/snapshot/max-size
+    /// label at SIZE bytes (or with K, M, G, T: powers of 1024), enforced with project
+    /// quotas: overlay on xfs mounted with prjquota, or on ext4 made with -O
+    /// project,quota and mounted with prjquota; the daemon refuses to start elsewhere
+    /// [default: no limit]
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
     /// Serve containerd's namespaced metadata layer (namespaces from the
     /// containerd-namespace header, garbage collection in the background) for clients
     /// that are not containerd. Never behind containerd, which has its own.
@@ -132,6 +139,8 @@ pub struct FileConfig {
     pub sync: Option<bool>,
     /// `namespaced = true`
     pub namespaced: Option<bool>,
+    /// `max_size = "10G"`: the limit of a layer without a max-size label
+    pub max_size: Option<String>,
     /// `metrics_address = "127.0.0.1:9101"` (or a unix socket path)
     pub metrics_address: Option<String>,
     /// The `[overlay]` table.
@@ -187,6 +196,8 @@ pub struct BackendOptions {
     pub mount_options: Vec<String>,
     /// overlay: `redirect_dir=on`.
     pub redirect_dir: bool,
+    /// The limit of an active snapshot's layer without a max-size label.
+    pub max_size: Option<u64>,
 }
 
 /// The merged configuration the daemon runs with.
@@ -280,6 +291,13 @@ impl Config {
                     flags.mount_options.clone()
                 },
                 redirect_dir: flags.redirect_dir || ov.redirect_dir.unwrap_or(false),
+                max_size: match flags.max_size.as_ref().or(file.max_size.as_ref()) {
+                    Some(v) => Some(
+                        snapshots::snapshot_core::quota::parse_size("--max-size", v)
+                            .map_err(DaemonError::Value)?,
+                    ),
+                    None => None,
+                },
             },
             namespaced,
             gc: gc_policy(&file.gc)?,
@@ -337,6 +355,7 @@ impl BackendOptions {
             sync: self.sync,
             // Unset means each backend's default (overlay: asynchronous, as containerd's).
             async_remove: self.sync_remove.then_some(false),
+            max_size: self.max_size,
             ..Default::default()
         };
         #[cfg(feature = "overlay")]

@@ -1553,12 +1553,19 @@ const AFTER_REPAIR: [(&str, CaseFn); 6] = [
     ("restart_mounts", restart_mounts),
 ];
 
-/// containerd 2.x's `containerd.io/snapshot/max-size` on an active snapshot is refused
-/// where the backend cannot cap the layer (FailedPrecondition naming the label and the
-/// filesystem, or NotImplemented), never ignored, and builds nothing; a malformed size is
-/// InvalidArgument; a view, which cannot be written, takes any valid size.
-pub fn max_size_is_refused(ctx: &mut Ctx<'_>) {
+/// containerd 2.x's `containerd.io/snapshot/max-size` on an active snapshot is either
+/// enforced or refused, never ignored:
+/// - refused where the backend cannot cap the layer: FailedPrecondition (or
+///   NotImplemented) naming the label, and nothing is built;
+/// - enforced: writing into the mounted layer past the limit fails with ENOSPC or
+///   EDQUOT, not before the layer holds the limit less a few blocks (the layer's own
+///   directories count), and Usage never reports more than the limit.
+///
+/// Either way a malformed size is InvalidArgument, and a view, which cannot be written,
+/// takes any valid size.
+pub fn max_size_is_enforced_or_refused(ctx: &mut Ctx<'_>) {
     use snapshot_core::quota::MAX_SIZE_LABEL;
+    const LIMIT: u64 = 1 << 20;
     let sn = ctx.sn();
     commit_base(sn, "base", "");
     let with = |v: &str| {
@@ -1566,25 +1573,6 @@ pub fn max_size_is_refused(ctx: &mut Ctx<'_>) {
         o.labels.insert(MAX_SIZE_LABEL.to_string(), v.to_string());
         o
     };
-    for parent in ["", "base"] {
-        let e = sn
-            .prepare("capped", parent, &with("10737418240"))
-            .map(drop)
-            .expect_err("a layer limit no backend enforces is refused");
-        assert!(
-            matches!(
-                e.kind(),
-                ErrorKind::FailedPrecondition | ErrorKind::NotImplemented
-            ),
-            "{e}"
-        );
-        assert!(e.to_string().contains(MAX_SIZE_LABEL), "{e}");
-        assert_eq!(
-            sn.stat("capped").map(drop).unwrap_err().kind(),
-            ErrorKind::NotFound,
-            "nothing was made"
-        );
-    }
     for bad in ["ten", "0", "-5", "1.5G"] {
         let e = sn
             .prepare("capped", "base", &with(bad))
@@ -1595,6 +1583,73 @@ pub fn max_size_is_refused(ctx: &mut Ctx<'_>) {
     }
     sn.view("v", "base", &with("1G"))
         .or_fail("a view with a size");
+    for parent in ["", "base"] {
+        let key = format!("capped-{}", parent.len());
+        match sn.prepare(&key, parent, &with(&LIMIT.to_string())) {
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        ErrorKind::FailedPrecondition | ErrorKind::NotImplemented
+                    ),
+                    "{e}"
+                );
+                assert!(e.to_string().contains(MAX_SIZE_LABEL), "{e}");
+                assert_eq!(
+                    sn.stat(&key).map(drop).unwrap_err().kind(),
+                    ErrorKind::NotFound,
+                    "nothing was made"
+                );
+            }
+            Ok(mounts) => {
+                let target = ctx.work().join(&key);
+                std::fs::create_dir_all(&target).or_fail("mkdir");
+                let m = ctx.mount(&mounts, &target);
+                let (written, err) = fill_until_error(&m.path().join("big"), 2 * LIMIT);
+                let err = err.unwrap_or_else(|| {
+                    panic!("{key}: wrote {written} bytes past a limit of {LIMIT}: not enforced")
+                });
+                assert!(
+                    matches!(
+                        err.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ),
+                    "{key}: writing past the limit: {err}"
+                );
+                assert!(
+                    written <= LIMIT && written + 16 * 4096 >= LIMIT,
+                    "{key}: the write failed after {written} bytes, limit {LIMIT}"
+                );
+                m.unmount();
+                let u = sn.usage(&key).or_fail("usage");
+                assert!(
+                    u.size <= LIMIT && u.size >= written,
+                    "{key}: usage {u:?} after writing {written} bytes with a limit of {LIMIT}"
+                );
+            }
+        }
+    }
     sn.prepare("capped", "base", &opt())
         .or_fail("the key is still free");
+}
+
+/// Appends 4 KiB writes to a new file at `path` until one fails or `max` bytes are
+/// written; returns the bytes written (a short write counted) and the error.
+pub(crate) fn fill_until_error(path: &Path, max: u64) -> (u64, Option<std::io::Error>) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).or_fail("create the file to fill");
+    let block = vec![0x5au8; 4096];
+    let mut written = 0u64;
+    while written < max {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    // Delayed allocation can report the limit only when the data is written back.
+    match f.sync_all() {
+        Err(e) => (written, Some(e)),
+        Ok(()) => (written, None),
+    }
 }
