@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::time::Duration;
 
 /// Why a subcommand stopped. The message names the path, tool or command and says what to
 /// do; `main` prints it after `xtask: ` and exits non-zero.
@@ -121,6 +122,76 @@ pub enum XtaskError {
         /// What is wrong, or the usage line.
         problem: &'static str,
     },
+    /// `/dev/kvm` does not open: no KVM for the VM.
+    #[error(
+        "open /dev/kvm: {0}: the VM needs KVM: load it with `modprobe kvm_intel` (Intel) or \
+         `modprobe kvm_amd` (AMD), with virtualization enabled in the firmware (or nested \
+         virtualization on a VM host)"
+    )]
+    NoKvm(#[source] io::Error),
+    /// The busybox found is dynamically linked, so it cannot run in the initramfs.
+    #[error(
+        "{} is dynamically linked and cannot run in the VM's initramfs: install the static one \
+         with `apt-get install -y busybox-static`",
+        path.display()
+    )]
+    BusyboxNotStatic {
+        /// The busybox binary.
+        path: PathBuf,
+    },
+    /// A helper script ran and did not succeed; it printed why.
+    #[error("{} failed ({status}): its messages are above", script.display())]
+    Script {
+        /// The script, e.g. `xtask/vm/fetch-kernel.sh`.
+        script: PathBuf,
+        /// How it exited.
+        status: ExitStatus,
+    },
+    /// Another `cargo xtask vm` holds the VM's lock.
+    #[error(
+        "another `cargo xtask vm` is running (it holds {}): wait for it to end",
+        lock.display()
+    )]
+    VmBusy {
+        /// `target/vm/lock`.
+        lock: PathBuf,
+    },
+    /// The VM ran past its time limit and was killed.
+    #[error(
+        "the VM ran longer than {} and was stopped: its console is in {}",
+        crate::util::minutes(*timeout),
+        log.display()
+    )]
+    VmTimeout {
+        /// The limit.
+        timeout: Duration,
+        /// The console log.
+        log: PathBuf,
+    },
+    /// The VM's init could not set up the command's environment.
+    #[error("the VM's init failed: {message} (its console is in {})", log.display())]
+    VmInit {
+        /// What init wrote to `init-error`.
+        message: String,
+        /// The console log.
+        log: PathBuf,
+    },
+    /// qemu ended and no exit code of the command was written.
+    #[error(
+        "the VM ended (qemu {status}) without recording the command's exit code in {}: it \
+         failed to boot or died; see the messages above (vm init's, the kernel's, qemu's) and \
+         the console in {}",
+        rc.display(),
+        log.display()
+    )]
+    VmDied {
+        /// How qemu exited.
+        status: ExitStatus,
+        /// The exit-code file that is missing.
+        rc: PathBuf,
+        /// The console log.
+        log: PathBuf,
+    },
     /// Phases of `cargo xtask test` failed; their output is above.
     #[error("failed phases: {}", phases.join(", "))]
     Failed {
@@ -183,6 +254,20 @@ mod tests {
                     outcome: "the tests were stopped",
                 },
                 "interrupted by signal 2: the tests were stopped",
+            ),
+            (
+                XtaskError::VmTimeout {
+                    timeout: Duration::from_secs(2400),
+                    log: "/w/target/vm/console.log".into(),
+                },
+                "the VM ran longer than 40 min and was stopped: its console is in /w/target/vm/console.log",
+            ),
+            (
+                XtaskError::VmInit {
+                    message: "mount tmpfs on /host/tmp".into(),
+                    log: "/w/target/vm/console.log".into(),
+                },
+                "the VM's init failed: mount tmpfs on /host/tmp (its console is in /w/target/vm/console.log)",
             ),
             (
                 XtaskError::Failed {

@@ -9,6 +9,7 @@ mod images;
 mod test;
 mod test_btrfs;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("test-btrfs", "build and mount the btrfs image, run snapshot-btrfs's tests on it (quotas off, then on), unmount"),
     ("bench", "run the benchmarks on a fresh loop-mounted image: [--backend native|overlay|btrfs] [--quick] [--only chain,meta,store,big-tree,concurrent,scale,fsck,gc] [--json FILE]; --against containerd: snapshotd against containerd's overlay through containerd's client"),
     ("images", "build the test images under target/test-images/"),
+    ("vm", "run a command as root in a virtual machine on Debian's own kernel (it has project quotas: CONFIG_XFS_QUOTA, CONFIG_QFMT_V2), the host's root read-only as its root, cwd the workspace: [--env K=V]... [--timeout MINUTES] -- CMD ARGS...; exits with CMD's code. KVM, or qemu's emulator on a CPU without vmx/svm (XTASK_VM_ACCEL=kvm|tcg chooses)"),
     ("clean", "unmount and detach leftover test mounts and loop devices of this project"),
     ("help", "print this list"),
 ];
@@ -29,6 +31,10 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("images") => images::run(),
         Some("clean") => clean::run(),
+        Some("vm") => match vm::run(&args[1..]) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         None | Some("help" | "-h" | "--help") => {
             print_help();
             return ExitCode::SUCCESS;

@@ -32,6 +32,14 @@ pub fn mounts_dir() -> PathBuf {
     workspace_root().join("target").join("test-mounts")
 }
 
+/// `d` for a message: whole minutes as `40 min`, else seconds.
+pub fn minutes(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 /// Prints a phase header.
 pub fn header(title: &str) {
     println!("\n==== {title} ====");
