@@ -475,10 +475,10 @@ fn quota(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
             r.doing(|| format!("usage {key}"))?;
             usage.push(t);
         }
-        let tree = own_tree(&m).ok_or_else(|| crate::BenchError::Usage("quota: overlay only".into()))?;
-        let mut walks: Vec<Duration> = (0..3)
-            .map(|_| floors::walk(&tree))
-            .collect::<Result<_>>()?;
+        let tree =
+            own_tree(&m).ok_or_else(|| crate::BenchError::Usage("quota: overlay only".into()))?;
+        let mut walks: Vec<Duration> =
+            (0..3).map(|_| floors::walk(&tree)).collect::<Result<_>>()?;
         walks.sort_unstable();
         println!("usage from the quota, {n} files: walk {:?}", walks[1]);
         rows.push(Row::new(

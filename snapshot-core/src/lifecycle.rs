@@ -491,7 +491,9 @@ impl<S: Storage> SnapshotStore<S> {
             create_private_dir(&d)?;
         }
         if let Some(max) = sn.max_size {
-            sn.can_limit(&format!("a default layer limit of {max} bytes (--max-size)"))?;
+            sn.can_limit(&format!(
+                "a default layer limit of {max} bytes (--max-size)"
+            ))?;
         }
         if options.keep_leftovers {
             return Ok(sn);

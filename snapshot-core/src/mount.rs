@@ -129,16 +129,24 @@ pub fn unmount(target: &Path) -> Result<()> {
         .map_err(|e| Error::io("unmount", target, e.into()))
 }
 
-/// Unmounts everything mounted at `target`, until nothing is; fine when nothing is.
+/// Unmounts everything mounted at `target`, until nothing is; fine when nothing is. A busy
+/// mount is tried again for up to 2.5 s (50 times, 50 ms apart, as containerd's
+/// `UnmountAll`): a process forked anywhere in this one holds copies of its descriptors,
+/// and so keeps their mounts busy, until it execs.
 ///
 /// # Errors
-/// Unknown when an unmount fails for another reason than "not mounted" (EBUSY: a
+/// Unknown when an unmount fails for another reason than "not mounted", or stays busy (a
 /// process still uses it).
 pub fn unmount_all(target: &Path) -> Result<()> {
+    let mut busy = 0;
     loop {
         match rustix::mount::unmount(target, UnmountFlags::empty()) {
-            Ok(()) => continue,
+            Ok(()) => busy = 0,
             Err(Errno::INVAL) | Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::BUSY) if busy < 49 => {
+                busy += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             Err(e) => return Err(Error::io("unmount", target, e.into())),
         }
     }

@@ -79,7 +79,9 @@ pub fn refuse_limit(what: &str, root: &Path) -> Error {
 
 /// The project quotas of the filesystem holding a store's root: every layer of an active
 /// snapshot gets a project of its own, `base + id` (the root directory's project ID plus
-/// the snapshot's internal id), inherited by every file made in it. The quota then caps
+/// the snapshot's internal id), inherited by every file made in it. A root without a
+/// project ID gets one at its first open on such a filesystem: the base of a free range
+/// of 2^20 IDs. The quota then caps
 /// the layer (a hard block limit, the kernel's ENOSPC or EDQUOT at the limit) and counts
 /// it: reading a layer's usage is one `quotactl`, whatever its size.
 ///
@@ -127,7 +129,7 @@ impl ProjectQuotas {
             return Ok(None);
         };
         let base = sys::project_of(root).map_err(|e| Error::io("read the project of", root, e))?;
-        let q = ProjectQuotas { device, base };
+        let mut q = ProjectQuotas { device, base };
         if let Err(e) = q.read(base) {
             log::warn!(
                 "{}: project quotas are mounted but quotactl refuses them ({e}): layer limits \
@@ -136,7 +138,42 @@ impl ProjectQuotas {
             );
             return Ok(None);
         }
+        if base == 0 {
+            q.base = q.pick_base(meta.ino())?;
+            sys::set_project(root, q.base, false)
+                .and_then(|()| std::fs::File::open(root)?.sync_all())
+                .map_err(|e| Error::io("give a project ID to", root, e))?;
+            log::info!(
+                "{}: its layers take project IDs from {} on (the root's own project ID)",
+                root.display(),
+                q.base
+            );
+        }
         Ok(Some(q))
+    }
+
+    /// A free range of 2^20 project IDs for a root that has none (its project ID is 0),
+    /// starting at one its inode number picks, so that two stores on one filesystem do
+    /// not take the same IDs: the first range whose base and first layer's ID count
+    /// nothing.
+    fn pick_base(&self, ino: u64) -> Result<u32> {
+        const RANGES: u64 = 4094;
+        for k in 0..RANGES {
+            let r = (ino + k) % RANGES + 1;
+            let base = (r << 20) as u32;
+            let free = |p: u32| {
+                self.read(p)
+                    .map(|u| u.inodes == 0 && u.bytes == 0 && u.limit == 0)
+            };
+            if free(base)? && free(base + 1)? {
+                return Ok(base);
+            }
+        }
+        Err(Error::failed_precondition(format!(
+            "no free range of project IDs on {}: give the store's root a project ID \
+             (chattr -p BASE ROOT)",
+            self.device.to_string_lossy()
+        )))
     }
 
     /// The root directory's project ID, which every layer's is offset from.
@@ -176,7 +213,8 @@ impl ProjectQuotas {
             return Ok(false);
         }
         for d in dirs {
-            sys::set_project(d, project).map_err(|e| Error::io("set the project of", d, e))?;
+            sys::set_project(d, project, true)
+                .map_err(|e| Error::io("set the project of", d, e))?;
         }
         Ok(true)
     }
@@ -271,8 +309,8 @@ mod sys {
     const Q_XSETQLIM: libc::c_int = (('X' as libc::c_int) << 8) + 4;
     const FS_DQUOT_VERSION: i8 = 1;
     const FS_PROJ_QUOTA: i8 = 2;
-    const FS_DQ_BSOFT: u16 = 1 << 0;
-    const FS_DQ_BHARD: u16 = 1 << 1;
+    const FS_DQ_BSOFT: u16 = 1 << 2;
+    const FS_DQ_BHARD: u16 = 1 << 3;
     const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
     const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
     const FS_XFLAG_PROJINHERIT: u32 = 0x200;
@@ -388,11 +426,14 @@ mod sys {
         Ok(get_xattr(&open_dir(dir)?)?.fsx_projid)
     }
 
-    pub(super) fn set_project(dir: &Path, project: u32) -> io::Result<()> {
+    /// Sets the project of `dir`, inherited by what is made in it with `inherit`.
+    pub(super) fn set_project(dir: &Path, project: u32, inherit: bool) -> io::Result<()> {
         let f = open_dir(dir)?;
         let mut x = get_xattr(&f)?;
         x.fsx_projid = project;
-        x.fsx_xflags |= FS_XFLAG_PROJINHERIT;
+        if inherit {
+            x.fsx_xflags |= FS_XFLAG_PROJINHERIT;
+        }
         // SAFETY: see the module comment.
         if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FSSETXATTR, &x as *const FsXattr) } < 0 {
             return Err(io::Error::last_os_error());

@@ -7,14 +7,13 @@
 //! variable every test prints why it skipped.
 #![cfg(target_os = "linux")]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use snapshot_core::quota::{ProjectQuotas, MAX_SIZE_LABEL};
 use snapshot_core::{Cleaner, CommitOptions, CreateOptions, ErrorKind, Info, Snapshotter};
 use snapshot_overlay::{OverlayConfig, OverlaySnapshotter};
-use snapshot_testsuite::MountGuard;
+use snapshot_testsuite::{fill_as_container, MountGuard};
 
 const MIB: u64 = 1 << 20;
 
@@ -81,21 +80,6 @@ fn mount(sn: &OverlaySnapshotter, key: &str, at: &Path) -> MountGuard {
     MountGuard::mount(&sn.mounts(key).unwrap(), at).expect("mount the snapshot")
 }
 
-/// Writes 4 KiB blocks into `path` until a write fails; returns the bytes written and
-/// the error's errno.
-fn fill(path: &Path, max: u64) -> (u64, Option<i32>) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let block = vec![7u8; 4096];
-    let mut n = 0;
-    while n < max {
-        match f.write(&block) {
-            Ok(w) => n += w as u64,
-            Err(e) => return (n, e.raw_os_error()),
-        }
-    }
-    (n, f.sync_all().err().and_then(|e| e.raw_os_error()))
-}
-
 #[test]
 fn a_layer_written_past_its_limit_gets_enospc_within_a_block() {
     let Some(tmp) = scratch("a_layer_written_past_its_limit_gets_enospc_within_a_block") else {
@@ -110,12 +94,14 @@ fn a_layer_written_past_its_limit_gets_enospc_within_a_block() {
         assert_eq!(q.limit, limit, "{key}: the quota's hard limit");
         let target = tmp.path().join("mnt").join(key);
         let m = mount(&sn, key, &target);
-        let (written, errno) = fill(&target.join("big"), 4 * limit);
+        let fill = fill_as_container(&target.join("big"), 4 * limit);
         let (_, at) = quota_of(&sn, key);
         drop(m);
         assert!(
-            matches!(errno, Some(libc::ENOSPC | libc::EDQUOT)),
-            "{key}: wrote {written} bytes past a limit of {limit}: errno {errno:?}"
+            fill.full(),
+            "{key}: wrote {} bytes past a limit of {limit}: {:?}",
+            fill.written,
+            fill.error
         );
         // Within one 4 KiB block of the limit: what the layer holds when the write fails.
         assert!(
@@ -124,10 +110,11 @@ fn a_layer_written_past_its_limit_gets_enospc_within_a_block() {
             at.bytes
         );
         println!(
-            "{key}: {} of {limit} bytes held when the write failed with errno {} ({written} \
-             bytes of file data)",
+            "{key}: {} of {limit} bytes held when the write failed with {} ({} bytes of \
+             file data)",
             at.bytes,
-            errno.unwrap()
+            fill.errno(),
+            fill.written
         );
     }
 }
@@ -151,7 +138,10 @@ fn usage_of_an_active_snapshot_is_read_from_its_quota() {
     Command::new("sync").status().unwrap();
     let walked = snapshot_core::usage::disk_usage(&fs).unwrap();
     let usage = sn.usage("a").unwrap();
-    assert_eq!(usage, walked, "the quota's count equals a walk of the layer");
+    assert_eq!(
+        usage, walked,
+        "the quota's count equals a walk of the layer"
+    );
     // The count comes from the quota: a file moved to another project leaves it, though
     // a walk still sees it.
     let moved = fs.join("d").join("x");
@@ -166,7 +156,11 @@ fn usage_of_an_active_snapshot_is_read_from_its_quota() {
         .expect("xfs_io (xfsprogs)");
     assert!(out.status.success(), "{out:?}");
     let after = sn.usage("a").unwrap();
-    assert_eq!(after.size, usage.size - size.unwrap(), "{after:?} {usage:?}");
+    assert_eq!(
+        after.size,
+        usage.size - size.unwrap(),
+        "{after:?} {usage:?}"
+    );
     assert_eq!(after.inodes, usage.inodes - 1);
     assert_eq!(snapshot_core::usage::disk_usage(&fs).unwrap(), walked);
     // Commit records the quota's count as well.
@@ -194,11 +188,11 @@ fn the_default_limit_applies_and_a_label_overrides_it() {
     assert_eq!(quota_of(&sn, "own").1.limit, 6 * MIB);
     let target = tmp.path().join("mnt");
     let m = mount(&sn, "dflt", &target);
-    let (written, errno) = fill(&target.join("big"), 8 * MIB);
+    let fill = fill_as_container(&target.join("big"), 8 * MIB);
     drop(m);
     assert!(
-        matches!(errno, Some(libc::ENOSPC | libc::EDQUOT)) && written <= 2 * MIB,
-        "the default limit: {written} bytes, errno {errno:?}"
+        fill.full() && fill.written <= 2 * MIB,
+        "the default limit: {fill:?}"
     );
     // A changed label applies at once; a label dropped falls back to the default.
     let mut info: Info = sn.stat("own").unwrap();
@@ -214,7 +208,11 @@ fn the_default_limit_applies_and_a_label_overrides_it() {
             .unwrap_err()
     };
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    assert_eq!(quota_of(&sn, "own").1.limit, 3 * MIB, "a refused update changes nothing");
+    assert_eq!(
+        quota_of(&sn, "own").1.limit,
+        3 * MIB,
+        "a refused update changes nothing"
+    );
     // A new default applies at the next open to snapshots without a label; the label
     // keeps its own; after a limit is lost (as a power cut right after a create could),
     // the open sets it again.
@@ -270,8 +268,20 @@ fn remove_clears_the_limit_and_projects_are_offset_from_the_roots() {
         sn.remove(&key).unwrap();
         sn.cleanup().unwrap();
         let after = quotas(&sn).read(p).unwrap();
-        assert_eq!(after.limit, 0, "async_remove {async_remove}: the limit is cleared");
-        assert_eq!(after.inodes, 0, "async_remove {async_remove}: nothing is counted");
+        assert_eq!(
+            after.limit, 0,
+            "async_remove {async_remove}: the limit is cleared"
+        );
+        // xfs frees unlinked inodes in the background: their count drops soon after.
+        let start = std::time::Instant::now();
+        while quotas(&sn).read(p).unwrap().inodes > 0 && start.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let later = quotas(&sn).read(p).unwrap();
+        assert_eq!(
+            later.inodes, 0,
+            "async_remove {async_remove}: nothing is counted"
+        );
     }
 }
 
@@ -319,5 +329,31 @@ fn a_project_held_outside_the_store_is_left_alone() {
     );
     let id = sn.store().snapshot("free").unwrap().id;
     let theirs = quotas(&sn).read(5_000_000 + id as u32).unwrap();
-    assert_eq!(theirs.inodes, 1, "the foreign project counts only its own file");
+    assert_eq!(
+        theirs.inodes, 1,
+        "the foreign project counts only its own file"
+    );
+}
+
+#[test]
+fn two_stores_on_one_filesystem_take_apart_ranges_of_projects() {
+    let Some(tmp) = scratch("two_stores_on_one_filesystem_take_apart_ranges_of_projects") else {
+        return;
+    };
+    let a = open(&tmp.path().join("a"), None);
+    let b = open(&tmp.path().join("b"), None);
+    let (ba, bb) = (quotas(&a).base(), quotas(&b).base());
+    assert!(
+        ba != 0 && bb != 0 && ba.abs_diff(bb) >= 1 << 20,
+        "{ba} {bb}"
+    );
+    for sn in [&a, &b] {
+        sn.prepare("c", "", &limited(MIB)).unwrap();
+        let (p, q) = quota_of(sn, "c");
+        assert_eq!(q.limit, MIB);
+        assert!(p > quotas(sn).base());
+    }
+    // The base is the root's own project ID from now on.
+    drop(a);
+    assert_eq!(quotas(&open(&tmp.path().join("a"), None)).base(), ba);
 }

@@ -441,6 +441,62 @@ fn dir_safe(name: &str) -> String {
         .collect()
 }
 
+/// What [`fill_as_container`] did.
+#[derive(Debug)]
+pub struct Fill {
+    /// The file's size when the writer stopped.
+    pub written: u64,
+    /// What the writer printed when a write failed (`None`: it wrote everything).
+    pub error: Option<String>,
+}
+
+impl Fill {
+    /// Whether the writer stopped on ENOSPC or EDQUOT.
+    pub fn full(&self) -> bool {
+        self.error.as_deref().is_some_and(|e| {
+            e.contains("No space left on device") || e.contains("Disk quota exceeded")
+        })
+    }
+
+    /// The errno name of [`full`](Self::full)'s error.
+    pub fn errno(&self) -> &'static str {
+        match &self.error {
+            Some(e) if e.contains("Disk quota exceeded") => "EDQUOT",
+            Some(e) if e.contains("No space left on device") => "ENOSPC",
+            Some(_) => "another error",
+            None => "none",
+        }
+    }
+}
+
+/// Writes zeros into a new file at `path` in 4 KiB blocks, up to `max` bytes and synced,
+/// as a container's process would: `dd` started without CAP_SYS_RESOURCE (containerd's
+/// default capabilities leave it out; with it, the kernel lets root past quota limits on
+/// ext4). Uses util-linux's `setpriv`.
+///
+/// # Panics
+/// When `setpriv` or `dd` cannot be started.
+pub fn fill_as_container(path: &Path, max: u64) -> Fill {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-sys_resource",
+            "--",
+            "dd",
+            "if=/dev/zero",
+        ])
+        .arg(format!("of={}", path.display()))
+        .args(["bs=4096", "conv=fsync", "status=none"])
+        .arg(format!("count={}", max.div_ceil(4096)))
+        .output()
+        .unwrap_or_else(|e| panic!("setpriv (util-linux) ... dd: {e}"));
+    let written = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Fill {
+        written,
+        error: (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
 /// Mount points at or below `dir`, in mount order, from `/proc/self/mountinfo`.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     snapshot_core::mount::mountinfo()

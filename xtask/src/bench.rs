@@ -33,7 +33,7 @@ pub fn run(args: &[String]) -> Result {
             "--only" => {
                 let list = it.next().ok_or(XtaskError::Usage {
                     command: "bench",
-                    problem: "--only needs workloads: chain, meta, store, big-tree, concurrent, scale, fsck, gc (comma-separated)",
+                    problem: "--only needs workloads: chain, meta, store, big-tree, concurrent, scale, fsck, gc, quota (comma-separated; quota runs alone, in a virtual machine with project quotas)",
                 })?;
                 pass.push(a.clone());
                 pass.push(list.clone());
@@ -80,6 +80,9 @@ pub fn run(args: &[String]) -> Result {
         let quick = pass.iter().any(|a| a == "--quick");
         return crate::compare::run(IMAGE_SIZE, quick, json);
     }
+    if pass.iter().any(|a| a.split(',').any(|w| w == "quota")) {
+        return quota_in_vm(&backend, &pass);
+    }
     let (img, fstype) = if backend == "btrfs" {
         (images::build_btrfs()?, "btrfs")
     } else {
@@ -115,4 +118,44 @@ pub fn run(args: &[String]) -> Result {
         });
     }
     Ok(())
+}
+
+/// `--only quota`: project quotas, which the host's kernel may lack, so in the VM of
+/// `cargo xtask vm` on xfs and ext4 made there (`xtask/vm/bench-quota.sh`).
+fn quota_in_vm(backend: &str, pass: &[String]) -> Result {
+    if backend != "overlay" || pass.iter().any(|a| a == "--json") {
+        return Err(XtaskError::Usage {
+            command: "bench",
+            problem: "--only quota runs overlay in a virtual machine, alone: drop --backend, --json and the other workloads",
+        });
+    }
+    util::header("bench: build snapshot-bench (release)");
+    let status = util::run_interruptible(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "snapshot-bench",
+    ]))?;
+    if !status.success() {
+        return Err(XtaskError::Failed {
+            phases: vec!["bench build"],
+        });
+    }
+    let root = util::workspace_root();
+    let mut command = vec![
+        "bash".to_string(),
+        root.join("xtask/vm/bench-quota.sh")
+            .to_string_lossy()
+            .into_owned(),
+        root.join("target/release/snapshot-bench")
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    command.extend(pass.iter().cloned());
+    match crate::vm::run_in_vm(&command, &[])? {
+        0 => Ok(()),
+        _ => Err(XtaskError::Failed {
+            phases: vec!["bench (in the VM)"],
+        }),
+    }
 }

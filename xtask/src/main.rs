@@ -8,6 +8,7 @@ mod error;
 mod images;
 mod test;
 mod test_btrfs;
+mod test_quota;
 mod util;
 mod vm;
 
@@ -16,8 +17,9 @@ use std::process::ExitCode;
 const COMMANDS: &[(&str, &str)] = &[
     ("test", "run every test of the workspace, btrfs on a loop-device image (the README's test command)"),
     ("test-btrfs", "build and mount the btrfs image, run snapshot-btrfs's tests on it (quotas off, then on), unmount"),
-    ("bench", "run the benchmarks on a fresh loop-mounted image: [--backend native|overlay|btrfs] [--quick] [--only chain,meta,store,big-tree,concurrent,scale,fsck,gc] [--json FILE]; --against containerd: snapshotd against containerd's overlay through containerd's client"),
+    ("bench", "run the benchmarks on a fresh loop-mounted image: [--backend native|overlay|btrfs] [--quick] [--only chain,meta,store,big-tree,concurrent,scale,fsck,gc | --only quota (in the VM of `vm`)] [--json FILE]; --against containerd: snapshotd against containerd's overlay through containerd's client"),
     ("images", "build the test images under target/test-images/"),
+    ("test-quota", "run the layer-limit tests (project quotas) on xfs and ext4 in the virtual machine of `vm`: snapshot-overlay's quota tests and suite, snapshotd's quota tests"),
     ("vm", "run a command as root in a virtual machine on Debian's own kernel (it has project quotas: CONFIG_XFS_QUOTA, CONFIG_QFMT_V2), the host's root read-only as its root, cwd the workspace: [--env K=V]... [--timeout MINUTES] -- CMD ARGS...; exits with CMD's code. KVM, or qemu's emulator on a CPU without vmx/svm (XTASK_VM_ACCEL=kvm|tcg chooses)"),
     ("clean", "unmount and detach leftover test mounts and loop devices of this project"),
     ("help", "print this list"),
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(),
         Some("test-btrfs") => test_btrfs::run(),
+        Some("test-quota") => test_quota::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("images") => images::run(),
         Some("clean") => clean::run(),

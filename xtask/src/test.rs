@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test of the workspace. Privileged tests run when
 //! `SNAPSHOT_TEST_PRIVILEGED=1` is in the environment (CI sets it); btrfs runs on the
-//! loop-device image through the test-btrfs flow.
+//! loop-device image through the test-btrfs flow, the layer-limit tests in a virtual
+//! machine with project quotas through the test-quota flow.
 
 use crate::util::{self, Result, XtaskError};
 
@@ -39,6 +40,18 @@ pub fn run() -> Result {
         if !status.success() {
             failed.push("btrfs");
         }
+    }
+
+    if root {
+        if let Err(e) = crate::test_quota::run_caught() {
+            if util::interrupted().is_some() {
+                return Err(e);
+            }
+            eprintln!("xtask: {e}");
+            failed.push("quota");
+        }
+    } else {
+        util::header("quota: skipped (the virtual machine with project quotas needs root)");
     }
 
     util::header("summary");

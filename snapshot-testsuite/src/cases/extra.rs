@@ -1605,17 +1605,14 @@ pub fn max_size_is_enforced_or_refused(ctx: &mut Ctx<'_>) {
                 let target = ctx.work().join(&key);
                 std::fs::create_dir_all(&target).or_fail("mkdir");
                 let m = ctx.mount(&mounts, &target);
-                let (written, err) = fill_until_error(&m.path().join("big"), 2 * LIMIT);
-                let err = err.unwrap_or_else(|| {
-                    panic!("{key}: wrote {written} bytes past a limit of {LIMIT}: not enforced")
-                });
+                let fill = crate::fill_as_container(&m.path().join("big"), 2 * LIMIT);
                 assert!(
-                    matches!(
-                        err.kind(),
-                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                    ),
-                    "{key}: writing past the limit: {err}"
+                    fill.full(),
+                    "{key}: wrote {} bytes past a limit of {LIMIT}: not enforced ({:?})",
+                    fill.written,
+                    fill.error
                 );
+                let written = fill.written;
                 assert!(
                     written <= LIMIT && written + 16 * 4096 >= LIMIT,
                     "{key}: the write failed after {written} bytes, limit {LIMIT}"
@@ -1631,25 +1628,4 @@ pub fn max_size_is_enforced_or_refused(ctx: &mut Ctx<'_>) {
     }
     sn.prepare("capped", "base", &opt())
         .or_fail("the key is still free");
-}
-
-/// Appends 4 KiB writes to a new file at `path` until one fails or `max` bytes are
-/// written; returns the bytes written (a short write counted) and the error.
-pub(crate) fn fill_until_error(path: &Path, max: u64) -> (u64, Option<std::io::Error>) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).or_fail("create the file to fill");
-    let block = vec![0x5au8; 4096];
-    let mut written = 0u64;
-    while written < max {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) => return (written, Some(e)),
-        }
-    }
-    // Delayed allocation can report the limit only when the data is written back.
-    match f.sync_all() {
-        Err(e) => (written, Some(e)),
-        Ok(()) => (written, None),
-    }
 }

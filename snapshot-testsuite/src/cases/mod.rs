@@ -139,7 +139,11 @@ pub static CASES: &[Case] = &[
         true,
         extra::fsck_finds_every_fault,
     ),
-    case("max_size_is_enforced_or_refused", false, extra::max_size_is_enforced_or_refused),
+    case(
+        "max_size_is_enforced_or_refused",
+        false,
+        extra::max_size_is_enforced_or_refused,
+    ),
 ];
 
 /// The time of the `containerd.io/gc.root` label, fixed once per process like
