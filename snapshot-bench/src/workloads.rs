@@ -487,6 +487,10 @@ fn quota(args: &Args, s: &Sizes) -> Result<Vec<Row>> {
             usage,
             Some(walks[1]),
         ));
+        sn.remove(&key).doing(|| format!("remove {key}"))?;
+    }
+    if let Some(c) = sn.as_cleaner() {
+        c.cleanup().doing(|| "cleanup".into())?;
     }
     sn.close().doing(|| "close".into())?;
     Ok(rows)

@@ -498,8 +498,8 @@ impl<S: Storage> SnapshotStore<S> {
         if options.keep_leftovers {
             return Ok(sn);
         }
-        sn.apply_limits()?;
         sn.sweep()?;
+        sn.apply_limits()?;
         if !sn.async_remove {
             if let Err(e) = sn.purge() {
                 log::warn!(
@@ -637,9 +637,23 @@ impl<S: Storage> SnapshotStore<S> {
     fn limit_tree(&self, tree: &Path, id: u64, limit: Option<u64>, assign: bool) -> Result<()> {
         let Some(q) = &self.quotas else { return Ok(()) };
         let dirs = self.storage.quota_dirs(tree);
-        if assign && q.assign(id, &dirs)? && self.durable {
-            for d in &dirs {
-                fsync_dir(d)?;
+        if assign {
+            match q.assign(id, &dirs) {
+                Ok(true) => {
+                    if self.durable {
+                        for d in &dirs {
+                            fsync_dir(d)?;
+                        }
+                    }
+                    // An id a power cut handed out twice may find its old limit.
+                    if let Some(p) = q.project(id) {
+                        q.set_limit(p, limit.unwrap_or(0))?;
+                    }
+                    return Ok(());
+                }
+                Ok(false) => {}
+                // Served without a project: only a limit is refused.
+                Err(e) => log::warn!("{}: {e}: the layer gets no project", S::NAME),
             }
         }
         let Some(limit) = limit else { return Ok(()) };
@@ -673,13 +687,22 @@ impl<S: Storage> SnapshotStore<S> {
         for (id, labels) in actives {
             let tree = self.tree(Kind::Active, id);
             let dirs = self.storage.quota_dirs(&tree);
-            let Some(p) = q.project(id).filter(|_| q.owns(id, &dirs[0])) else {
-                continue;
-            };
             let limit = labels
                 .get(MAX_SIZE_LABEL)
                 .and_then(|v| parse_size(MAX_SIZE_LABEL, v).ok())
                 .or(self.max_size);
+            let Some(p) = q.project(id).filter(|_| q.owns(id, &dirs[0])) else {
+                if let Some(l) = limit {
+                    log::warn!(
+                        "{}: the layer {} (snapshot id {id}) has no project of its own: it is \
+                         not capped at {l} bytes (made before limits, or its project was \
+                         changed): commit or remove it",
+                        S::NAME,
+                        dirs[0].display()
+                    );
+                }
+                continue;
+            };
             if q.read(p)?.limit != limit.map_or(0, |l| l.div_ceil(512) * 512) {
                 q.set_limit(p, limit.unwrap_or(0))?;
             }
@@ -693,8 +716,15 @@ impl<S: Storage> SnapshotStore<S> {
     fn measure_active(&self, id: u64, tree: &Path) -> Result<Usage> {
         if let Some(q) = &self.quotas {
             let dirs = self.storage.quota_dirs(tree);
-            if let Some(p) = q.project(id).filter(|_| q.owns(id, &dirs[0])) {
-                let held = q.read(p)?;
+            let held = q
+                .project(id)
+                .filter(|_| q.owns(id, &dirs[0]))
+                .map(|p| q.read(p))
+                .and_then(|r| {
+                    r.map_err(|e| log::warn!("{e}: measuring {} by a walk", tree.display()))
+                        .ok()
+                });
+            if let Some(held) = held {
                 let mut other = Usage::default();
                 for d in &dirs[1..] {
                     match crate::usage::usage_with(d, 1) {
@@ -712,11 +742,16 @@ impl<S: Storage> SnapshotStore<S> {
         self.storage.measure(tree)
     }
 
-    /// Clears the limit of the layer of a removed tree before it is deleted.
-    fn release_limit(&self, tree: &Path) {
+    /// Clears the limit of the layer of snapshot `id` (its tree is `tree`, maybe retired)
+    /// when the layer still has the project the store gave it: a container may have
+    /// moved its layer to another project, whose limit is not the store's to clear.
+    fn release_limit(&self, tree: &Path, id: u64) {
         let Some(q) = &self.quotas else { return };
         let dirs = self.storage.quota_dirs(tree);
-        if let Some(p) = dirs.first().and_then(|d| q.project_of(d)) {
+        if let Some(p) = q
+            .project(id)
+            .filter(|_| dirs.first().is_some_and(|d| q.owns(id, d)))
+        {
             if let Err(e) = q.set_limit(p, 0) {
                 log::warn!("clearing the limit of {}: {e}", tree.display());
             }
@@ -1105,7 +1140,7 @@ impl<S: Storage> SnapshotStore<S> {
         drop(guard);
         res?;
         if let (Some((kind, id)), false) = (retired, self.async_remove) {
-            self.release_limit(&self.retired(kind, id));
+            self.release_limit(&self.retired(kind, id), id);
             if let Err(e) = self.storage.delete(&self.retired(kind, id)) {
                 log::warn!(
                     "removed snapshot {:?}, but not its tree (the next cleanup retries): {e}",
@@ -1230,7 +1265,15 @@ impl<S: Storage> SnapshotStore<S> {
         let mut first = None;
         let mut n = 0;
         for t in &trees {
-            self.release_limit(t);
+            // `rm-<id>`; an orphan's or another variant's project is left alone.
+            if let Some(id) = t
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(RETIRED_PREFIX))
+                .and_then(|n| n.parse().ok())
+            {
+                self.release_limit(t, id);
+            }
             match self.storage.delete(t) {
                 Ok(()) => n += 1,
                 Err(e) => {
@@ -1270,7 +1313,7 @@ impl<S: Storage> Snapshotter for SnapshotStore<S> {
                 let tree = self.tree(Kind::Active, id);
                 match self.limit_of(Kind::Active, &new.labels)? {
                     Some(limit) => self.limit_tree(&tree, id, Some(limit), false)?,
-                    None => self.release_limit(&tree),
+                    None => self.release_limit(&tree, id),
                 }
             }
             Ok((id, new))

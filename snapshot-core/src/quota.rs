@@ -139,10 +139,19 @@ impl ProjectQuotas {
             return Ok(None);
         }
         if base == 0 {
-            q.base = q.pick_base(meta.ino())?;
-            sys::set_project(root, q.base, false)
-                .and_then(|()| std::fs::File::open(root)?.sync_all())
-                .map_err(|e| Error::io("give a project ID to", root, e))?;
+            let picked = q.pick_base(meta.ino()).and_then(|b| {
+                sys::set_project(root, b, false)
+                    .and_then(|()| std::fs::File::open(root)?.sync_all())
+                    .map(|()| b)
+                    .map_err(|e| Error::io("give a project ID to", root, e))
+            });
+            match picked {
+                Ok(b) => q.base = b,
+                Err(e) => {
+                    log::warn!("{e}: layer limits are refused");
+                    return Ok(None);
+                }
+            }
             log::info!(
                 "{}: its layers take project IDs from {} on (the root's own project ID)",
                 root.display(),

@@ -13,7 +13,8 @@ for fs in xfs ext4; do
     truncate -s 2560M "$img"
     case $fs in
         xfs) mkfs.xfs -q -f "$img" ;;
-        ext4) mkfs.ext4 -q -F -O quota,project "$img" ;;
+        # Inodes for 200,000 files twice (the library's store and the daemon's).
+        ext4) mkfs.ext4 -q -F -O quota,project -N 600000 "$img" ;;
     esac
     mkdir -p "$dir"
     mount -o loop,prjquota "$img" "$dir"
