@@ -592,6 +592,13 @@ fn qemu(accel: &Accel, kernel: &Path, initramfs: &Path, out: &Path, log: &Path) 
     if !host_out.contains(|c: char| c.is_whitespace() || c == '"') {
         append += &format!(" vm_out={host_out}");
     }
+    // The workspace, which init keeps visible when it lies under a directory the VM gives
+    // a fresh tmpfs (/tmp, /var/tmp, /run).
+    let ws = util::workspace_root();
+    let ws = ws.to_string_lossy();
+    if !ws.contains(|c: char| c.is_whitespace() || c == '"') {
+        append += &format!(" vm_ws={ws}");
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     match accel {
         Accel::Kvm => cmd.args(["-enable-kvm", "-cpu", "host"]),
