@@ -35,14 +35,30 @@ fn scratch(test: &str) -> Option<tempfile::TempDir> {
 }
 
 fn open(root: &Path, max_size: Option<u64>) -> OverlaySnapshotter {
-    let config = OverlayConfig {
-        options: snapshot_core::lifecycle::Options {
-            max_size,
-            ..Default::default()
+    open_with(
+        root,
+        OverlayConfig {
+            options: snapshot_core::lifecycle::Options {
+                max_size,
+                ..Default::default()
+            },
+            ..OverlayConfig::default()
         },
-        ..OverlayConfig::default()
-    };
-    OverlaySnapshotter::open(root, config).expect("open overlay on the quota filesystem")
+    )
+}
+
+/// Opens overlay at `root`, again while the root's lock is still held: a process another
+/// test forks (`dd`, `xfs_io`) holds a copy of a closed store's lock file until it execs.
+fn open_with(root: &Path, config: OverlayConfig) -> OverlaySnapshotter {
+    let start = std::time::Instant::now();
+    loop {
+        match OverlaySnapshotter::open(root, config.clone()) {
+            Err(e) if e.kind() == ErrorKind::Unavailable && start.elapsed().as_secs() < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r.expect("open overlay on the quota filesystem"),
+        }
+    }
 }
 
 fn limited(bytes: u64) -> CreateOptions {
@@ -246,7 +262,7 @@ fn remove_clears_the_limit_and_projects_are_offset_from_the_roots() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     for async_remove in [false, true] {
-        let sn = OverlaySnapshotter::open(
+        let sn = open_with(
             &root,
             OverlayConfig {
                 options: snapshot_core::lifecycle::Options {
@@ -255,8 +271,7 @@ fn remove_clears_the_limit_and_projects_are_offset_from_the_roots() {
                 },
                 ..OverlayConfig::default()
             },
-        )
-        .unwrap();
+        );
         assert_eq!(quotas(&sn).base(), 3_000_000);
         let key = format!("gone-{async_remove}");
         sn.prepare(&key, "", &limited(4 * MIB)).unwrap();

@@ -68,7 +68,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use snapshot_core::{Mount, Snapshotter};
+use snapshot_core::{ErrorKind, Mount, Snapshotter};
 
 pub mod cases;
 pub mod fstest;
@@ -367,10 +367,21 @@ impl<'h> Ctx<'h> {
             sn.close()
                 .unwrap_or_else(|e| panic!("{}: close before reopening: {e}", self.test));
         }
-        let sn = self
-            .harness
-            .open(&self.root)
-            .unwrap_or_else(|e| panic!("{}: reopening {}: {e}", self.test, self.root.display()));
+        // A process another test forks holds a copy of the closed store's lock file (and
+        // so its lock) until it execs: a short wait, never an error.
+        let start = std::time::Instant::now();
+        let sn = loop {
+            match self.harness.open(&self.root) {
+                Err(e) if e.kind() == ErrorKind::Unavailable && start.elapsed().as_secs() < 10 => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => {
+                    break r.unwrap_or_else(|e| {
+                        panic!("{}: reopening {}: {e}", self.test, self.root.display())
+                    })
+                }
+            }
+        };
         self.sn = Some(sn);
     }
 
